@@ -1,0 +1,46 @@
+# One command to run the pipeline, one to test it. Both create .venv when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PRESET ?= local
+ARGS   ?=
+
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+export DS_ACCELERATOR := cpu
+
+.PHONY: venv run test lint typecheck unit integration clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned, so pip takes the CPU build instead of a multi-GB CUDA one
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements/cpu.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+run: venv
+	$(BIN)/emprl run --preset $(PRESET) $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check pipeline actors jobs tests
+	$(BIN)/ruff format --check pipeline actors jobs tests
+
+typecheck: venv
+	$(BIN)/mypy pipeline actors jobs
+
+unit: venv
+	HF_HUB_OFFLINE=1 $(BIN)/pytest tests/unit -q
+
+integration: venv
+	HF_HUB_OFFLINE=1 $(BIN)/pytest tests/integration -q
+
+test: lint typecheck
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
