@@ -1,0 +1,15 @@
+"""Entry points: one module per stage plus the whole pipeline, each usable with `ray job submit`.
+
+Importing this package sets the process defaults every job needs before Ray, transformers or
+DeepSpeed are imported: a local Ray cluster stays on 127.0.0.1, no usage stats, CPU DeepSpeed
+when no GPU is present, and no tokenizer thread pools inside Ray workers.
+"""
+
+import os
+
+if "RAY_ADDRESS" not in os.environ:
+    # Read by Ray at import time: a local single-node cluster binds to loopback only.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.path.exists("/dev/nvidia0") else "cuda")

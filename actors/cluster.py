@@ -1,0 +1,70 @@
+"""Ray cluster bring-up: join a running cluster or start a local one on 127.0.0.1.
+
+Owns the process-wide Ray connection for a job. Consumes the ``resources`` config section;
+every actor and task it starts inherits the thread limits so 2-core machines do not
+oversubscribe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from pipeline.config import ResourcesConfig
+
+logger = logging.getLogger(__name__)
+
+
+def worker_env(res: ResourcesConfig) -> dict[str, str]:
+    """Environment every Ray worker process gets: thread caps and quiet, offline-safe libraries."""
+    threads = str(res.torch_threads)
+    env = {
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    for key in ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "HF_HOME"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def init_ray(res: ResourcesConfig) -> dict[str, Any]:
+    """Connect to ``res.address`` (or ``RAY_ADDRESS``) or start a local cluster on loopback.
+
+    Returns the cluster resources. Idempotent: an existing connection is reused.
+    """
+    if not ray.is_initialized():
+        runtime_env = {"env_vars": worker_env(res)}
+        address = res.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            logger.info("joining Ray cluster at %s", address)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        else:
+            if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+                raise RuntimeError(
+                    "a local Ray cluster must bind to 127.0.0.1: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
+                    "before Ray is imported (importing the `jobs` package does this)"
+                )
+            logger.info("starting a local Ray cluster on 127.0.0.1 (%s CPUs)", res.num_cpus or "all")
+            ray.init(
+                num_cpus=res.num_cpus,
+                num_gpus=None if res.use_gpu else 0,
+                object_store_memory=res.object_store_memory,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                log_to_driver=True,
+            )
+    resources: dict[str, Any] = ray.cluster_resources()
+    logger.info("Ray resources: %s", {k: v for k, v in resources.items() if not k.startswith("node:")})
+    return resources
+
+
+def shutdown_ray() -> None:
+    """Disconnect (and stop a local cluster this process started)."""
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,25 @@
+"""The ``emprl`` command: one subcommand per stage, plus ``run`` for the whole pipeline.
+
+emprl run [--preset local] [KEY=VALUE ...]
+emprl data prepare|download|stats ...
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jobs  # noqa: F401  (process defaults before Ray is imported)
+from jobs import data, run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="emprl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (run, data):
+        module.add_parser(sub)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The whole pipeline in one run folder: every stage that exists, in order, then a summary.
+
+Laptop:        emprl run                      (local preset: local Ray on 127.0.0.1, tiny models, demo data)
+               emprl run --preset paper data.ed_path=data/empatheticdialogues data.epitome_path=data/epitome
+Cluster job:   ray job submit --working-dir . -- python -m jobs.run --preset paper resources.address=auto
+Sweep:         see `emprl tune` (PPO search space over the same dotted keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jobs  # noqa: F401  (process defaults before Ray is imported)
+import ray
+from actors.cluster import init_ray, shutdown_ray, worker_env
+from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
+from pipeline.config import Config
+from pipeline.data import DataError, PreparedData, prepare_datasets
+from pipeline.models import (
+    build_identifier,
+    build_identifier_tokenizer,
+    build_policy,
+    build_policy_tokenizer,
+    save_identifier,
+    save_policy,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """What stages hand each other inside one run."""
+
+    cfg: Config
+    run_dir: Path
+    data: PreparedData | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _prepare_remote(cfg: Config) -> PreparedData:
+    import torch
+
+    torch.set_num_threads(cfg.resources.torch_threads)
+    return prepare_datasets(cfg.data)
+
+
+def stage_data(state: RunState) -> dict[str, Any]:
+    """Parse, split and cache the datasets (a Ray task, so the cluster does the I/O)."""
+    task = ray.remote(num_cpus=1, runtime_env={"env_vars": worker_env(state.cfg.resources)})(_prepare_remote)
+    state.data = ray.get(task.remote(state.cfg))
+    write_json(state.run_dir / "data" / "stats.json", state.data.stats)
+    return {"ed": state.data.stats["ed"], "epitome_pairs": state.data.stats["epitome"]["splits"]}
+
+
+def stage_init(state: RunState) -> dict[str, Any]:
+    """Tokenizers and initial models: the policy SFT starts from, and one untrained identifier."""
+    assert state.data is not None
+    cfg, out = state.cfg, state.run_dir / "init"
+    ed_train = state.data.ed["train"]
+    policy_tok = build_policy_tokenizer(cfg.model, [*ed_train["context"], *ed_train["response"]])
+    policy = build_policy(cfg.model, policy_tok)
+    save_policy(policy, policy_tok, out / "policy")
+    epi = state.data.epitome["train"]
+    id_tok = build_identifier_tokenizer(
+        cfg.identifiers, [*epi["seeker_post"], *epi["response_post"], *ed_train["context"], *ed_train["response"]]
+    )
+    identifier = build_identifier(cfg.identifiers, id_tok)
+    save_identifier(identifier, id_tok, out / "identifier")
+    return {
+        "policy": str(out / "policy"),
+        "policy_params_M": round(sum(p.numel() for p in policy.parameters()) / 1e6, 3),
+        "policy_vocab": len(policy_tok),
+        "identifier_params_M": round(sum(p.numel() for p in identifier.parameters()) / 1e6, 3),
+        "identifier_vocab": len(id_tok),
+    }
+
+
+STAGES: list[tuple[str, Callable[[RunState], dict[str, Any]]]] = [
+    ("data", stage_data),
+    ("init", stage_init),
+]
+
+
+def run(cfg: Config) -> Path:
+    """Run every stage into a fresh run folder; returns the folder (``summary.json`` inside)."""
+    run_dir = make_run_dir(cfg, "run")
+    state = RunState(cfg=cfg, run_dir=run_dir)
+    init_ray(cfg.resources)
+    started = time.perf_counter()
+    try:
+        for index, (name, stage) in enumerate(STAGES, 1):
+            logger.info("stage %d/%d: %s", index, len(STAGES), name)
+            t0 = time.perf_counter()
+            result = stage(state)
+            state.summary[name] = {**result, "seconds": round(time.perf_counter() - t0, 2)}
+            write_json(run_dir / "summary.json", state.summary)
+    finally:
+        shutdown_ray()
+    state.summary["total_seconds"] = round(time.perf_counter() - started, 2)
+    write_json(run_dir / "summary.json", state.summary)
+    return run_dir
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("run", help="run the whole pipeline (default: local preset on demo data)")
+    add_config_args(parser)
+    parser.set_defaults(func=main_args)
+
+
+def main_args(args: argparse.Namespace) -> None:
+    setup_logging(args.log_level)
+    cfg = config_from_args(args)
+    try:
+        run_dir = run(cfg)
+    except DataError as exc:
+        raise SystemExit(f"data error: {exc}") from None
+    summary = (run_dir / "summary.json").read_text()
+    sys.stdout.write(f"run complete: {run_dir.resolve()}\n{summary}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m jobs.run")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""One frozen, typed configuration tree for every stage of EmpRL.
+
+Loading order is always: dataclass defaults < YAML preset < dotted CLI overrides
+(``ppo.clip_ratio=0.1``). Unknown keys, wrong types and inconsistent values raise
+:class:`ConfigError` naming the key, the value, the rule and the fix.
+"""
+
+from pipeline.config.loading import from_dict, load_config, preset_path, save_config
+from pipeline.config.schema import (
+    CONFIGS_DIR,
+    MECHANISMS,
+    Config,
+    ConfigError,
+    DataConfig,
+    IdentifiersConfig,
+    LearnerConfig,
+    ModelConfig,
+    PPOConfig,
+    ResourcesConfig,
+    RewardConfig,
+    RolloutConfig,
+    RunConfig,
+    SFTConfig,
+)
+from pipeline.config.validation import validate
+
+__all__ = [
+    "CONFIGS_DIR",
+    "MECHANISMS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "IdentifiersConfig",
+    "LearnerConfig",
+    "ModelConfig",
+    "PPOConfig",
+    "ResourcesConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "SFTConfig",
+    "from_dict",
+    "load_config",
+    "preset_path",
+    "save_config",
+    "validate",
+]

@@ -1,0 +1,186 @@
+"""Loading: dataclass defaults < YAML preset < dotted CLI overrides, with strict type checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.config.schema import CONFIGS_DIR, Config, ConfigError
+
+
+def load_config(preset: str | Path | None = "local", overrides: list[str] | None = None) -> Config:
+    """Defaults < YAML preset (a name in ``configs/`` or a path) < dotted overrides."""
+    data = Config().to_dict() if preset is None else _merge(Config().to_dict(), _read_preset(preset), "")
+    for key, value in _parse_cli(overrides or []):
+        _set_dotted(data, key, value)
+    return from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a nested dict, checking every key and type."""
+    return typing.cast(Config, _build(Config, data, ""))
+
+
+def preset_path(preset: str | Path) -> Path:
+    """Resolve a preset name (``local``, ``paper``) or a path to a YAML file."""
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(
+                f"preset file {path} does not exist. Fix: pass an existing YAML file "
+                f"or a preset name from {CONFIGS_DIR}."
+            )
+        return path
+    candidate = CONFIGS_DIR / f"{preset}.yaml"
+    if not candidate.is_file():
+        names = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset {str(preset)!r}. Fix: use one of {names} or a YAML path.")
+    return candidate
+
+
+def _read_preset(preset: str | Path) -> dict[str, Any]:
+    path = preset_path(preset)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"preset {path} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"preset {path} must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _parse_cli(overrides: list[str]) -> list[tuple[str, Any]]:
+    items = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"override {item!r} is not of the form section.key=value (e.g. ppo.clip_ratio=0.1)"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        items.append((key.strip(), value))
+    return items
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], dict):
+            raise _unknown(".".join(parts[: depth + 1]), node)
+        node = node[part]
+    if parts[-1] not in node:
+        raise _unknown(key, node)
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise _unknown(dotted, base)
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} is a section; expected a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, f"{dotted}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _unknown(key: str, node: dict[str, Any]) -> ConfigError:
+    import difflib
+
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, list(node), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid keys here: {sorted(node)}"
+    return ConfigError(f"unknown config key {key!r}; {hint}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown(f"{prefix}{key}", {n: None for n in names})
+    kwargs = {}
+    for name in names & set(data):
+        kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the checks above
+        raise ConfigError(f"{prefix.rstrip('.')}: {exc}") from exc
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, f"{key}.")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r}: expected {_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r}: must be one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list ({_name(tp)})")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}={value!r}: expected {len(args)} items ({_name(tp)})")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

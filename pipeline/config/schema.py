@@ -1,0 +1,319 @@
+"""The configuration schema: one frozen dataclass per section, a docstring per field.
+
+Defaults here are the paper's (Ma et al., EmpRL) wherever the paper states one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MECHANISMS: tuple[str, str, str] = ("ER", "IP", "EX")
+"""EPITOME mechanisms: emotional reactions, interpretations, explorations."""
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, mistyped or inconsistent with another key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The T5 policy (and, by default, its tokenizer)."""
+
+    name_or_path: str | None = None
+    """Hub name (``t5-base``) or local ``save_pretrained`` folder; ``None`` builds a
+    randomly initialised T5 from the shape fields below."""
+    tokenizer_path: str | None = None
+    """Tokenizer folder or hub name; ``None`` uses ``name_or_path``'s tokenizer, or trains
+    one on the training text when the policy is built from config."""
+    vocab_size: int = 8000
+    """Vocabulary size of a tokenizer trained locally (and of a policy built from config)."""
+    d_model: int = 256
+    """Hidden size of a policy built from config."""
+    d_ff: int = 1024
+    """Feed-forward size of a policy built from config."""
+    d_kv: int = 64
+    """Per-head key/value size of a policy built from config."""
+    num_layers: int = 4
+    """Encoder layers of a policy built from config."""
+    num_decoder_layers: int = 4
+    """Decoder layers of a policy built from config."""
+    num_heads: int = 4
+    """Attention heads of a policy built from config."""
+    dropout_rate: float = 0.1
+    """Dropout inside the T5 blocks."""
+    max_source_len: int = 200
+    """Tokens of dialogue history fed to the encoder (paper: 200); longer histories keep
+    their most recent tokens."""
+    max_target_len: int = 50
+    """Tokens of listener response used as the SFT target (paper: 50)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the datasets come from and how dialogues become examples."""
+
+    source: Literal["demo", "local"] = "demo"
+    """``demo``: the project's own small demo set, written on first use. ``local``: the
+    EmpatheticDialogues and EPITOME files under ``ed_path`` / ``epitome_path`` (fetch them
+    with ``emprl data download``)."""
+    ed_path: str | None = None
+    """Folder with EmpatheticDialogues ``train.csv`` / ``valid.csv`` (/ ``test.csv``)."""
+    epitome_path: str | None = None
+    """Folder with the three EPITOME Reddit CSVs."""
+    cache_dir: str = "~/.cache/emprl"
+    """Prepared-dataset cache (Parquet), keyed by source checksums and data config."""
+    splits: tuple[str, ...] = ("train", "valid")
+    """EmpatheticDialogues splits to prepare (``test`` is read only when asked for)."""
+    history_turns: int = 0
+    """Dialogue turns before the listener response kept as history; 0 keeps them all."""
+    turn_separator: str = " </s> "
+    """Text placed between turns of the history."""
+    speaker_tags: bool = False
+    """Prefix each history turn with ``Speaker:`` / ``Listener:``."""
+    prepend_emotion: bool = False
+    """Prefix the history with the conversation's emotion label."""
+    max_examples: int | None = None
+    """Cap on examples per split (after a seeded shuffle); ``None`` keeps all."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows and report counts instead of failing on the first one."""
+    epitome_split: tuple[float, float, float] = (0.75, 0.05, 0.20)
+    """Train/dev/test fractions of EPITOME pairs (Sharma et al. 2020: 75/5/20)."""
+    seed: int = 42
+    """Seed of the EPITOME split and of example sub-sampling."""
+
+
+@dataclass(frozen=True)
+class IdentifiersConfig:
+    """The three empathy identifiers (ER, IP, EX) and their training."""
+
+    encoder: str | None = None
+    """Hub name or folder of any Hugging Face encoder (``t5-base``, the MiniLM package
+    folder, ...); ``None`` builds a tiny random T5 encoder from the fields below."""
+    d_model: int = 128
+    """Hidden size of a tiny encoder built from config."""
+    d_ff: int = 512
+    """Feed-forward size of a tiny encoder built from config."""
+    num_layers: int = 2
+    """Layers of a tiny encoder built from config."""
+    num_heads: int = 4
+    """Attention heads of a tiny encoder built from config."""
+    vocab_size: int = 8000
+    """Vocabulary of a tokenizer trained locally for a tiny encoder."""
+    dropout: float = 0.1
+    """Dropout after cross-attention and inside the head (official code: 0.1)."""
+    max_context_len: int = 200
+    """Context tokens at training and scoring time (paper: 200); longer text is cut."""
+    max_response_len: int = 50
+    """Response tokens at training and scoring time (paper: 50); longer text is cut."""
+    lr: float = 2e-5
+    """Learning rate (AdamW)."""
+    epochs: int = 4
+    """Training epochs."""
+    batch_size: int = 32
+    """Training batch size (global, across data-parallel workers)."""
+    class_weighting: Literal["none", "inverse_sqrt", "inverse"] = "inverse_sqrt"
+    """Class weights in the cross-entropy loss against the heavy level imbalance."""
+    patience: int = 2
+    """Epochs without dev macro-F1 improvement before early stopping."""
+    score_batch_size: int = 64
+    """Pairs per forward pass when scoring."""
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning of the initial policy (MLE on ED)."""
+
+    lr: float = 1e-4
+    """Peak learning rate, linear decay (paper: 1e-4)."""
+    epochs: int = 3
+    """Epochs (paper: 3); the best epoch by validation loss is kept."""
+    batch_size: int = 8
+    """Global batch size (paper: 8)."""
+    warmup_ratio: float = 0.0
+    """Fraction of steps with linear warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Sampling of responses by the rollout workers."""
+
+    num_workers: int = 1
+    """Rollout worker actors."""
+    top_k: int = 20
+    """Top-k sampling (paper: 20)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (paper: 1.0)."""
+    temperature: float = 0.9
+    """Sampling temperature (paper: 0.9)."""
+    min_new_tokens: int = 5
+    """Minimum response tokens (paper: 5)."""
+    max_new_tokens: int = 30
+    """Maximum response tokens (paper: 30)."""
+    batch_size: int = 32
+    """Prompts per generate call inside one worker."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Turning identifier outputs into PPO scores."""
+
+    form: Literal["exp_neg_ce", "neg_ce", "hit_rate"] = "exp_neg_ce"
+    """``exp_neg_ce``: r = exp(-Σ w_m CE_m) (paper); ``neg_ce``: r = -Σ w_m CE_m;
+    ``hit_rate``: weighted fraction of mechanisms whose argmax hits the gold level."""
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Per-mechanism weights w_ER, w_IP, w_EX (paper: all 1)."""
+    num_scorers: int = 1
+    """Reward scorer actors."""
+    normalize_scores: bool = True
+    """Running normalisation of scores (paper: on)."""
+    scale_scores: bool = True
+    """Divide scores by their running standard deviation (paper: on)."""
+    whiten_rewards: bool = True
+    """Whiten the per-token rewards of each batch (paper: on)."""
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Proximal policy optimisation with a KL penalty against the reference policy."""
+
+    total_steps: int = 1600
+    """PPO iterations (paper evaluates step 1 600)."""
+    rollout_batch_size: int = 32
+    """Rollouts per PPO iteration (paper: 32)."""
+    mini_batch_size: int = 8
+    """Rollouts per optimiser step (paper: 8)."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch (paper: 4)."""
+    lr: float = 1e-5
+    """Peak learning rate (paper: 1e-5)."""
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    """Learning-rate schedule over ``total_steps``."""
+    clip_ratio: float = 0.2
+    """PPO policy ratio clip epsilon (paper: 0.2)."""
+    value_clip: float = 0.2
+    """Value prediction clip (paper: 0.2)."""
+    vf_coef: float = 0.1
+    """Value loss coefficient (paper: 0.1)."""
+    gamma: float = 1.0
+    """Discount (paper: 1)."""
+    lam: float = 0.95
+    """GAE lambda (paper: 0.95)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping applied on every update (trl 0.9.6 clipped only the first)."""
+    kl_mode: Literal["adaptive", "fixed"] = "adaptive"
+    """Adaptive (Ziegler et al. 2019) or fixed KL coefficient."""
+    kl_coef: float = 0.2
+    """Initial (adaptive) or constant (fixed) KL coefficient beta (paper: 0.2)."""
+    kl_target: float = 6.0
+    """Target KL of the adaptive controller (paper: 6)."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive controller (paper: 10 000)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator: k1 = log π − log π_ref (paper), k2, k3 (Schulman 2020)."""
+    save_every: int = 100
+    """Checkpoint every this many iterations."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The DeepSpeed learner group."""
+
+    num_ranks: int = 1
+    """Data-parallel learner ranks."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage, 0 to 3."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision (``fp32`` on CPU)."""
+    offload: bool = False
+    """Offload optimizer state to CPU (ZeRO 2 and 3)."""
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Ray cluster and per-role resources."""
+
+    address: str | None = None
+    """Ray address to join (``auto`` inside ``ray job submit``); ``None`` starts a local
+    cluster on 127.0.0.1."""
+    num_cpus: int | None = None
+    """CPUs of a local cluster; ``None`` uses the machine's count."""
+    use_gpu: bool = False
+    """Place roles on GPUs."""
+    rollout_cpus: float = 0.5
+    """CPUs per rollout worker."""
+    reward_cpus: float = 0.5
+    """CPUs per reward scorer."""
+    reference_cpus: float = 0.5
+    """CPUs of the reference policy."""
+    learner_cpus: float = 1.0
+    """CPUs per learner rank."""
+    torch_threads: int = 1
+    """torch/OpenMP threads per actor; keep threads x actors <= cores."""
+    object_store_memory: int = 500_000_000
+    """Object store bytes of a local cluster."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run writes and how it is seeded."""
+
+    output_dir: str = "runs"
+    """Parent folder of run folders."""
+    name: str | None = None
+    """Run folder name; ``None`` uses a timestamp."""
+    seed: int = 42
+    """Global seed."""
+    log_every: int = 1
+    """Log metrics every this many steps."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of an EmpRL run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    identifiers: IdentifiersConfig = field(default_factory=IdentifiersConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        from pipeline.config.validation import validate
+
+        validate(self)
+
+    @property
+    def ppo_minibatches_per_epoch(self) -> int:
+        """Optimiser steps per PPO epoch."""
+        return self.ppo.rollout_batch_size // self.ppo.mini_batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), the inverse of :func:`from_dict`."""
+        from pipeline.config.loading import _plain
+
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Config:
+        """A copy with dotted overrides applied (a Tune trial is exactly this)."""
+        from pipeline.config.loading import _parse_cli, _set_dotted, from_dict
+
+        data = self.to_dict()
+        items = overrides.items() if isinstance(overrides, dict) else _parse_cli(overrides)
+        for key, value in items:
+            _set_dotted(data, key, value)
+        return from_dict(data)

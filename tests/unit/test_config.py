@@ -1,0 +1,122 @@
+"""Config loader: precedence, unknown keys, wrong types, cross-field validation, round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Config, ConfigError, load_config, preset_path, save_config
+
+
+def test_defaults_are_the_paper_method_values() -> None:
+    cfg = Config()
+    assert (cfg.ppo.clip_ratio, cfg.ppo.value_clip, cfg.ppo.vf_coef) == (0.2, 0.2, 0.1)
+    assert (cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.lr) == (1.0, 0.95, 1e-5)
+    assert (cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon) == (0.2, 6.0, 10000)
+    assert (cfg.ppo.rollout_batch_size, cfg.ppo.mini_batch_size, cfg.ppo.ppo_epochs) == (32, 8, 4)
+    assert (cfg.rollout.top_k, cfg.rollout.temperature, cfg.rollout.top_p) == (20, 0.9, 1.0)
+    assert (cfg.rollout.min_new_tokens, cfg.rollout.max_new_tokens) == (5, 30)
+    assert cfg.ppo_minibatches_per_epoch == 4
+
+
+def test_precedence_defaults_then_preset_then_overrides(tmp_path: Path) -> None:
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump({"ppo": {"clip_ratio": 0.3, "lam": 0.9}, "model": {"d_model": 64}}))
+    cfg = load_config(preset, ["ppo.clip_ratio=0.1"])
+    assert cfg.ppo.clip_ratio == 0.1  # override beats preset
+    assert cfg.ppo.lam == 0.9  # preset beats default
+    assert cfg.ppo.gamma == 1.0  # default kept
+    assert cfg.model.d_model == 64
+
+
+def test_named_presets_load() -> None:
+    local, paper = load_config("local"), load_config("paper")
+    assert local.data.source == "demo" and local.model.name_or_path is None
+    assert paper.model.name_or_path == "t5-base" and paper.identifiers.encoder == "t5-base"
+    assert (paper.sft.lr, paper.sft.epochs, paper.sft.batch_size) == (1e-4, 3, 8)
+    assert (paper.model.max_source_len, paper.model.max_target_len) == (200, 50)
+    assert paper.ppo.total_steps == 1600 and paper.ppo.max_grad_norm == 1.0
+
+
+def test_unknown_key_names_the_key_and_suggests() -> None:
+    with pytest.raises(ConfigError, match=r"ppo\.clip_ratoi.*did you mean 'clip_ratio'"):
+        load_config("local", ["ppo.clip_ratoi=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'nosuch'"):
+        load_config("local", ["nosuch.key=1"])
+
+
+def test_unknown_key_in_preset(tmp_path: Path) -> None:
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("ppo:\n  kl_cof: 0.1\n")
+    with pytest.raises(ConfigError, match=r"ppo\.kl_cof"):
+        load_config(preset)
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("ppo.clip_ratio=abc", r"ppo\.clip_ratio='abc': expected a number"),
+        ("ppo.total_steps=1.5", r"ppo\.total_steps=1\.5: expected an integer"),
+        ("reward.normalize_scores=maybe", r"reward\.normalize_scores='maybe': expected true or false"),
+        ("ppo.kl_mode=sometimes", r"ppo\.kl_mode='sometimes': must be one of \['adaptive', 'fixed'\]"),
+        ("reward.weights=[1, 2]", r"reward\.weights=\[1, 2\]: expected 3 items"),
+        ("model.vocab_size=true", r"model\.vocab_size=True: expected an integer"),
+    ],
+)
+def test_wrong_types_name_key_and_value(override: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_config("local", [override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (["ppo.clip_ratio=1.5"], r"ppo\.clip_ratio=1\.5: must be in \(0, 1\)"),
+        (["ppo.rollout_batch_size=32", "ppo.mini_batch_size=6"], r"must divide ppo\.rollout_batch_size=32"),
+        (["learner.num_ranks=3"], r"learner\.num_ranks=3: must divide ppo\.mini_batch_size=8"),
+        (["learner.zero_stage=4"], r"learner\.zero_stage=4: DeepSpeed ZeRO stages are 0, 1, 2 and 3"),
+        (["learner.offload=true"], r"optimizer offload needs ZeRO stage 2 or 3"),
+        (
+            ["rollout.min_new_tokens=40"],
+            r"rollout\.min_new_tokens=40: must be in \[1, rollout\.max_new_tokens=30\]",
+        ),
+        (["data.source=local"], r"'local' needs data\.ed_path and data\.epitome_path"),
+        (["data.epitome_split=[0.5, 0.2, 0.2]"], r"sum to 1"),
+        (["reward.weights=[0, 0, 0]"], r"not all zero"),
+    ],
+)
+def test_cross_field_validation(overrides: list[str], pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config("local", overrides)
+    assert "Fix:" in str(info.value)
+
+
+def test_malformed_override_and_unknown_preset() -> None:
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
+        load_config("local", ["ppo.clip_ratio"])
+    with pytest.raises(ConfigError, match=r"unknown preset .nope.*local.*paper"):
+        preset_path("nope")
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config("local")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.ppo.clip_ratio = 0.5  # type: ignore[misc]
+
+
+def test_saved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config("paper", ["reward.weights=[1.0, 0.5, 2.0]", "ppo.kl_mode=fixed"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_with_overrides_is_a_tune_trial() -> None:
+    base = load_config("local")
+    trial = base.with_overrides({"ppo.kl_coef": 0.05, "reward.weights": [2.0, 1.0, 1.0]})
+    assert trial.ppo.kl_coef == 0.05 and trial.reward.weights == (2.0, 1.0, 1.0)
+    assert base.ppo.kl_coef == 0.2  # the base is untouched
+    with pytest.raises(ConfigError, match=r"ppo\.kl_coef=-1"):
+        base.with_overrides({"ppo.kl_coef": -1})
