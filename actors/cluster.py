@@ -33,12 +33,14 @@ def worker_env(res: ResourcesConfig) -> dict[str, str]:
     return env
 
 
-def init_ray(res: ResourcesConfig) -> dict[str, Any]:
+def init_ray(res: ResourcesConfig) -> bool:
     """Connect to ``res.address`` (or ``RAY_ADDRESS``) or start a local cluster on loopback.
 
-    Returns the cluster resources. Idempotent: an existing connection is reused.
+    Returns True when this call connected (the caller then owns :func:`shutdown_ray`); an
+    existing connection is reused and False returned.
     """
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         runtime_env = {"env_vars": worker_env(res)}
         address = res.address or os.environ.get("RAY_ADDRESS")
         if address:
@@ -59,9 +61,9 @@ def init_ray(res: ResourcesConfig) -> dict[str, Any]:
                 runtime_env=runtime_env,
                 log_to_driver=True,
             )
-    resources: dict[str, Any] = ray.cluster_resources()
+    resources: dict[str, Any] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     logger.info("Ray resources: %s", {k: v for k, v in resources.items() if not k.startswith("node:")})
-    return resources
+    return started
 
 
 def shutdown_ray() -> None:

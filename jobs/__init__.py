@@ -7,7 +7,7 @@ when no GPU is present, and no tokenizer thread pools inside Ray workers.
 
 import os
 
-if "RAY_ADDRESS" not in os.environ:
+if not os.environ.get("RAY_ADDRESS"):
     # Read by Ray at import time: a local single-node cluster binds to loopback only.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-import jobs  # noqa: F401  (process defaults before Ray is imported)
 from jobs import data, run
 
 

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jobs  # noqa: F401  (process defaults)
 from jobs.common import add_config_args, config_from_args, setup_logging
 from pipeline.data import (
     ED_URL,
     EPITOME_BASE_URL,
+    EPITOME_SHA256,
     DataError,
     DownloadError,
     PreparedData,
@@ -79,12 +79,15 @@ def download_main(args: argparse.Namespace) -> None:
     if args.ed_sha256:
         kwargs["ed_sha256"] = args.ed_sha256
     if args.epitome_sha256:
-        kwargs["epitome_sha256"] = dict(item.split("=", 1) for item in args.epitome_sha256)
+        # a mirror's checksums replace the official ones file by file; unnamed files keep theirs
+        kwargs["epitome_sha256"] = {**EPITOME_SHA256, **dict(i.split("=", 1) for i in args.epitome_sha256)}
     try:
         paths = download_all(args.dest, **kwargs)
     except (DownloadError, DataError) as exc:
         raise SystemExit(f"download failed: {exc}") from None
-    sys.stdout.write(f"data.source=local data.ed_path={paths['ed_path']} data.epitome_path={paths['epitome_path']}\n")
+    sys.stdout.write(
+        f"data.source=local data.ed_path={paths['ed_path']} data.epitome_path={paths['epitome_path']}\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

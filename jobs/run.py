@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jobs  # noqa: F401  (process defaults before Ray is imported)
 import ray
+
 from actors.cluster import init_ray, shutdown_ray, worker_env
 from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
 from pipeline.config import Config
@@ -70,7 +70,8 @@ def stage_init(state: RunState) -> dict[str, Any]:
     save_policy(policy, policy_tok, out / "policy")
     epi = state.data.epitome["train"]
     id_tok = build_identifier_tokenizer(
-        cfg.identifiers, [*epi["seeker_post"], *epi["response_post"], *ed_train["context"], *ed_train["response"]]
+        cfg.identifiers,
+        [*epi["seeker_post"], *epi["response_post"], *ed_train["context"], *ed_train["response"]],
     )
     identifier = build_identifier(cfg.identifiers, id_tok)
     save_identifier(identifier, id_tok, out / "identifier")
@@ -93,7 +94,7 @@ def run(cfg: Config) -> Path:
     """Run every stage into a fresh run folder; returns the folder (``summary.json`` inside)."""
     run_dir = make_run_dir(cfg, "run")
     state = RunState(cfg=cfg, run_dir=run_dir)
-    init_ray(cfg.resources)
+    owns_ray = init_ray(cfg.resources)
     started = time.perf_counter()
     try:
         for index, (name, stage) in enumerate(STAGES, 1):
@@ -103,7 +104,8 @@ def run(cfg: Config) -> Path:
             state.summary[name] = {**result, "seconds": round(time.perf_counter() - t0, 2)}
             write_json(run_dir / "summary.json", state.summary)
     finally:
-        shutdown_ray()
+        if owns_ray:
+            shutdown_ray()
     state.summary["total_seconds"] = round(time.perf_counter() - started, 2)
     write_json(run_dir / "summary.json", state.summary)
     return run_dir

@@ -80,6 +80,7 @@ class ParseReport:
     def reject(self, error: DataError) -> None:
         """Raise ``error``, or, with ``skip_bad_rows``, count it and carry on."""
         if not self.skip_bad_rows:
+            error.add_note("To skip bad rows and count them instead, pass data.skip_bad_rows=true.")
             raise error
         self.bad_rows += 1
         if len(self.examples) < MAX_LISTED:

@@ -127,7 +127,7 @@ class EmpathyIdentifier(nn.Module):
 
 
 def encoder_config(cfg: IdentifiersConfig, tokenizer: PreTrainedTokenizerBase) -> T5Config:
-    """T5 config of a tiny random encoder (ReLU FFN, ``d_kv = d_model / num_heads``)."""
+    """T5 config of a tiny random encoder (ReLU FFN, ``d_kv = d_model / num_heads``, dropout ``cfg.dropout``)."""
     return T5Config(
         vocab_size=len(tokenizer),
         d_model=cfg.d_model,

@@ -96,7 +96,7 @@ class PolicyWithValueHead(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Sample or search with the inner model's ``generate`` (kwargs are passed through).
+        """Sample or search, without gradients, with the inner model's ``generate`` (kwargs pass through).
 
         Args:
             input_ids: (B, T_p) prompt token ids.

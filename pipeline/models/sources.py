@@ -87,7 +87,8 @@ def load_pretrained(loader: Callable[[str], T], source: str, *, key: str, what: 
                 f"{Path.cwd()}) and could not be fetched from the hub: check the name and the "
                 "network, or pass a folder written by save_pretrained"
             )
-        raise ModelSourceError(f"{key}={source!r}: cannot load the {what}: {exc}. Fix: {fix}.") from exc
+        reason = " ".join(str(exc).split()).rstrip(".")
+        raise ModelSourceError(f"{key}={source!r}: cannot load the {what}: {reason}. Fix: {fix}.") from exc
 
 
 def as_float32(model: M) -> M:

@@ -17,14 +17,13 @@ EPITOME = b"sp_id,rp_id,seeker_post,response_post,level,rationales\n"
 
 
 def ed_file(header: bytes, bad: bytes, *, official: bool = False) -> bytes:
-    """Two good conversations around one bad line (line 4)."""
-    tail = ",," if official else ""
-    role = (
-        (lambda i: b"1" if i % 2 else b"2") if official else (lambda i: b"speaker" if i % 2 else b"listener")
-    )
-    good = [b"a,%d,sad,p,%s,text %d%s" % (i, role(i), i, tail.encode()) for i in (1, 2)]
-    more = [b"b,%d,sad,p,%s,more %d%s" % (i, role(i), i, tail.encode()) for i in (1, 2)]
-    return header + b"\n".join([*good, bad, *more]) + b"\n"
+    """Two good conversations (a, b) around one bad line (line 4)."""
+
+    def line(conv: bytes, i: int) -> bytes:
+        role = (b"1" if i % 2 else b"2") if official else (b"speaker" if i % 2 else b"listener")
+        return b"%s,%d,sad,p,%s,text %d%s" % (conv, i, role, i, b",," if official else b"")
+
+    return header + b"\n".join([line(b"a", 1), line(b"a", 2), bad, line(b"b", 1), line(b"b", 2)]) + b"\n"
 
 
 def epitome_folder(tmp_path: Path, bad: bytes | None = None, header: bytes = EPITOME) -> Path:

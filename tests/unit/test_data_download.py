@@ -150,3 +150,51 @@ def test_http_error_and_bad_tarballs(mirror: dict[str, str], tmp_path: Path) -> 
         download_ed(tmp_path / "a", url=f"{mirror['base']}/broken.tar.gz", sha256=None)
     with pytest.raises(DownloadError, match=r"has no member empatheticdialogues/valid\.csv"):
         download_ed(tmp_path / "b", url=f"{mirror['base']}/novalid.tar.gz", sha256=None)
+
+
+def test_cli_download_prints_the_local_source_overrides(
+    mirror: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.data import main
+
+    main(
+        [
+            "download",
+            "--dest",
+            str(tmp_path),
+            "--ed-url",
+            mirror["ed_url"],
+            "--ed-sha256",
+            mirror["ed_sha256"],
+            "--epitome-base-url",
+            mirror["epitome_base_url"],
+        ]
+    )
+    out = capsys.readouterr().out.strip()
+    assert out == (
+        f"data.source=local data.ed_path={tmp_path / 'empatheticdialogues'} data.epitome_path={tmp_path / 'epitome'}"
+    )
+    assert sha256_file(tmp_path / "epitome" / EPITOME_FILES["ER"]) == EPITOME_SHA256[EPITOME_FILES["ER"]]
+
+
+def test_cli_download_without_network_fails_fast_and_says_what_to_do(tmp_path: Path) -> None:
+    from jobs.data import main
+
+    with socket.socket() as sock:  # a loopback port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"download failed: .*data\.ed_path") as info:
+        main(
+            [
+                "download",
+                "--dest",
+                str(tmp_path),
+                "--ed-url",
+                f"http://127.0.0.1:{port}/ed.tar.gz",
+                "--timeout",
+                "3",
+            ]
+        )
+    assert time.perf_counter() - t0 < 30, "an unreachable host must fail fast"
+    assert "127.0.0.1" in str(info.value)

