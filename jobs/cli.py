@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from jobs import data, run
+from jobs import data, identifiers, run
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="emprl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (run, data):
+    for module in (run, data, identifiers):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     args.func(args)

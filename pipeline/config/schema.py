@@ -122,6 +122,18 @@ class IdentifiersConfig:
     """Epochs without dev macro-F1 improvement before early stopping."""
     score_batch_size: int = 64
     """Pairs per forward pass when scoring."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    num_workers: int = 1
+    """Ray Train data-parallel workers per mechanism."""
+    engine: Literal["ddp", "deepspeed"] = "ddp"
+    """Distributed engine of the training workers: PyTorch DDP or DeepSpeed."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (``engine=deepspeed``)."""
+    mechanisms: tuple[str, ...] = ("ER", "IP", "EX")
+    """Mechanisms to train (all three for the reward)."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +268,9 @@ class ResourcesConfig:
     """CPUs of the reference policy."""
     learner_cpus: float = 1.0
     """CPUs per learner rank."""
+    trainer_cpus: float = 1.0
+    """CPUs per Ray Train worker (identifier and SFT training); the three identifiers train
+    concurrently when the cluster has CPUs for more than one."""
     torch_threads: int = 1
     """torch/OpenMP threads per actor; keep threads x actors <= cores."""
     object_store_memory: int = 500_000_000

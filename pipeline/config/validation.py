@@ -132,12 +132,35 @@ def validate(cfg: Config) -> None:
         "change one of them",
     )
     _check(0 <= i.dropout < 1, "identifiers.dropout", i.dropout, "must be in [0, 1)", "use 0.1")
+    _check(i.num_workers >= 1, "identifiers.num_workers", i.num_workers, "must be >= 1", "use 1 or more")
+    _check(
+        i.batch_size % i.num_workers == 0,
+        "identifiers.batch_size",
+        i.batch_size,
+        f"must be divisible by identifiers.num_workers={i.num_workers} (each worker takes an equal share)",
+        "change identifiers.batch_size or identifiers.num_workers",
+    )
+    _check(
+        i.zero_stage in (0, 1, 2, 3),
+        "identifiers.zero_stage",
+        i.zero_stage,
+        "DeepSpeed ZeRO stages are 0, 1, 2 and 3",
+        "use 0-3",
+    )
+    bad = [m for m in i.mechanisms if m not in ("ER", "IP", "EX")]
+    _check(
+        not bad and len(set(i.mechanisms)) == len(i.mechanisms) and bool(i.mechanisms),
+        "identifiers.mechanisms",
+        i.mechanisms,
+        "must be distinct names among ER, IP, EX",
+        "use [ER, IP, EX]",
+    )
     for sec, obj in (("sft", cfg.sft), ("identifiers", i)):
         _check(obj.batch_size >= 1, f"{sec}.batch_size", obj.batch_size, "must be >= 1", "use 8")
         _check(obj.lr > 0, f"{sec}.lr", obj.lr, "must be > 0", "use the preset's value")
         _check(obj.epochs >= 1, f"{sec}.epochs", obj.epochs, "must be >= 1", "use 1 or more")
     res = cfg.resources
     _check(res.torch_threads >= 1, "resources.torch_threads", res.torch_threads, "must be >= 1", "use 1")
-    for name in ("rollout_cpus", "reward_cpus", "reference_cpus", "learner_cpus"):
+    for name in ("rollout_cpus", "reward_cpus", "reference_cpus", "learner_cpus", "trainer_cpus"):
         v = getattr(res, name)
         _check(v >= 0, f"resources.{name}", v, "must be >= 0", "use a fraction like 0.5")

@@ -1,0 +1,168 @@
+"""Distributed training engines shared by the training roles (identifiers, SFT, the PPO learner).
+
+An engine owns a model's optimiser, scheduler and data-parallel wrapper, and saves/restores
+their complete state. ``DDPEngine`` uses PyTorch DDP through Ray Train; ``DeepSpeedEngine`` uses
+DeepSpeed (ZeRO 0–2, gloo on CPU, NCCL on GPU). Both run inside Ray Train workers whose process
+group Ray Train has already set up, and both clip every update's gradient norm.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ENGINE_STATE = "engine_state.pt"
+
+
+class TrainEngine(Protocol):
+    """What a training loop needs from its engine."""
+
+    model: nn.Module
+    """The (possibly wrapped) model to call in training."""
+
+    @property
+    def module(self) -> nn.Module:
+        """The unwrapped model (for evaluation and export)."""
+        ...
+
+    def step(self, loss: torch.Tensor) -> float:
+        """Backward, clip, optimiser and scheduler step; returns the pre-clip gradient norm."""
+        ...
+
+    def save(self, folder: Path, *, rank: int) -> None:
+        """Write the full training state (model, optimiser, scheduler) into ``folder``."""
+        ...
+
+    def load(self, folder: Path) -> None:
+        """Restore what :meth:`save` wrote."""
+        ...
+
+
+def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+class DDPEngine:
+    """PyTorch DDP via ``ray.train.torch.prepare_model`` (no wrapper with one worker)."""
+
+    def __init__(
+        self, model: nn.Module, *, lr: float, weight_decay: float, max_grad_norm: float, lr_lambda: Any
+    ) -> None:
+        import ray.train.torch
+
+        self.model = ray.train.torch.prepare_model(model)
+        self.optimizer = _optimizer(self.module, lr, weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        self.max_grad_norm = max_grad_norm
+
+    @property
+    def module(self) -> nn.Module:
+        inner = getattr(self.model, "module", self.model)
+        assert isinstance(inner, nn.Module)
+        return inner
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(norm)
+
+    def save(self, folder: Path, *, rank: int) -> None:
+        if rank == 0:  # DDP keeps every rank identical; one copy suffices
+            state = {
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+            }
+            torch.save(state, folder / ENGINE_STATE)
+
+    def load(self, folder: Path) -> None:
+        state = torch.load(folder / ENGINE_STATE, map_location="cpu", weights_only=False)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DeepSpeedEngine:
+    """DeepSpeed with the client AdamW (no JIT-compiled Adam), ZeRO stage 0–2."""
+
+    TAG = "deepspeed"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float,
+        max_grad_norm: float,
+        lr_lambda: Any,
+        micro_batch: int,
+        world_size: int,
+        zero_stage: int,
+        precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+        offload: bool = False,
+    ) -> None:
+        import deepspeed
+
+        if zero_stage > 2:
+            raise ValueError(
+                f"zero_stage={zero_stage}: this engine supports ZeRO 0-2 (models here fit one device). "
+                "Fix: use zero_stage 0, 1 or 2."
+            )
+        optimizer = _optimizer(model, lr, weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        zero: dict[str, Any] = {"stage": zero_stage}
+        if offload:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        config: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "train_batch_size": micro_batch * world_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": max_grad_norm,
+            "zero_optimization": zero,
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": precision == "bf16"},
+            "fp16": {"enabled": precision == "fp16"},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+        )
+        self.model = engine
+        self.engine = engine
+
+    @property
+    def module(self) -> nn.Module:
+        inner = self.engine.module
+        assert isinstance(inner, nn.Module)
+        return inner
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.engine.backward(loss)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def save(self, folder: Path, *, rank: int) -> None:
+        # every rank writes its own optimizer shard; Ray Train merges them into one checkpoint
+        self.engine.save_checkpoint(str(folder), tag=self.TAG)
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(folder), tag=self.TAG)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {self.TAG!r} in {folder}")
