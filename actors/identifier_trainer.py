@@ -113,7 +113,11 @@ def train_loop(config: dict[str, Any]) -> None:
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
     best_weights = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
-    checkpoint = ray.train.get_checkpoint()
+    # within a run Ray Train hands back the latest checkpoint; a new run of the job starts from
+    # the checkpoint the driver found on storage
+    checkpoint = ray.train.get_checkpoint() or (
+        Checkpoint(config["resume_from"]) if config["resume_from"] else None
+    )
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             engine.load(Path(folder))
@@ -223,7 +227,7 @@ def fit_mechanism(
         logger.info("[%s] resuming from %s", spec.mechanism, resume_from.path)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"spec": spec},
+        train_loop_config={"spec": spec, "resume_from": resume_from.path if resume_from else None},
         scaling_config=ScalingConfig(
             num_workers=spec.cfg.num_workers,
             use_gpu=res.use_gpu,
@@ -236,7 +240,6 @@ def fit_mechanism(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": worker_env(res)},  # type: ignore[call-arg]  # V2 RunConfig
         ),
-        resume_from_checkpoint=resume_from,
     )
     t0 = time.perf_counter()
     result = trainer.fit()

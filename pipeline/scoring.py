@@ -193,6 +193,30 @@ class LevelScores:
         return columns
 
 
+def identifier_folders(folder: str | Path, mechanisms: Sequence[str] = MECHANISMS) -> dict[str, Path]:
+    """``folder/<mechanism>`` for each mechanism, checked to hold a :func:`save_identifier` folder.
+
+    Raises:
+        ModelSourceError: ``folder`` or a mechanism's subfolder is missing; the message names it
+            and how to produce it.
+    """
+    root = Path(folder).expanduser()
+    fix = (
+        "Fix: train the identifiers with `emprl identifiers train` (it writes <run>/identifiers/ER, IP, "
+        "EX) and pass that identifiers folder."
+    )
+    if not root.is_dir():
+        raise ModelSourceError(f"identifiers folder {str(folder)!r} does not exist ({root.resolve()}). {fix}")
+    missing = [m for m in mechanisms if not (root / m / META_FILE).is_file()]
+    if missing:
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise ModelSourceError(
+            f"identifiers folder {str(folder)!r} has no {' / '.join(f'{m}/' for m in missing)} identifier "
+            f"(a subfolder with {META_FILE}, written by save_identifier); subfolders found: {found}. {fix}"
+        )
+    return {m: root / m for m in mechanisms}
+
+
 class EmpathyScorer:
     """The ER/IP/EX identifiers, each with its own tokenizer, scoring pairs in eval mode.
 
@@ -253,24 +277,9 @@ class EmpathyScorer:
         Raises:
             ModelSourceError: the folder or a mechanism's subfolder is missing or incomplete.
         """
-        root = Path(folder).expanduser()
-        fix = (
-            "Fix: train the identifiers with `emprl identifiers train` (it writes <run>/identifiers/ER, IP, "
-            "EX) and pass that identifiers folder."
-        )
-        if not root.is_dir():
-            raise ModelSourceError(
-                f"identifiers folder {str(folder)!r} does not exist ({root.resolve()}). {fix}"
-            )
-        missing = [m for m in mechanisms if not (root / m / META_FILE).is_file()]
-        if missing:
-            found = sorted(p.name for p in root.iterdir() if p.is_dir())
-            raise ModelSourceError(
-                f"identifiers folder {str(folder)!r} has no {' / '.join(f'{m}/' for m in missing)} identifier "
-                f"(a subfolder with {META_FILE}, written by save_identifier); subfolders found: {found}. {fix}"
-            )
-        identifiers = {m: load_identifier(root / m) for m in mechanisms}
-        logger.info("loaded identifiers %s from %s onto %s", list(mechanisms), root, device)
+        folders = identifier_folders(folder, mechanisms)
+        identifiers = {m: load_identifier(path) for m, path in folders.items()}
+        logger.info("loaded identifiers %s from %s onto %s", list(mechanisms), folder, device)
         return cls(
             identifiers,
             max_context_len=max_context_len,
