@@ -45,6 +45,7 @@ from pipeline.classifier_training import (
 from pipeline.config import IdentifiersConfig, ResourcesConfig
 from pipeline.metrics import majority_baseline
 from pipeline.models import EmpathyIdentifier, build_identifier, load_tokenizer, save_identifier
+from pipeline.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +133,17 @@ def train_loop(config: dict[str, Any]) -> None:
         seed_everything(spec.seed, epoch, rank)
         engine.model.train()
         t0, losses = time.perf_counter(), []
+        progress = Progress(
+            f"[{spec.mechanism}] epoch {epoch + 1}/{cfg.epochs}", steps, unit="steps", every_s=30
+        )
         for indices in epoch_batches(
             len(spec.train), cfg.batch_size, seed=spec.seed, epoch=epoch, rank=rank, world_size=world
         ):
             loss = batch_loss(engine.model, tokenizer, spec.train, indices, weights, device=device, **lengths)
             engine.step(loss)
             losses.append(float(loss))
+            if rank == 0:
+                progress.update(loss=losses[-1])
         dev = evaluate(
             identifier(engine), tokenizer, spec.dev, device=device, batch_size=cfg.score_batch_size, **lengths
         )

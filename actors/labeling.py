@@ -65,8 +65,8 @@ def part_path(out_dir: Path, split: str, index: int) -> Path:
 
 def label_splits(
     datasets: Mapping[str, Dataset],
-    identifiers_dir: Path,
-    out_dir: Path,
+    identifiers_dir: str | Path,
+    out_dir: str | Path,
     cfg: IdentifiersConfig,
     res: ResourcesConfig,
     *,
@@ -114,6 +114,7 @@ def label_splits(
 
     stats: dict[str, Any] = {
         "identifiers_dir": str(identifiers_dir),
+        "mechanisms": list(MECHANISMS),
         "shard_rows": shard_rows,
         "splits": {},
     }

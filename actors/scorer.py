@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,23 +28,17 @@ class ScorerWorker:
 
     def __init__(
         self,
-        identifiers_dir: str,
+        identifiers_dir: str | Path,
         cfg: IdentifiersConfig,
         torch_threads: int = 1,
         device: str = "cpu",
         mechanisms: Sequence[str] = MECHANISMS,
     ) -> None:
+        """Load ``identifiers_dir/{ER,IP,EX}`` onto ``device`` with lengths and batch size from ``cfg``."""
         # Threads beyond the CPUs this worker was given make every process on the node crawl.
         torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.scorer = EmpathyScorer.from_folder(
-            identifiers_dir,
-            max_context_len=cfg.max_context_len,
-            max_response_len=cfg.max_response_len,
-            batch_size=cfg.score_batch_size,
-            device=device,
-            mechanisms=mechanisms,
-        )
+        self.scorer = EmpathyScorer.from_config(identifiers_dir, cfg, device, mechanisms=mechanisms)
         logger.info("scorer worker ready: pid %d, %d torch threads, %s", os.getpid(), torch_threads, device)
 
     def score(self, contexts: Sequence[str], responses: Sequence[str]) -> LevelScores:
@@ -62,5 +57,5 @@ class ScorerWorker:
                     f"ScorerWorker: the batch has no {column!r} column (columns: {sorted(batch)}). Fix: "
                     "select or rename the text columns to 'context' and 'response'."
                 )
-        columns = self.score_columns([str(t) for t in batch["context"]], [str(t) for t in batch["response"]])
+        columns = self.score_columns(list(batch["context"]), list(batch["response"]))
         return {**batch, **columns}

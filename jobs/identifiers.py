@@ -1,7 +1,7 @@
 """Identifier stages: train the ER/IP/EX classifiers on EPITOME, and label ED with them.
 
 Laptop:        emprl identifiers train [--preset local] [--run-dir runs/ids] [KEY=VALUE ...]
-               emprl identifiers label --run-dir runs/ids
+               emprl identifiers label --run-dir runs/ids     (writes runs/ids/labeled/<split>.parquet)
 Cluster job:   ray job submit --working-dir . -- python -m jobs.identifiers train --preset paper \
                    --run-dir /shared/runs/ids resources.address=auto
 Sweep:         not swept; PPO trials reuse the trained identifiers.
@@ -18,6 +18,7 @@ from typing import Any
 
 from actors.cluster import init_ray, shutdown_ray
 from actors.identifier_trainer import TrainSpec, train_identifiers
+from actors.labeling import label_splits
 from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
 from pipeline.classifier_training import LabeledPairs
 from pipeline.config import Config
@@ -67,6 +68,25 @@ def train_stage(cfg: Config, data: PreparedData, out_dir: Path, *, resume: bool 
     }
 
 
+def label_stage(cfg: Config, data: PreparedData, identifiers_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Label every gold ED response with the identifiers (resumable); Ray must be up."""
+    stats = label_splits(
+        {split: data.ed[split] for split in cfg.data.splits if split in data.ed},
+        identifiers_dir,
+        out_dir,
+        cfg.identifiers,
+        cfg.resources,
+        num_workers=cfg.reward.num_scorers,
+    )
+    for split, info in stats["splits"].items():
+        dist = {m: info["levels"][m]["fractions"] for m in info["levels"]}
+        logger.info("%s: %d responses labelled; level fractions %s", split, info["rows"], dist)
+    return {
+        "splits": {k: v["rows"] for k, v in stats["splits"].items()},
+        "rows_per_s": stats["run"]["rows_per_s"],
+    }
+
+
 def summary_table(metrics: dict[str, Any]) -> list[str]:
     """Test accuracy / macro-F1 per mechanism next to Sharma et al. 2020 and the majority class."""
     lines = [
@@ -90,6 +110,10 @@ def add_parser(sub: Any) -> None:
     train.add_argument("--run-dir", type=Path, default=None, help="run folder (re-use one to resume)")
     train.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
     train.set_defaults(func=train_main)
+    label = actions.add_parser("label", help="label ED gold responses with trained identifiers (resumable)")
+    add_config_args(label)
+    label.add_argument("--run-dir", type=Path, required=True, help="run folder holding identifiers/")
+    label.set_defaults(func=label_main)
 
 
 def train_main(args: argparse.Namespace) -> None:
@@ -101,6 +125,19 @@ def train_main(args: argparse.Namespace) -> None:
     owns = init_ray(cfg.resources)
     try:
         result = train_stage(cfg, data, run_dir / "identifiers", resume=not args.no_resume)
+    finally:
+        if owns:
+            shutdown_ray()
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+def label_main(args: argparse.Namespace) -> None:
+    setup_logging(args.log_level)
+    cfg = config_from_args(args)
+    data = prepare_datasets(cfg.data)
+    owns = init_ray(cfg.resources)
+    try:
+        result = label_stage(cfg, data, args.run_dir / "identifiers", args.run_dir / "labeled")
     finally:
         if owns:
             shutdown_ray()

@@ -21,16 +21,10 @@ import ray
 
 from actors.cluster import init_ray, shutdown_ray, worker_env
 from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
+from jobs.identifiers import label_stage, train_stage
 from pipeline.config import Config
 from pipeline.data import DataError, PreparedData, prepare_datasets
-from pipeline.models import (
-    build_identifier,
-    build_identifier_tokenizer,
-    build_policy,
-    build_policy_tokenizer,
-    save_identifier,
-    save_policy,
-)
+from pipeline.models import build_policy, build_policy_tokenizer, save_policy
 
 logger = logging.getLogger(__name__)
 
@@ -60,32 +54,37 @@ def stage_data(state: RunState) -> dict[str, Any]:
     return {"ed": state.data.stats["ed"], "epitome_pairs": state.data.stats["epitome"]["splits"]}
 
 
+def stage_identifiers(state: RunState) -> dict[str, Any]:
+    """Train the ER/IP/EX identifiers on EPITOME (Ray Train), keep the best epoch by dev macro-F1."""
+    assert state.data is not None
+    return train_stage(state.cfg, state.data, state.run_dir / "identifiers")
+
+
+def stage_label(state: RunState) -> dict[str, Any]:
+    """Label every gold ED listener response with the identifiers (the PPO target levels)."""
+    assert state.data is not None
+    return label_stage(state.cfg, state.data, state.run_dir / "identifiers", state.run_dir / "labeled")
+
+
 def stage_init(state: RunState) -> dict[str, Any]:
-    """Tokenizers and initial models: the policy SFT starts from, and one untrained identifier."""
+    """The policy tokenizer and the initial policy SFT starts from."""
     assert state.data is not None
     cfg, out = state.cfg, state.run_dir / "init"
     ed_train = state.data.ed["train"]
     policy_tok = build_policy_tokenizer(cfg.model, [*ed_train["context"], *ed_train["response"]])
     policy = build_policy(cfg.model, policy_tok)
     save_policy(policy, policy_tok, out / "policy")
-    epi = state.data.epitome["train"]
-    id_tok = build_identifier_tokenizer(
-        cfg.identifiers,
-        [*epi["seeker_post"], *epi["response_post"], *ed_train["context"], *ed_train["response"]],
-    )
-    identifier = build_identifier(cfg.identifiers, id_tok)
-    save_identifier(identifier, id_tok, out / "identifier")
     return {
         "policy": str(out / "policy"),
         "policy_params_M": round(sum(p.numel() for p in policy.parameters()) / 1e6, 3),
         "policy_vocab": len(policy_tok),
-        "identifier_params_M": round(sum(p.numel() for p in identifier.parameters()) / 1e6, 3),
-        "identifier_vocab": len(id_tok),
     }
 
 
 STAGES: list[tuple[str, Callable[[RunState], dict[str, Any]]]] = [
     ("data", stage_data),
+    ("identifiers", stage_identifiers),
+    ("label", stage_label),
     ("init", stage_init),
 ]
 

@@ -290,7 +290,12 @@ class EmpathyScorer:
 
     @classmethod
     def from_config(
-        cls, folder: str | Path, cfg: IdentifiersConfig, device: str | torch.device = "cpu"
+        cls,
+        folder: str | Path,
+        cfg: IdentifiersConfig,
+        device: str | torch.device = "cpu",
+        *,
+        mechanisms: Sequence[str] = MECHANISMS,
     ) -> EmpathyScorer:
         """:meth:`from_folder` with lengths and batch size from the ``identifiers`` config section."""
         return cls.from_folder(
@@ -299,6 +304,7 @@ class EmpathyScorer:
             max_response_len=cfg.max_response_len,
             batch_size=cfg.score_batch_size,
             device=device,
+            mechanisms=mechanisms,
         )
 
     def score(self, contexts: Sequence[str], responses: Sequence[str]) -> LevelScores:
@@ -317,6 +323,8 @@ class EmpathyScorer:
                 f"score got {len(contexts)} contexts but {len(responses)} responses. Fix: pass one context "
                 "per response."
             )
+        # Lists index fast; a datasets Column or a numpy array would be read item by item below.
+        contexts, responses = list(contexts), list(responses)
         _check_strings("contexts", contexts)
         _check_strings("responses", responses)
         n = len(contexts)

@@ -164,6 +164,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r}: expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 5e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r}: expected a number")
         return float(value)

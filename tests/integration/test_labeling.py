@@ -176,3 +176,13 @@ def test_inputs_that_cannot_resume_or_run_fail_before_any_work(
     epitome = epitome.rename_columns({"seeker_post": "context", "response_post": "response"})
     with pytest.raises(LabelingError, match="already has a column 'er_level'"):
         label_splits({"train": epitome}, identifiers_dir, tmp_path / "out", CFG, RES)
+
+
+def test_an_empty_split_gives_an_empty_labelled_table(
+    demo: PreparedData, identifiers_dir: Path, tmp_path: Path
+) -> None:
+    empty = demo.ed["valid"].select([])
+    stats = label_splits({"test": empty}, identifiers_dir, tmp_path, CFG, RES)
+    table = pq.read_table(tmp_path / "test.parquet")
+    assert table.num_rows == 0 and table.column_names == ORIGINAL + level_columns()
+    assert stats["splits"]["test"]["levels"]["ER"]["counts"] == {"0": 0, "1": 0, "2": 0}

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -34,13 +35,22 @@ def test_run_writes_every_stage_into_one_folder(ray_cluster: None, tmp_path: Pat
     )
     run_dir = run(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [name for name, _ in STAGES] == [k for k in summary if k != "total_seconds"]
+    assert sorted(name for name, _ in STAGES) == sorted(k for k in summary if k != "total_seconds")
     assert summary["data"]["ed"]["train"]["examples"] >= 200
     assert sum(summary["data"]["epitome_pairs"].values()) >= 150
     # the resolved config is in the run folder and reloads to the same config
     assert load_config(run_dir / "config.yaml") == cfg
     stats = json.loads((run_dir / "data" / "stats.json").read_text())
     assert stats["bad_rows"] == 0
+    # identifiers trained and exported, every gold response labelled
+    for mechanism in ("ER", "IP", "EX"):
+        assert (run_dir / "identifiers" / mechanism / "metrics.json").is_file()
+        assert set(summary["identifiers"][mechanism]) == {"test_accuracy", "test_macro_f1"}
+    labeled = pq.read_table(run_dir / "labeled" / "train.parquet")
+    assert (
+        labeled.num_rows == summary["data"]["ed"]["train"]["examples"] == summary["label"]["splits"]["train"]
+    )
+    assert {"er_level", "ip_level", "ex_level"} <= set(labeled.column_names)
     # the initial policy is a plain Hugging Face folder
     policy_dir = run_dir / "init" / "policy"
     model = AutoModelForSeq2SeqLM.from_pretrained(policy_dir)

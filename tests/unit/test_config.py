@@ -120,3 +120,7 @@ def test_with_overrides_is_a_tune_trial() -> None:
     assert base.ppo.kl_coef == 0.2  # the base is untouched
     with pytest.raises(ConfigError, match=r"ppo\.kl_coef=-1"):
         base.with_overrides({"ppo.kl_coef": -1})
+
+
+def test_exponent_without_dot_is_a_number() -> None:
+    assert load_config("local", ["identifiers.lr=5e-5"]).identifiers.lr == 5e-5

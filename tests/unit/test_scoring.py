@@ -220,3 +220,24 @@ def test_concat_and_validation() -> None:
         LevelScores.concat([a, LevelScores.empty()])
     with pytest.raises(ValueError, match="shapes"):
         LevelScores.from_logits({"ER": np.zeros((2, 3)), "IP": np.zeros((3, 3))})
+
+
+def test_scorer_worker_scores_a_ray_data_batch_in_process(identifiers_dir: Path) -> None:
+    from actors.scorer import ScorerWorker
+
+    cfg = IdentifiersConfig(max_context_len=MAX_CONTEXT, max_response_len=MAX_RESPONSE, score_batch_size=4)
+    worker = ScorerWorker(str(identifiers_dir), cfg, torch_threads=1)
+    contexts, responses = pairs(7)
+    batch = {
+        "context": np.array(contexts, dtype=object),
+        "response": np.array(responses),
+        "row": np.arange(7),
+    }
+    out = worker(batch)
+    assert list(out) == ["context", "response", "row", *level_columns()]
+    expected = worker.score(contexts, responses).to_columns()
+    for name, values in expected.items():
+        np.testing.assert_array_equal(out[name], values)
+    np.testing.assert_array_equal(out["row"], np.arange(7))
+    with pytest.raises(KeyError, match="no 'response' column"):
+        worker({"context": batch["context"]})
