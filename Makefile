@@ -27,8 +27,8 @@ run: venv
 	$(BIN)/emprl run --preset $(PRESET) $(ARGS)
 
 lint: venv
-	$(BIN)/ruff check pipeline actors jobs tests
-	$(BIN)/ruff format --check pipeline actors jobs tests
+	$(BIN)/ruff check pipeline actors jobs tests benchmarks
+	$(BIN)/ruff format --check pipeline actors jobs tests benchmarks
 
 typecheck: venv
 	$(BIN)/mypy pipeline actors jobs
