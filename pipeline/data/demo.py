@@ -32,20 +32,12 @@ from pipeline.data.demo_text import (
     Emotion,
     Topic,
 )
+from pipeline.data.ed import OFFICIAL_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 DEMO_SEED: Final = 20200
-ED_HEADER: Final = (
-    "conv_id",
-    "utterance_idx",
-    "context",
-    "prompt",
-    "speaker_idx",
-    "utterance",
-    "selfeval",
-    "tags",
-)
+ED_HEADER: Final = OFFICIAL_COLUMNS
 EPITOME_HEADER: Final = ("sp_id", "rp_id", "seeker_post", "response_post", "level", "rationales")
 MECHANISMS: Final = ("ER", "IP", "EX")
 EPITOME_FILES: Final = {
