@@ -2,8 +2,9 @@
 
 An engine owns a model's optimiser, scheduler and data-parallel wrapper, and saves/restores
 their complete state. ``DDPEngine`` uses PyTorch DDP through Ray Train; ``DeepSpeedEngine`` uses
-DeepSpeed (ZeRO 0–2, gloo on CPU, NCCL on GPU). Both run inside Ray Train workers whose process
-group Ray Train has already set up, and both clip every update's gradient norm.
+DeepSpeed (ZeRO 0–3, gloo on CPU, NCCL on GPU). Both run inside Ray Train workers whose process
+group Ray Train has already set up, and both clip every update's gradient norm. Under ZeRO-3 no
+rank holds the whole model: :meth:`TrainEngine.full_state_dict` gathers it (a collective call).
 """
 
 from __future__ import annotations
@@ -42,6 +43,31 @@ class TrainEngine(Protocol):
     def load(self, folder: Path) -> None:
         """Restore what :meth:`save` wrote."""
         ...
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether parameters are sharded across ranks (ZeRO-3): ``module`` alone cannot run forward."""
+        ...
+
+    def full_state_dict(self, *, rank: int) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights as float32 CPU tensors on rank 0, ``None`` elsewhere.
+
+        Every rank must call it (ZeRO-3 gathers the shards collectively).
+        """
+        ...
+
+
+def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached float32 CPU copies of ``module.state_dict()``; tied weights stay one shared tensor."""
+    copies: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+    out = {}
+    for name, tensor in module.state_dict().items():
+        key = (tensor.data_ptr(), tensor.dtype)
+        if key not in copies:
+            t = tensor.detach().to("cpu", copy=True)
+            copies[key] = t.float() if t.is_floating_point() else t
+        out[name] = copies[key]
+    return out
 
 
 def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -96,9 +122,20 @@ class DDPEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
+    @property
+    def partitioned(self) -> bool:
+        return False
+
+    def full_state_dict(self, *, rank: int) -> dict[str, torch.Tensor] | None:
+        return cpu_state_dict(self.module) if rank == 0 else None
+
 
 class DeepSpeedEngine:
-    """DeepSpeed with the client AdamW (no JIT-compiled Adam), ZeRO stage 0–2."""
+    """DeepSpeed with the client AdamW (no JIT-compiled Adam), ZeRO stage 0–3, optional optimizer offload.
+
+    ZeRO-3 needs ``partition_aware=True``: the caller promises to read weights only through
+    :meth:`full_state_dict` and to run every forward pass on all ranks.
+    """
 
     TAG = "deepspeed"
 
@@ -115,19 +152,27 @@ class DeepSpeedEngine:
         zero_stage: int,
         precision: Literal["fp32", "bf16", "fp16"] = "fp32",
         offload: bool = False,
+        partition_aware: bool = False,
     ) -> None:
         import deepspeed
 
-        if zero_stage > 2:
+        if zero_stage not in (0, 1, 2, 3):
             raise ValueError(
-                f"zero_stage={zero_stage}: this engine supports ZeRO 0-2 (models here fit one device). "
-                "Fix: use zero_stage 0, 1 or 2."
+                f"zero_stage={zero_stage}: DeepSpeed ZeRO stages are 0-3. Fix: use 0, 1, 2 or 3."
+            )
+        if zero_stage == 3 and not partition_aware:
+            # under ZeRO-3 ``module`` holds only this rank's shards: a caller that evaluates or
+            # exports ``module`` directly would read empty weights
+            raise ValueError(
+                "zero_stage=3: this training role reads the model's weights directly, which ZeRO-3 "
+                "shards across ranks. Fix: use zero_stage 0, 1 or 2 (ZeRO-3 is supported for SFT)."
             )
         optimizer = _optimizer(model, lr, weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
         zero: dict[str, Any] = {"stage": zero_stage}
         if offload:
             zero["offload_optimizer"] = {"device": "cpu"}
+        self.zero_stage = zero_stage
         config: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": micro_batch,
             "train_batch_size": micro_batch * world_size,
@@ -135,6 +180,8 @@ class DeepSpeedEngine:
             "gradient_clipping": max_grad_norm,
             "zero_optimization": zero,
             "zero_allow_untested_optimizer": True,
+            # the client torch AdamW also serves offload: no JIT build of DeepSpeedCPUAdam
+            "zero_force_ds_cpu_optimizer": False,
             "bf16": {"enabled": precision == "bf16"},
             "fp16": {"enabled": precision == "fp16"},
             "steps_per_print": 10**9,
@@ -166,3 +213,16 @@ class DeepSpeedEngine:
         path, _ = self.engine.load_checkpoint(str(folder), tag=self.TAG)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {self.TAG!r} in {folder}")
+
+    @property
+    def partitioned(self) -> bool:
+        return self.zero_stage == 3
+
+    def full_state_dict(self, *, rank: int) -> dict[str, torch.Tensor] | None:
+        if not self.partitioned:
+            return cpu_state_dict(self.module) if rank == 0 else None
+        import deepspeed
+
+        # every rank takes part in the all-gather; only rank 0 keeps a copy
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+            return cpu_state_dict(self.module) if rank == 0 else None

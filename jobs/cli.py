@@ -2,19 +2,21 @@
 
 emprl run [--preset local] [KEY=VALUE ...]
 emprl data prepare|download|stats ...
+emprl identifiers train|label ...
+emprl sft [--run-dir DIR] ...
 """
 
 from __future__ import annotations
 
 import argparse
 
-from jobs import data, identifiers, run
+from jobs import data, identifiers, run, sft
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="emprl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (run, data, identifiers):
+    for module in (run, data, identifiers, sft):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     args.func(args)

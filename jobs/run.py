@@ -22,9 +22,9 @@ import ray
 from actors.cluster import init_ray, shutdown_ray, worker_env
 from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
 from jobs.identifiers import label_stage, train_stage
+from jobs.sft import init_policy, sft_stage
 from pipeline.config import Config
 from pipeline.data import DataError, PreparedData, prepare_datasets
-from pipeline.models import build_policy, build_policy_tokenizer, save_policy
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +67,15 @@ def stage_label(state: RunState) -> dict[str, Any]:
 
 
 def stage_init(state: RunState) -> dict[str, Any]:
-    """The policy tokenizer and the initial policy SFT starts from."""
+    """The policy tokenizer and the initial policy SFT starts from (``model.*``)."""
     assert state.data is not None
-    cfg, out = state.cfg, state.run_dir / "init"
-    ed_train = state.data.ed["train"]
-    policy_tok = build_policy_tokenizer(cfg.model, [*ed_train["context"], *ed_train["response"]])
-    policy = build_policy(cfg.model, policy_tok)
-    save_policy(policy, policy_tok, out / "policy")
-    return {
-        "policy": str(out / "policy"),
-        "policy_params_M": round(sum(p.numel() for p in policy.parameters()) / 1e6, 3),
-        "policy_vocab": len(policy_tok),
-    }
+    return init_policy(state.cfg, state.data, state.run_dir / "init" / "policy")
+
+
+def stage_sft(state: RunState) -> dict[str, Any]:
+    """Fine-tune the initial policy on the labelled ED (MLE, Ray Train + DeepSpeed), best epoch by val loss."""
+    assert state.data is not None
+    return sft_stage(state.cfg, state.data, state.run_dir)
 
 
 STAGES: list[tuple[str, Callable[[RunState], dict[str, Any]]]] = [
@@ -86,6 +83,7 @@ STAGES: list[tuple[str, Callable[[RunState], dict[str, Any]]]] = [
     ("identifiers", stage_identifiers),
     ("label", stage_label),
     ("init", stage_init),
+    ("sft", stage_sft),
 ]
 
 

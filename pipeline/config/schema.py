@@ -138,20 +138,46 @@ class IdentifiersConfig:
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """Supervised fine-tuning of the initial policy (MLE on ED)."""
+    """Supervised fine-tuning of the initial policy (MLE on ED, context → listener response).
+
+    Sources and targets are cut to ``model.max_source_len`` / ``model.max_target_len``. The
+    engine fields mirror ``learner.*`` but are SFT's own: SFT runs before PPO, alone on the
+    cluster, often with more workers than the PPO learner.
+    """
 
     lr: float = 1e-4
-    """Peak learning rate, linear decay (paper: 1e-4)."""
+    """Peak learning rate, linear decay to 0 (paper: 1e-4)."""
     epochs: int = 3
-    """Epochs (paper: 3); the best epoch by validation loss is kept."""
+    """Epochs (paper: 3); the best epoch by validation loss is exported."""
     batch_size: int = 8
-    """Global batch size (paper: 8)."""
+    """Global batch size, split evenly across ``num_workers`` (paper: 8)."""
     warmup_ratio: float = 0.0
-    """Fraction of steps with linear warm-up."""
+    """Fraction of steps with linear warm-up (paper: none)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
+    """Gradient clipping norm, applied on every update."""
+    num_workers: int = 1
+    """Ray Train data-parallel workers (``resources.trainer_cpus`` CPUs or one GPU each)."""
+    engine: Literal["ddp", "deepspeed"] = "deepspeed"
+    """Distributed engine: DeepSpeed (gloo on CPU, NCCL on GPU) or PyTorch DDP."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage, 0 to 3 (3 shards the parameters too)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision (DeepSpeed); bf16 and fp16 need ``resources.use_gpu``."""
+    offload: bool = False
+    """Offload optimizer state to CPU memory (DeepSpeed ZeRO 2 and 3)."""
+    group_batches: int = 50
+    """Global batches per length-grouped mega-batch (sorted by length, then batch order
+    shuffled); 1 gives plain random batches."""
+    eval_batch_size: int = 32
+    """Validation examples per forward pass on each worker."""
+    checkpoint_every: int = 0
+    """Also checkpoint every this many steps inside an epoch (0: only at epoch ends)."""
+    keep_checkpoints: int = 2
+    """Most recent Ray Train checkpoints kept (each holds the best weights so far too)."""
+    num_samples: int = 5
+    """Validation contexts (the first ones) answered by sampling after every epoch."""
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,73 @@ def validate(cfg: Config) -> None:
         _check(obj.batch_size >= 1, f"{sec}.batch_size", obj.batch_size, "must be >= 1", "use 8")
         _check(obj.lr > 0, f"{sec}.lr", obj.lr, "must be > 0", "use the preset's value")
         _check(obj.epochs >= 1, f"{sec}.epochs", obj.epochs, "must be >= 1", "use 1 or more")
+    _validate_sft(cfg)
     res = cfg.resources
     _check(res.torch_threads >= 1, "resources.torch_threads", res.torch_threads, "must be >= 1", "use 1")
     for name in ("rollout_cpus", "reward_cpus", "reference_cpus", "learner_cpus", "trainer_cpus"):
         v = getattr(res, name)
         _check(v >= 0, f"resources.{name}", v, "must be >= 0", "use a fraction like 0.5")
+
+
+def _validate_sft(cfg: Config) -> None:
+    s = cfg.sft
+    _check(s.num_workers >= 1, "sft.num_workers", s.num_workers, "must be >= 1", "use 1 or more")
+    _check(
+        s.batch_size % s.num_workers == 0,
+        "sft.batch_size",
+        s.batch_size,
+        f"must be divisible by sft.num_workers={s.num_workers} (each worker takes an equal share)",
+        "change sft.batch_size or sft.num_workers",
+    )
+    _check(
+        s.zero_stage in (0, 1, 2, 3),
+        "sft.zero_stage",
+        s.zero_stage,
+        "DeepSpeed ZeRO stages are 0, 1, 2 and 3",
+        "use 0-3 (3 also shards the parameters)",
+    )
+    _check(
+        not s.offload or s.zero_stage >= 2,
+        "sft.offload",
+        s.offload,
+        "optimizer offload needs ZeRO stage 2 or 3",
+        "set sft.zero_stage=2 (or 3) or sft.offload=false",
+    )
+    if s.engine == "ddp":
+        for key, value, default in (
+            ("zero_stage", s.zero_stage, 0),
+            ("precision", s.precision, "fp32"),
+            ("offload", s.offload, False),
+        ):
+            _check(
+                value == default,
+                f"sft.{key}",
+                value,
+                "is a DeepSpeed setting and sft.engine='ddp'",
+                f"set sft.engine=deepspeed or sft.{key}={str(default).lower()}",
+            )
+    _check(
+        s.precision == "fp32" or cfg.resources.use_gpu,
+        "sft.precision",
+        s.precision,
+        "bf16 and fp16 training need a GPU (resources.use_gpu=false)",
+        "use sft.precision=fp32 on CPU, or set resources.use_gpu=true",
+    )
+    _check(0 <= s.warmup_ratio < 1, "sft.warmup_ratio", s.warmup_ratio, "must be in [0, 1)", "use 0.0")
+    _check(s.weight_decay >= 0, "sft.weight_decay", s.weight_decay, "must be >= 0", "use 0.0")
+    _check(s.max_grad_norm > 0, "sft.max_grad_norm", s.max_grad_norm, "must be > 0", "use 1.0")
+    for name, fix in (
+        ("group_batches", "use 50 (1 disables length grouping)"),
+        ("eval_batch_size", "use 32"),
+        ("keep_checkpoints", "use 2"),
+    ):
+        v = getattr(s, name)
+        _check(v >= 1, f"sft.{name}", v, "must be >= 1", fix)
+    _check(
+        s.checkpoint_every >= 0,
+        "sft.checkpoint_every",
+        s.checkpoint_every,
+        "must be >= 0 (0 checkpoints at epoch ends only)",
+        "use 0 or a step count",
+    )
+    _check(s.num_samples >= 0, "sft.num_samples", s.num_samples, "must be >= 0", "use 5")
