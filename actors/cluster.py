@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from pipeline.config import ResourcesConfig
 
@@ -70,3 +74,37 @@ def shutdown_ray() -> None:
     """Disconnect (and stop a local cluster this process started)."""
     if ray.is_initialized():
         ray.shutdown()
+
+
+def torch_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    *,
+    name: str,
+    storage: Path,
+    num_workers: int,
+    res: ResourcesConfig,
+    max_failures: int,
+    keep_checkpoints: int,
+) -> TorchTrainer:
+    """A Ray Train run of ``num_workers`` ranks placed with ``res.trainer_cpus`` CPUs (or a GPU) each.
+
+    Worker failures are retried ``max_failures`` times from the latest checkpoint; the last
+    ``keep_checkpoints`` checkpoints are kept under ``storage/name``.
+    """
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker={"CPU": res.trainer_cpus},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+            worker_runtime_env={"env_vars": worker_env(res)},  # type: ignore[call-arg]  # V2 RunConfig
+        ),
+    )

@@ -25,11 +25,10 @@ from typing import Any, cast
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import Checkpoint
 from safetensors.torch import load_file, save_file
 
-from actors.cluster import worker_env
+from actors.cluster import torch_trainer
 from actors.engines import DDPEngine, DeepSpeedEngine, TrainEngine
 from pipeline.classifier_training import (
     LabeledPairs,
@@ -231,21 +230,15 @@ def fit_mechanism(
     resume_from = latest_checkpoint(storage / name) if resume else None
     if resume_from is not None:
         logger.info("[%s] resuming from %s", spec.mechanism, resume_from.path)
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         train_loop,
-        train_loop_config={"spec": spec, "resume_from": resume_from.path if resume_from else None},
-        scaling_config=ScalingConfig(
-            num_workers=spec.cfg.num_workers,
-            use_gpu=res.use_gpu,
-            resources_per_worker={"CPU": res.trainer_cpus},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": worker_env(res)},  # type: ignore[call-arg]  # V2 RunConfig
-        ),
+        {"spec": spec, "resume_from": resume_from.path if resume_from else None},
+        name=name,
+        storage=storage,
+        num_workers=spec.cfg.num_workers,
+        res=res,
+        max_failures=max_failures,
+        keep_checkpoints=2,
     )
     t0 = time.perf_counter()
     result = trainer.fit()

@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import Checkpoint
 
-from actors.cluster import worker_env
+from actors.cluster import torch_trainer
 from actors.sft_worker import EXPORT_DIR, STATE_FILE, SFTSpec, fingerprint, make_engine, train_loop
 from pipeline.config import ResourcesConfig
 
@@ -88,21 +87,15 @@ def fit_sft(
         return {"checkpoint": found[0], "state": found[1], "seconds": time.perf_counter() - t0}
     if found is not None:
         logger.info("[sft] resuming from %s", found[0].path)
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         train_loop,
-        train_loop_config={"spec": spec, "resume_from": found[0].path if found else None},
-        scaling_config=ScalingConfig(
-            num_workers=spec.cfg.num_workers,
-            use_gpu=res.use_gpu,
-            resources_per_worker={"CPU": res.trainer_cpus},
-        ),
-        run_config=RunConfig(
-            name=RUN_NAME,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": worker_env(res)},  # type: ignore[call-arg]  # V2 RunConfig
-        ),
+        {"spec": spec, "resume_from": found[0].path if found else None},
+        name=RUN_NAME,
+        storage=storage,
+        num_workers=spec.cfg.num_workers,
+        res=res,
+        max_failures=max_failures,
+        keep_checkpoints=spec.cfg.keep_checkpoints,
     )
     result = trainer.fit()
     if result.error is not None:
