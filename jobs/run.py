@@ -22,6 +22,7 @@ import ray
 from actors.cluster import init_ray, shutdown_ray, worker_env
 from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
 from jobs.identifiers import label_stage, train_stage
+from jobs.ppo import ppo_stage
 from jobs.sft import init_policy, sft_stage
 from pipeline.config import Config
 from pipeline.data import DataError, PreparedData, prepare_datasets
@@ -78,12 +79,18 @@ def stage_sft(state: RunState) -> dict[str, Any]:
     return sft_stage(state.cfg, state.data, state.run_dir)
 
 
+def stage_ppo(state: RunState) -> dict[str, Any]:
+    """Reinforcement learning of the SFT policy towards the gold empathy levels (PPO on Ray actors)."""
+    return ppo_stage(state.cfg, state.run_dir)
+
+
 STAGES: list[tuple[str, Callable[[RunState], dict[str, Any]]]] = [
     ("data", stage_data),
     ("identifiers", stage_identifiers),
     ("label", stage_label),
     ("init", stage_init),
     ("sft", stage_sft),
+    ("ppo", stage_ppo),
 ]
 
 

@@ -4,7 +4,7 @@ macro and weighted F1, confusion matrix. Definitions follow scikit-learn (zero d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,3 +70,61 @@ def majority_baseline(
     counts = np.bincount(np.asarray(train_gold, dtype=np.int64), minlength=3)
     test = np.asarray(test_gold, dtype=np.int64)
     return classification_report(test, np.full_like(test, int(counts.argmax())), max(3, len(counts)))
+
+
+def level_distribution(levels: Sequence[int] | IntArray, num_classes: int = 3) -> list[float]:
+    """Fraction of items at each level, ``[count(level == k) / N for k in range(num_classes)]``.
+
+    All zeros when ``levels`` is empty; levels outside ``[0, num_classes)`` are an error.
+    """
+    arr = np.asarray(levels, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError(f"levels must be one level per item, shape (N,), got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+        raise ValueError(f"levels must be in [0, {num_classes}), got {sorted(set(arr.tolist()))}")
+    if not arr.size:
+        return [0.0] * num_classes
+    return [float(count) / arr.size for count in np.bincount(arr, minlength=num_classes)]
+
+
+def emp_f1(
+    gold_levels: Mapping[str, Sequence[int] | IntArray],
+    pred_levels: Mapping[str, Sequence[int] | IntArray],
+    num_classes: int = 3,
+) -> dict[str, Any]:
+    """Emp-F1 (EmpRL): mean over mechanisms of the weighted F1 ×100 of predicted vs gold levels.
+
+    ``gold_levels[m]`` and ``pred_levels[m]`` are ``(N,)`` levels of mechanism ``m`` (e.g. ER/IP/EX)
+    for the same N items; ``pred_levels`` are the identifiers' argmax levels of generated responses.
+    Returns ``emp_f1`` and ``per_mechanism[m]`` with ``weighted_f1``, ``macro_f1`` and ``accuracy``
+    (all ×100), ``confusion_matrix`` (row = gold, column = predicted), ``n``, and the
+    ``gold_distribution`` / ``pred_distribution`` of :func:`level_distribution`.
+    """
+    if not gold_levels:
+        raise ValueError("gold_levels is empty; pass one (N,) level array per mechanism, e.g. ER/IP/EX")
+    if set(gold_levels) != set(pred_levels):
+        raise ValueError(
+            f"gold_levels has mechanisms {sorted(gold_levels)} but pred_levels has {sorted(pred_levels)}; "
+            "score the same mechanisms on both sides"
+        )
+    sizes = {m: len(levels) for m, levels in gold_levels.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"gold_levels must cover the same items for every mechanism, got sizes {sizes}")
+    per_mechanism: dict[str, dict[str, Any]] = {}
+    for mechanism, gold in gold_levels.items():
+        pred = pred_levels[mechanism]
+        try:
+            report = classification_report(gold, pred, num_classes)
+        except ValueError as err:
+            raise ValueError(f"mechanism {mechanism}: {err}") from err
+        per_mechanism[mechanism] = {
+            "weighted_f1": 100.0 * report["weighted_f1"],
+            "macro_f1": 100.0 * report["macro_f1"],
+            "accuracy": 100.0 * report["accuracy"],
+            "n": report["n"],
+            "confusion_matrix": report["confusion_matrix"],
+            "gold_distribution": level_distribution(gold, num_classes),
+            "pred_distribution": level_distribution(pred, num_classes),
+        }
+    mean_f1 = float(np.mean([m["weighted_f1"] for m in per_mechanism.values()]))
+    return {"emp_f1": mean_f1, "per_mechanism": per_mechanism}

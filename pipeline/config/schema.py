@@ -258,7 +258,12 @@ class PPOConfig:
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator: k1 = log π − log π_ref (paper), k2, k3 (Schulman 2020)."""
     save_every: int = 100
-    """Checkpoint every this many iterations."""
+    """Checkpoint every this many iterations (and after the last)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (oldest removed first)."""
+    max_restarts: int = 3
+    """Restarts of failed rollout workers or reward scorers, and learner recoveries from the last
+    checkpoint, before the run fails."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import classification_report, confusion_matrix, majority_baseline
+from pipeline.metrics import (
+    classification_report,
+    confusion_matrix,
+    emp_f1,
+    level_distribution,
+    majority_baseline,
+)
 
 
 def test_hand_computed_case() -> None:
@@ -76,3 +82,67 @@ def test_majority_baseline_predicts_the_most_frequent_training_class() -> None:
     report = majority_baseline([0, 0, 0, 1, 2], [0, 1, 2, 0])
     assert report["accuracy"] == 0.5
     assert report["confusion_matrix"] == [[2, 0, 0], [1, 0, 0], [1, 0, 0]]
+
+
+def test_emp_f1_hand_computed() -> None:
+    gold = {"ER": [0, 0, 0, 1, 1, 2], "IP": [0, 1, 2, 2, 0, 0], "EX": [0, 0, 1, 1, 2, 2]}
+    pred = {"ER": [0, 0, 1, 1, 2, 2], "IP": [0, 1, 2, 2, 0, 0], "EX": [1, 1, 0, 0, 0, 0]}
+    result = emp_f1(gold, pred)
+    er = 100 * (3 * 0.8 + 2 * 0.5 + 1 * 2 / 3) / 6  # per-class F1 from test_hand_computed_case
+    assert result["per_mechanism"]["ER"]["weighted_f1"] == pytest.approx(er)
+    assert result["per_mechanism"]["IP"]["weighted_f1"] == pytest.approx(100.0)
+    assert result["per_mechanism"]["EX"]["weighted_f1"] == 0.0  # nothing right
+    assert result["emp_f1"] == pytest.approx((er + 100.0 + 0.0) / 3)
+    er_report = result["per_mechanism"]["ER"]
+    assert er_report["accuracy"] == pytest.approx(100 * 4 / 6)
+    assert er_report["macro_f1"] == pytest.approx(100 * (0.8 + 0.5 + 2 / 3) / 3)
+    assert er_report["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert er_report["n"] == 6
+    assert er_report["gold_distribution"] == pytest.approx([3 / 6, 2 / 6, 1 / 6])
+    assert er_report["pred_distribution"] == pytest.approx([2 / 6, 2 / 6, 2 / 6])
+    assert list(result["per_mechanism"]) == ["ER", "IP", "EX"]
+
+
+def test_emp_f1_matches_sklearn_weighted_f1() -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(2)
+    gold = {m: rng.choice(3, 300, p=[0.6, 0.1, 0.3]) for m in ("ER", "IP", "EX")}
+    pred = {m: rng.choice(3, 300, p=[0.5, 0.2, 0.3]) for m in ("ER", "IP", "EX")}
+    result = emp_f1(gold, pred)
+    expected = {
+        m: 100 * metrics.f1_score(gold[m], pred[m], average="weighted", labels=[0, 1, 2], zero_division=0)
+        for m in gold
+    }
+    for m, value in expected.items():
+        assert result["per_mechanism"][m]["weighted_f1"] == pytest.approx(value)
+        assert result["per_mechanism"][m]["accuracy"] == pytest.approx(
+            100 * metrics.accuracy_score(gold[m], pred[m])
+        )
+    assert result["emp_f1"] == pytest.approx(np.mean(list(expected.values())))
+
+
+def test_emp_f1_errors_name_the_mechanism() -> None:
+    with pytest.raises(
+        ValueError, match=r"gold_levels has mechanisms \['ER', 'IP'\] but pred_levels has \['ER'\]"
+    ):
+        emp_f1({"ER": [0], "IP": [1]}, {"ER": [0]})
+    with pytest.raises(ValueError, match="mechanism IP: gold has 2 labels but pred has 1"):
+        emp_f1({"ER": [0, 1], "IP": [1, 2]}, {"ER": [0, 1], "IP": [1]})
+    with pytest.raises(ValueError, match=r"same items for every mechanism, got sizes \{'ER': 2, 'IP': 1\}"):
+        emp_f1({"ER": [0, 1], "IP": [1]}, {"ER": [0, 1], "IP": [1]})
+    with pytest.raises(ValueError, match="gold_levels is empty"):
+        emp_f1({}, {})
+
+
+def test_level_distribution() -> None:
+    assert level_distribution([0, 0, 1, 2]) == [0.5, 0.25, 0.25]
+    assert level_distribution(np.array([2, 2, 2])) == [0.0, 0.0, 1.0]
+    assert level_distribution([1, 0], num_classes=4) == [0.5, 0.5, 0.0, 0.0]
+    assert level_distribution([]) == [0.0, 0.0, 0.0]
+    levels = np.random.default_rng(3).integers(0, 3, 101)
+    assert sum(level_distribution(levels)) == pytest.approx(1.0)
+    assert level_distribution(levels) == pytest.approx(np.bincount(levels, minlength=3) / 101)
+    with pytest.raises(ValueError, match=r"levels must be in \[0, 3\), got \[0, 3\]"):
+        level_distribution([0, 3])
+    with pytest.raises(ValueError, match=r"shape \(N,\), got shape \(2, 1\)"):
+        level_distribution([[0], [1]])  # type: ignore[list-item]

@@ -1,0 +1,410 @@
+"""The PPO controller: one loop that reads like single-process code over the Ray role groups.
+
+Each iteration: sample prompts → rollout workers generate → reward scorers, reference policy and
+learner values run concurrently → KL-shaped rewards and GAE (pure functions) → learner PPO epochs
+→ weights published to the rollout workers with a new version. Every phase is timed. Owns the
+groups, the KL controller, the running score statistics, checkpoints and the metrics log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.checkpoints import CheckpointStore
+from actors.cluster import worker_env
+from actors.group import RoleDiedError, RoleGroup, gather
+from actors.learner import LearnerWorker
+from actors.reference import ReferenceWorker
+from actors.reward import RewardWorker
+from actors.rollout import RolloutWorker
+from pipeline.config import Config
+from pipeline.experience import IntArray, PromptBatch, RewardScores, Rollouts, pad_stack, split_evenly
+from pipeline.generation import encode_prompts
+from pipeline.kl import make_kl_controller
+from pipeline.models import load_tokenizer
+from pipeline.ppo import average_stats, build_train_batch, derive_seed, minibatch_plan, prompt_rows
+from pipeline.progress import Progress
+from pipeline.rewards import RunningMoments
+
+logger = logging.getLogger(__name__)
+
+Hook = Callable[["PPOController", int, str], None]
+"""Called as ``hook(controller, iteration, phase)`` before each phase (fault-injection tests)."""
+
+
+@dataclass(frozen=True)
+class PPOInputs:
+    """What PPO starts from: the SFT policy, the identifiers and the prompts with gold levels."""
+
+    policy_dir: Path
+    identifiers_dir: Path
+    contexts: list[str]
+    gold_levels: dict[str, IntArray]
+
+
+class PhaseTimer:
+    """Wall seconds per named phase of one iteration (``time/<phase>``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[f"time/{phase}"] = time.perf_counter() - start
+
+
+class PPOController:
+    """Runs ``cfg.ppo.total_steps`` PPO iterations into ``out_dir`` (resuming from its checkpoints)."""
+
+    def __init__(self, cfg: Config, inputs: PPOInputs, out_dir: Path, *, hooks: Sequence[Hook] = ()) -> None:
+        self.cfg, self.inputs, self.out_dir, self.hooks = cfg, inputs, out_dir, list(hooks)
+        self.tokenizer = load_tokenizer(str(inputs.policy_dir), key="PPO start policy")
+        self.store = CheckpointStore(out_dir / "checkpoints", keep=cfg.ppo.keep_checkpoints)
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self.iteration, self.samples, self.version, self.learner_recoveries = 0, 0, 0, 0
+        self.kl = make_kl_controller(cfg.ppo)
+        self.moments = RunningMoments()
+        self._pg: Any = None
+        self.learner: RoleGroup | None = None
+        self.rollout, self.reward, self.reference = self._make_workers()
+        self.writer: Any = None
+
+    # ----- roles -----------------------------------------------------------------------------
+
+    def _options(self, cpus: float) -> dict[str, Any]:
+        res = self.cfg.resources
+        return {
+            "num_cpus": cpus,
+            "num_gpus": 1 if res.use_gpu else 0,
+            "runtime_env": {"env_vars": worker_env(res)},
+        }
+
+    def _make_workers(self) -> tuple[RoleGroup, RoleGroup, RoleGroup]:
+        cfg, res, inp = self.cfg, self.cfg.resources, self.inputs
+        device = "cuda" if res.use_gpu else "cpu"
+        restarts = cfg.ppo.max_restarts
+        rollout = RoleGroup(
+            "rollout worker",
+            RolloutWorker,
+            (str(inp.policy_dir), cfg.rollout, res.torch_threads, device),
+            count=cfg.rollout.num_workers,
+            options=self._options(res.rollout_cpus),
+            max_restarts=restarts,
+        )
+        reward = RoleGroup(
+            "reward scorer",
+            RewardWorker,
+            (str(inp.identifiers_dir), cfg.identifiers, cfg.reward, res.torch_threads, device),
+            count=cfg.reward.num_scorers,
+            options=self._options(res.reward_cpus),
+            max_restarts=restarts,
+        )
+        reference = RoleGroup(
+            "reference policy",
+            ReferenceWorker,
+            (str(inp.policy_dir), res.torch_threads, device),
+            count=1,
+            options=self._options(res.reference_cpus),
+            max_restarts=restarts,
+        )
+        return rollout, reward, reference
+
+    def _make_learner(self) -> RoleGroup:
+        cfg, res = self.cfg, self.cfg.resources
+        ranks = cfg.learner.num_ranks
+        bundle = {"CPU": res.learner_cpus, **({"GPU": 1} if res.use_gpu else {})}
+        self._pg = placement_group([bundle] * ranks, strategy="PACK")
+        ray.get(self._pg.ready(), timeout=300)
+        pg = self._pg
+        group = RoleGroup(
+            "learner",
+            LearnerWorker,
+            (ranks, str(self.inputs.policy_dir), cfg.ppo, cfg.learner, res.torch_threads, res.use_gpu),
+            count=ranks,
+            options={"num_cpus": res.learner_cpus, "num_gpus": 1 if res.use_gpu else 0,
+                     "runtime_env": {"env_vars": worker_env(res)}},
+            rank_args=True,
+            restartable=False,
+            make_options=lambda rank: {
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)
+            },
+        )  # fmt: skip
+        host, port = ray.get(group.actors[0].address.remote())
+        gather(group.submit_all("setup", host, port, cfg.run.seed))
+        return group
+
+    def _kill_learner(self) -> None:
+        if self.learner is not None:
+            self.learner.kill()
+            self.learner = None
+        if self._pg is not None:
+            remove_placement_group(self._pg)
+            self._pg = None
+
+    def shutdown(self) -> None:
+        """End every actor this controller started."""
+        self._kill_learner()
+        for group in (self.rollout, self.reward, self.reference):
+            group.kill()
+        if self.writer is not None:
+            self.writer.close()
+
+    # ----- the loop --------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``ppo.total_steps``, recovering the learner from checkpoints; returns the summary."""
+        total = self.cfg.ppo.total_steps
+        self._restore()
+        with Progress("PPO", total, unit="it", every_s=0.0) as progress:
+            progress.done = self.iteration
+            while self.iteration < total:
+                try:
+                    row = self.step(self.iteration + 1)
+                except RoleDiedError as exc:
+                    if exc.role != "learner":
+                        raise
+                    self._recover_learner(exc)
+                    progress.done = self.iteration
+                    continue
+                progress.update(
+                    1,
+                    reward=row["reward/score"],
+                    kl=row["rollout/kl"],
+                    kl_coef=row["rollout/kl_coef"],
+                    samples_per_s=row["perf/samples_per_s"],
+                )
+                if self.iteration % self.cfg.ppo.save_every == 0 or self.iteration == total:
+                    self.save()
+        policy = self.out_dir / "policy"
+        gather(self._learner().submit_all("export", str(policy)))
+        return {
+            "iterations": self.iteration,
+            "samples": self.samples,
+            "version": self.version,
+            "policy": str(policy),
+            "learner_recoveries": self.learner_recoveries,
+            "worker_restarts": {g.role: g.restarts for g in (self.rollout, self.reward, self.reference)},
+        }
+
+    def _learner(self) -> RoleGroup:
+        if self.learner is None:
+            self.learner = self._make_learner()
+        return self.learner
+
+    def _hook(self, iteration: int, phase: str) -> None:
+        for hook in self.hooks:
+            hook(self, iteration, phase)
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """One PPO iteration; appends its metrics row and returns it."""
+        cfg, t = self.cfg, PhaseTimer()
+        learner = self._learner()
+        start = time.perf_counter()
+        with t("sample"):
+            chunks = self.prompt_chunks(iteration)
+        self._hook(iteration, "generate")
+        with t("generate"):
+            parts: list[Rollouts] = gather(self.rollout.submit("generate", [(c,) for c in chunks]))[0]
+            rollouts = Rollouts.concat(parts)
+        self._hook(iteration, "evaluate")
+        with t("evaluate"):  # identifiers, reference policy and learner values run concurrently
+            shards = split_evenly(range(len(rollouts)), len(learner))
+            p = rollouts.prompts
+            scored, referenced, valued = (
+                self.reward.submit(
+                    "score", [(r.prompts.contexts, r.responses, r.prompts.gold_levels) for r in parts]
+                ),
+                self.reference.submit(
+                    "logprobs", [(r.prompts.prompt_ids, r.prompts.prompt_mask, r.response_ids) for r in parts]
+                ),
+                learner.submit(
+                    "evaluate",
+                    [(p.prompt_ids[s], p.prompt_mask[s], rollouts.response_ids[s]) for s in shards],
+                ),
+            )
+            scores, ref_parts, value_parts = gather(scored, referenced, valued)
+        for name, pending in (("score", scored), ("reference", referenced), ("values", valued)):
+            t.seconds[f"time/{name}"] = (pending.finished or pending.started) - pending.started
+        with t("advantages"):
+            batch, stats = build_train_batch(
+                rollouts,
+                RewardScores.concat(scores),
+                ref_logprobs=pad_stack(ref_parts, value=0.0),
+                old_logprobs=torch.cat([lp for lp, _ in value_parts]),
+                old_values=torch.cat([v for _, v in value_parts]),
+                kl_coef=self.kl.value,
+                ppo=cfg.ppo,
+                reward=cfg.reward,
+                moments=self.moments,
+            )
+            plan = minibatch_plan(
+                len(batch), mini_batch_size=cfg.ppo.mini_batch_size, epochs=cfg.ppo.ppo_epochs,
+                seed=derive_seed(cfg.run.seed, iteration, 1),
+            )  # fmt: skip
+            tokens = [float(batch.response_mask[rows].sum()) for rows in plan]
+        self._hook(iteration, "update")
+        with t("update"):
+            batch_ref = ray.put(batch)
+            per_rank = gather(learner.submit_all("update", batch_ref, plan, tokens))[0]
+            stats.update(average_stats([row for rank_rows in per_rank for row in rank_rows]))
+        self._hook(iteration, "publish")
+        with t("publish"):
+            self.publish(self.version + 1)
+        self.kl.update(stats["rollout/kl"], len(batch))
+        self.iteration, self.samples = iteration, self.samples + len(batch)
+        wall = time.perf_counter() - start
+        row = {
+            "iteration": iteration,
+            "samples": self.samples,
+            "version": self.version,
+            "rollout/version": rollouts.version,
+            **stats,
+            **t.seconds,
+            "time/iteration": wall,
+            "perf/samples_per_s": len(batch) / wall,
+            "perf/response_tokens_per_s": float(batch.response_mask.sum()) / wall,
+        }
+        self._log(row)
+        return row
+
+    def prompt_chunks(self, iteration: int) -> list[PromptBatch]:
+        """The iteration's prompts in generation chunks of ``rollout.batch_size``, each with its own seed.
+
+        Chunks, not workers, fix the sampler's batches and seeds, so results do not depend on how
+        many rollout workers share the chunks.
+        """
+        cfg = self.cfg
+        rows = prompt_rows(
+            iteration,
+            batch_size=cfg.ppo.rollout_batch_size,
+            num_rows=len(self.inputs.contexts),
+            seed=cfg.run.seed,
+        )
+        size = cfg.rollout.batch_size
+        chunks = []
+        for k, start in enumerate(range(0, len(rows), size)):
+            idx = rows[start : start + size]
+            chunks.append(
+                encode_prompts(
+                    self.tokenizer,
+                    [self.inputs.contexts[i] for i in idx],
+                    max_source_len=cfg.model.max_source_len,
+                    index=idx,
+                    gold_levels={m: v[idx] for m, v in self.inputs.gold_levels.items()},
+                    seed=derive_seed(cfg.run.seed, iteration, 0, k),
+                )
+            )
+        return chunks
+
+    def publish(self, version: int) -> None:
+        """Learner rank 0 puts the weights in the object store once; every rollout worker loads that reference."""
+        refs = gather(self._learner().submit_all("publish"))[0][0]
+        self.rollout.remember("set_weights", refs, version)
+        gather(self.rollout.submit_all("set_weights", refs, version))
+        self.version = version
+
+    # ----- checkpoints, recovery, metrics ----------------------------------------------------
+
+    def save(self) -> Path:
+        """Checkpoint the learner and the controller state atomically (see :class:`CheckpointStore`)."""
+        state = {
+            "iteration": self.iteration,
+            "samples": self.samples,
+            "version": self.version,
+            "kl": self.kl.state_dict(),
+            "moments": self.moments.state_dict(),
+            "seed": self.cfg.run.seed,
+            "data_position": self.samples,
+            "num_prompts": len(self.inputs.contexts),
+        }
+        with self.store.writing(self.iteration) as folder:
+            gather(self._learner().submit_all("save", str(folder / "learner")))
+            (folder / "controller.json").write_text(json.dumps(state, indent=2))
+        logger.info("checkpoint: iteration %d -> %s", self.iteration, self.store.latest())
+        return folder
+
+    def _restore(self) -> None:
+        """Adopt the latest checkpoint (or the start), load it into the learner and publish the weights."""
+        folder = self.store.latest()
+        learner = self._learner()
+        if folder is None:
+            self.iteration = self.samples = self.version = 0
+            self.kl, self.moments = make_kl_controller(self.cfg.ppo), RunningMoments()
+        else:
+            state = json.loads((folder / "controller.json").read_text())
+            if state["num_prompts"] != len(self.inputs.contexts) or state["seed"] != self.cfg.run.seed:
+                raise ValueError(
+                    f"checkpoint {folder} was made with {state['num_prompts']} prompts and seed {state['seed']}; "
+                    f"this run has {len(self.inputs.contexts)} and {self.cfg.run.seed}. Fix: resume with the "
+                    "same data and run.seed, or start a fresh run folder."
+                )
+            gather(learner.submit_all("load", str(folder / "learner")))
+            self.iteration, self.samples, self.version = (
+                state["iteration"],
+                state["samples"],
+                state["version"],
+            )
+            self.kl.load_state_dict(state["kl"])
+            self.moments.load_state_dict(state["moments"])
+            logger.info("resumed from %s: iteration %d, %d samples", folder, self.iteration, self.samples)
+        self._truncate_metrics(self.iteration)
+        self._open_writer()
+        self.publish(self.version)
+
+    def _recover_learner(self, exc: RoleDiedError) -> None:
+        self.learner_recoveries += 1
+        if self.learner_recoveries > self.cfg.ppo.max_restarts:
+            raise RuntimeError(
+                f"the learner failed {self.learner_recoveries} times (ppo.max_restarts={self.cfg.ppo.max_restarts})"
+            ) from exc
+        logger.warning("%s; restarting the learner group from the last checkpoint", exc)
+        self._kill_learner()
+        self._restore()
+
+    def _truncate_metrics(self, iteration: int) -> None:
+        if not self.metrics_path.is_file():
+            return
+        rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)["iteration"] <= iteration]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.metrics_path)
+
+    def _open_writer(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.iteration + 1)
+
+    def _log(self, row: dict[str, float]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if "/" in key and np.isfinite(value):
+                self.writer.add_scalar(key, value, row["iteration"])
+        self.writer.flush()
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        """Every logged iteration's metrics row, in order."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,196 @@
+"""Learner role: one data-parallel rank of the DeepSpeed PPO learner (policy + value head).
+
+K ranks form a torch.distributed group (gloo on CPU, NCCL on GPU) that rank 0 hosts. Consumes
+rollout shards (→ old log-probs and values), a :class:`~pipeline.experience.TrainBatch` with the
+mini-batch plan (→ per-shard PPO stats), and save/load/export requests; produces weights for the
+rollout workers as an object-store reference (rank 0). Every method must be called on all ranks
+(ZeRO-3 gathers collectively). Resources: ``resources.learner_cpus`` CPUs (or one GPU) per rank.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import socket
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from actors.engines import DeepSpeedEngine
+from pipeline.config import LearnerConfig, PPOConfig
+from pipeline.experience import IntArray, TrainBatch
+from pipeline.models import load_policy, save_policy
+from pipeline.ppo import iteration_lr_lambda, ppo_loss, response_forward
+
+logger = logging.getLogger(__name__)
+
+RNG_FILE = "rng_rank{rank}.pt"
+POLICY_PREFIX = "policy."
+
+
+class LearnerWorker:
+    """One learner rank; build the group with :meth:`address` (rank 0) then :meth:`setup` on every rank."""
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        policy_dir: str,
+        ppo: PPOConfig,
+        learner: LearnerConfig,
+        torch_threads: int = 1,
+        use_gpu: bool = False,
+    ) -> None:
+        torch.set_num_threads(torch_threads)
+        self.rank, self.world_size, self.policy_dir = rank, world_size, policy_dir
+        self.ppo, self.learner, self.use_gpu = ppo, learner, use_gpu
+        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+
+    def address(self) -> tuple[str, int]:
+        """This node's address and a free TCP port on it, for the process group's rendezvous."""
+        host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return host, int(s.getsockname()[1])
+
+    def setup(self, master_addr: str, master_port: int, seed: int, timeout_s: float = 600.0) -> int:
+        """Join the process group, load the starting policy and build the DeepSpeed engine."""
+        import deepspeed
+
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            LOCAL_RANK="0",
+            WORLD_SIZE=str(self.world_size),
+        )
+        deepspeed.init_distributed(
+            dist_backend="nccl" if self.use_gpu else "gloo",
+            auto_mpi_discovery=False,
+            timeout=dt.timedelta(seconds=timeout_s),
+            verbose=False,
+        )
+        torch.manual_seed(seed)
+        model, self.tokenizer = load_policy(self.policy_dir)
+        self.start_id = int(model.config.decoder_start_token_id)
+        minis = self.ppo.rollout_batch_size // self.ppo.mini_batch_size
+        self.engine = DeepSpeedEngine(
+            model.to(self.device),
+            lr=self.ppo.lr,
+            weight_decay=0.0,  # trl's PPO uses plain Adam
+            max_grad_norm=self.ppo.max_grad_norm,
+            lr_lambda=iteration_lr_lambda(
+                total_steps=self.ppo.total_steps,
+                updates_per_iteration=minis * self.ppo.ppo_epochs,
+                schedule=self.ppo.lr_schedule,
+            ),
+            micro_batch=self.ppo.mini_batch_size // self.world_size,
+            world_size=self.world_size,
+            zero_stage=self.learner.zero_stage,
+            precision=self.learner.precision,
+            offload=self.learner.offload,
+            partition_aware=True,
+        )
+        # dropout stays off in PPO (as trl: the policy is loaded in eval mode), so the first
+        # epoch's ratio is exactly 1 and old log-probs match the update's forward pass
+        self.engine.model.eval()
+        return self.rank
+
+    def _batch(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        return [t.to(self.device) for t in tensors]
+
+    @torch.no_grad()
+    def evaluate(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(old_logprobs, values)`` ``(B_k, T_r)`` of this rank's shard under the current weights."""
+        p, pm, r = self._batch(prompt_ids, prompt_mask, response_ids)
+        logprobs, values, _ = response_forward(self.engine.model, p, pm, r, start_id=self.start_id)
+        return logprobs.cpu(), values.cpu()
+
+    def update(
+        self, batch: TrainBatch, plan: list[IntArray], global_tokens: list[float]
+    ) -> list[dict[str, float]]:
+        """The PPO epochs: for mini-batch ``j`` of ``plan`` this rank takes its contiguous share of
+        rows, and one optimiser step is taken per mini-batch. Returns one stats dict per mini-batch."""
+        stats = []
+        per_rank = len(plan[0]) // self.world_size
+        for rows, tokens in zip(plan, global_tokens, strict=True):
+            shard = batch.select(rows[self.rank * per_rank : (self.rank + 1) * per_rank])
+            shard = replace(shard, **{f: getattr(shard, f).to(self.device) for f in _TENSOR_FIELDS})
+            loss, row = ppo_loss(
+                self.engine.model,
+                shard,
+                cfg=self.ppo,
+                start_id=self.start_id,
+                global_tokens=tokens,
+                world_size=self.world_size,
+            )
+            row["ppo/grad_norm"] = self.engine.step(loss)
+            row["ppo/lr"] = float(self.engine.engine.get_lr()[0])
+            stats.append(row)
+        return stats
+
+    def publish(self) -> list[Any] | None:
+        """Rank 0: ``[ref]`` to the T5 policy's weights (float32 CPU) put once in the object store."""
+        state = self.engine.full_state_dict(rank=self.rank)
+        if state is None:
+            return None
+        policy = {k[len(POLICY_PREFIX) :]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
+        return [ray.put(policy)]
+
+    def save(self, folder: str) -> None:
+        """DeepSpeed checkpoint (model, optimizer, scheduler) plus this rank's RNG states."""
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        self.engine.save(path, rank=self.rank)
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        torch.save(rng, path / RNG_FILE.format(rank=self.rank))
+
+    def load(self, folder: str) -> None:
+        """Restore what :meth:`save` wrote."""
+        path = Path(folder)
+        self.engine.load(path)
+        self.engine.model.eval()
+        rng_file = path / RNG_FILE.format(rank=self.rank)
+        if rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+    def export(self, folder: str) -> str | None:
+        """Rank 0 writes the policy and value head as a Hugging Face folder (:func:`save_policy`)."""
+        state = self.engine.full_state_dict(rank=self.rank)
+        if state is None:
+            return None
+        model, _ = load_policy(self.policy_dir)
+        model.load_state_dict(state)
+        save_policy(model, self.tokenizer, folder)
+        return folder
+
+    def state_digest(self) -> dict[str, torch.Tensor] | None:
+        """Rank 0: the full model state (float32 CPU), for tests that compare runs."""
+        return self.engine.full_state_dict(rank=self.rank)
+
+    def pid(self) -> int:
+        """The rank's process id (fault-injection tests kill it)."""
+        return os.getpid()
+
+
+_TENSOR_FIELDS = (
+    "prompt_ids",
+    "prompt_mask",
+    "response_ids",
+    "response_mask",
+    "old_logprobs",
+    "old_values",
+    "advantages",
+    "returns",
+)

@@ -1,0 +1,42 @@
+"""Reference policy role: the frozen SFT policy giving reference log-probabilities of responses.
+
+Consumes (prompt ids, prompt mask, response ids) of a rollout shard; produces ``(B, T_r)``
+``log π_ref`` of each response token, for the KL penalty. Never updated. Resources:
+``resources.reference_cpus`` CPUs (or one GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.models import load_policy
+from pipeline.ppo import response_forward
+
+
+class ReferenceWorker:
+    """The frozen reference policy; usable in-process or as an actor."""
+
+    def __init__(self, policy_dir: str | Path, torch_threads: int = 1, device: str = "cpu") -> None:
+        torch.set_num_threads(torch_threads)
+        model, _ = load_policy(policy_dir)
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.start_id = int(model.config.decoder_start_token_id)
+        self.device = device
+
+    @torch.no_grad()
+    def logprobs(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T_r) reference log-probabilities of ``response_ids`` given the prompts."""
+        d = self.device
+        logprobs, _, _ = response_forward(
+            self.model, prompt_ids.to(d), prompt_mask.to(d), response_ids.to(d), start_id=self.start_id
+        )
+        return logprobs.cpu()
+
+    def pid(self) -> int:
+        """The worker's process id."""
+        return os.getpid()

@@ -1,0 +1,72 @@
+"""Rollout worker role: holds a copy of the policy and samples responses for prompt batches.
+
+Consumes :class:`~pipeline.experience.PromptBatch` shards and new weights (an object-store
+reference plus a policy version); produces :class:`~pipeline.experience.Rollouts` with token ids,
+masks, the sampler's log-probabilities, decoded text and the version. Resources:
+``resources.rollout_cpus`` CPUs (or one GPU) and ``resources.torch_threads`` threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from pipeline.config import RolloutConfig
+from pipeline.experience import PromptBatch, Rollouts
+from pipeline.generation import sample_responses
+from pipeline.models import load_policy
+
+logger = logging.getLogger(__name__)
+
+
+class RolloutWorker:
+    """Samples responses with the latest published policy weights; usable in-process or as an actor."""
+
+    def __init__(
+        self, policy_dir: str | Path, cfg: RolloutConfig, torch_threads: int = 1, device: str = "cpu"
+    ) -> None:
+        torch.set_num_threads(torch_threads)
+        model, self.tokenizer = load_policy(policy_dir)
+        self.model = model.to(device).policy
+        self.model.train(False)
+        self.cfg, self.device, self.version = cfg, device, 0
+
+    def set_weights(self, weights: list[Any] | dict[str, torch.Tensor], version: int) -> int:
+        """Load the policy's state dict (or ``[ref]`` to it in the object store) and adopt ``version``."""
+        state = ray.get(weights[0]) if isinstance(weights, list) else weights
+        self.model.load_state_dict(state)
+        self.version = version
+        return version
+
+    def generate(self, prompts: PromptBatch) -> Rollouts:
+        """One sampled response per prompt (see :func:`pipeline.generation.sample_responses`)."""
+        rollouts = sample_responses(
+            self.model, self.tokenizer, _to(prompts, self.device), self.cfg, version=self.version
+        )
+        return _to_cpu(rollouts)
+
+    def pid(self) -> int:
+        """The worker's process id (fault-injection tests kill it)."""
+        return os.getpid()
+
+
+def _to(prompts: PromptBatch, device: str) -> PromptBatch:
+    return replace(
+        prompts, prompt_ids=prompts.prompt_ids.to(device), prompt_mask=prompts.prompt_mask.to(device)
+    )
+
+
+def _to_cpu(rollouts: Rollouts) -> Rollouts:
+    return replace(
+        rollouts,
+        prompts=_to(rollouts.prompts, "cpu"),
+        response_ids=rollouts.response_ids.cpu(),
+        response_mask=rollouts.response_mask.cpu(),
+        logprobs=rollouts.logprobs.cpu(),
+    )

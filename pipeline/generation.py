@@ -1,0 +1,110 @@
+"""Prompt encoding and response sampling for a T5 policy (rollouts, evaluation, serving).
+
+:func:`encode_prompts` tokenises contexts with the SFT source rule (keep the last tokens);
+:func:`sample_responses` runs batched ``generate`` with the KV cache under a fixed seed and returns
+token ids, the response mask, the sampler's log-probabilities and decoded text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import cast
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
+
+from pipeline.config import RolloutConfig
+from pipeline.experience import IntArray, PromptBatch, Rollouts
+from pipeline.seq2seq import truncate_source
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[str],
+    *,
+    max_source_len: int,
+    index: Sequence[int] | IntArray,
+    gold_levels: Mapping[str, IntArray],
+    seed: int,
+) -> PromptBatch:
+    """A :class:`PromptBatch` of ``contexts``, each ending with ``</s>`` and keeping its last ``max_source_len`` tokens."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+    if not isinstance(eos, int) or not isinstance(pad, int):
+        raise ValueError(
+            "the policy tokenizer needs pad and eos tokens. Fix: use a T5 tokenizer or train_tokenizer's."
+        )
+    rows = tokenizer(list(contexts), add_special_tokens=True)["input_ids"]
+    rows = [list(r) if len(r) else [eos] for r in rows]
+    rows = [truncate_source(r if r[-1] == eos else [*r, eos], max_source_len) for r in rows]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return PromptBatch(
+        index=np.asarray(index, dtype=np.int64),
+        contexts=tuple(contexts),
+        gold_levels={m: np.asarray(v, dtype=np.int64) for m, v in gold_levels.items()},
+        prompt_ids=ids,
+        prompt_mask=mask,
+        seed=seed,
+    )
+
+
+def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T_r) 1 up to and including each row's first ``eos_id`` (everything when there is none)."""
+    is_eos = (response_ids == eos_id).long()
+    before_or_at_first_eos = (is_eos.cumsum(-1) - is_eos) == 0
+    return before_or_at_first_eos.long()
+
+
+@torch.no_grad()
+def sample_responses(
+    model: T5ForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: PromptBatch,
+    cfg: RolloutConfig,
+    *,
+    version: int = 0,
+    greedy: bool = False,
+) -> Rollouts:
+    """Sample one response per prompt with ``cfg``'s top-k / top-p / temperature and length bounds.
+
+    The global torch RNG is seeded with ``prompts.seed`` first, so a batch's responses depend only
+    on the weights, the prompts and the seed. ``greedy`` decodes the argmax instead (evaluation).
+    Log-probabilities come from the model's raw logits (the distribution PPO optimises), not the
+    temperature/top-k-warped one that was sampled.
+    """
+    eos = cast(int, tokenizer.eos_token_id)
+    pad = cast(int, tokenizer.pad_token_id)
+    torch.manual_seed(prompts.seed)
+    sampling = {} if greedy else {"top_k": cfg.top_k, "top_p": cfg.top_p, "temperature": cfg.temperature}
+    out = model.generate(
+        input_ids=prompts.prompt_ids,
+        attention_mask=prompts.prompt_mask,
+        do_sample=not greedy,
+        min_new_tokens=cfg.min_new_tokens,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **sampling,
+    )
+    response_ids = out.sequences[:, 1:]  # drop the decoder start token
+    logits = torch.stack(out.logits, dim=1).float()  # (B, T_r, V), raw
+    mask = response_mask(response_ids, eos)
+    response_ids = response_ids.masked_fill(mask == 0, pad)
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) * mask
+    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+    return Rollouts(
+        prompts=prompts,
+        response_ids=response_ids,
+        response_mask=mask,
+        logprobs=logprobs,
+        responses=tuple(t.strip() for t in texts),
+        version=version,
+    )
