@@ -12,7 +12,13 @@ import torch
 
 from pipeline.config import MECHANISMS, Config, DataConfig, IdentifiersConfig, ModelConfig, load_config
 from pipeline.data import prepare_datasets
-from pipeline.models import build_identifier, build_policy, build_policy_tokenizer, save_identifier, save_policy
+from pipeline.models import (
+    build_identifier,
+    build_policy,
+    build_policy_tokenizer,
+    save_identifier,
+    save_policy,
+)
 from pipeline.models import train_tokenizer as train_identifier_tokenizer
 
 IDENTIFIERS = IdentifiersConfig(
