@@ -70,6 +70,28 @@ class PhaseTimer:
             self.seconds[f"time/{phase}"] = time.perf_counter() - start
 
 
+def check_resources(cfg: Config) -> None:
+    """Fail at once, with requested vs available, when the cluster cannot place every PPO role."""
+    res = cfg.resources
+    wanted = {
+        "CPU": res.rollout_cpus * cfg.rollout.num_workers
+        + res.reward_cpus * cfg.reward.num_scorers
+        + res.reference_cpus
+        + res.learner_cpus * cfg.learner.num_ranks,
+    }
+    if res.use_gpu:
+        wanted["GPU"] = float(cfg.rollout.num_workers + cfg.reward.num_scorers + 1 + cfg.learner.num_ranks)
+    have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    for kind, need in wanted.items():
+        if need > have.get(kind, 0.0) + 1e-9:
+            raise ValueError(
+                f"PPO needs {need:g} {kind} ({cfg.rollout.num_workers} rollout x {res.rollout_cpus}, "
+                f"{cfg.reward.num_scorers} reward x {res.reward_cpus}, reference {res.reference_cpus}, "
+                f"{cfg.learner.num_ranks} learner x {res.learner_cpus} CPUs) but the cluster has "
+                f"{have.get(kind, 0.0):g}. Fix: lower resources.*_cpus or the worker counts, or add nodes."
+            )
+
+
 class PPOController:
     """Runs ``cfg.ppo.total_steps`` PPO iterations into ``out_dir`` (resuming from its checkpoints)."""
 
@@ -83,6 +105,7 @@ class PPOController:
         self.moments = RunningMoments()
         self._pg: Any = None
         self.learner: RoleGroup | None = None
+        check_resources(cfg)
         self.rollout, self.reward, self.reference = self._make_workers()
         self.writer: Any = None
 

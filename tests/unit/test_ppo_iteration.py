@@ -1,0 +1,243 @@
+"""The pure pieces of one PPO iteration: prompt schedule, mini-batch plan, sampling, teacher-forced
+log-probs, the train batch and the data-parallel loss scaling (sharded == global)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.advantages import gae, masked_whiten
+from pipeline.config import ModelConfig, PPOConfig, RewardConfig, RolloutConfig
+from pipeline.experience import RewardScores, Rollouts, TrainBatch, pad_stack, split_evenly
+from pipeline.generation import encode_prompts, response_mask, sample_responses
+from pipeline.models import PolicyWithValueHead, build_policy, train_tokenizer
+from pipeline.ppo import (
+    build_train_batch,
+    iteration_lr_lambda,
+    minibatch_plan,
+    ppo_loss,
+    prompt_rows,
+    response_forward,
+)
+from pipeline.rewards import RunningMoments, kl_shaped_rewards, normalize_scores
+
+pytestmark = pytest.mark.unit
+
+TEXTS = [
+    "I just got a new puppy and I am so happy about it",
+    "My car broke down on the way to work this morning",
+    "I failed my exam even though I studied for weeks",
+    "We are moving to a new city next month",
+    "My best friend forgot my birthday again",
+    "I finally finished the marathon after months of training",
+]
+MODEL = ModelConfig(
+    vocab_size=400, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1, num_heads=2
+)
+ROLLOUT = RolloutConfig(min_new_tokens=2, max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def policy() -> tuple[PolicyWithValueHead, object]:
+    tokenizer = train_tokenizer(TEXTS * 4, MODEL.vocab_size)
+    torch.manual_seed(0)
+    model = build_policy(MODEL, tokenizer)
+    model.eval()
+    return model, tokenizer
+
+
+def _prompts(tokenizer: object, rows: list[int], seed: int = 7):  # type: ignore[no-untyped-def]
+    return encode_prompts(
+        tokenizer,  # type: ignore[arg-type]
+        [TEXTS[i] for i in rows],
+        max_source_len=16,
+        index=rows,
+        gold_levels={"ER": np.zeros(len(rows), dtype=np.int64)},
+        seed=seed,
+    )
+
+
+def test_prompt_rows_cover_each_row_once_per_epoch_and_are_reproducible() -> None:
+    stream = np.concatenate([prompt_rows(i, batch_size=4, num_rows=10, seed=3) for i in range(1, 6)])
+    assert sorted(stream[:10].tolist()) == list(range(10))  # epoch 0, across an iteration boundary
+    assert sorted(stream[10:20].tolist()) == list(range(10))
+    assert not np.array_equal(stream[:10], stream[10:20])  # a fresh permutation per epoch
+    assert np.array_equal(prompt_rows(3, batch_size=4, num_rows=10, seed=3), stream[8:12])
+    with pytest.raises(ValueError, match="iteration"):
+        prompt_rows(0, batch_size=4, num_rows=10, seed=3)
+
+
+def test_minibatch_plan_is_a_permutation_per_epoch() -> None:
+    plan = minibatch_plan(8, mini_batch_size=4, epochs=3, seed=1)
+    assert len(plan) == 6 and all(len(mb) == 4 for mb in plan)
+    for e in range(3):
+        assert sorted(np.concatenate(plan[2 * e : 2 * e + 2]).tolist()) == list(range(8))
+    assert [mb.tolist() for mb in plan] == [
+        mb.tolist() for mb in minibatch_plan(8, mini_batch_size=4, epochs=3, seed=1)
+    ]
+    with pytest.raises(ValueError, match="multiple"):
+        minibatch_plan(10, mini_batch_size=4, epochs=1, seed=1)
+
+
+def test_lr_decays_linearly_once_per_iteration() -> None:
+    f = iteration_lr_lambda(total_steps=4, updates_per_iteration=3, schedule="linear")
+    assert [f(u) for u in range(7)] == [1.0, 1.0, 1.0, 0.75, 0.75, 0.75, 0.5]
+    assert iteration_lr_lambda(total_steps=4, updates_per_iteration=3, schedule="constant")(11) == 1.0
+
+
+def test_response_mask_ends_at_the_first_eos() -> None:
+    ids = torch.tensor([[5, 6, 1, 0, 0], [5, 1, 7, 1, 0], [5, 6, 7, 8, 9]])
+    assert response_mask(ids, eos_id=1).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_sampling_depends_only_on_weights_prompts_and_seed(
+    policy: tuple[PolicyWithValueHead, object],
+) -> None:
+    model, tokenizer = policy
+    a = sample_responses(model.policy, tokenizer, _prompts(tokenizer, [0, 1, 2]), ROLLOUT)  # type: ignore[arg-type]
+    torch.manual_seed(12345)  # the global RNG state before the call does not matter
+    b = sample_responses(model.policy, tokenizer, _prompts(tokenizer, [0, 1, 2]), ROLLOUT)  # type: ignore[arg-type]
+    assert torch.equal(a.response_ids, b.response_ids) and a.responses == b.responses
+    lengths = a.response_mask.sum(-1)
+    assert bool((lengths >= ROLLOUT.min_new_tokens).all()) and bool((lengths <= ROLLOUT.max_new_tokens).all())
+    assert bool((a.response_ids[a.response_mask == 0] == tokenizer.pad_token_id).all())  # type: ignore[attr-defined]
+
+
+def test_sampler_logprobs_equal_teacher_forced_logprobs(policy: tuple[PolicyWithValueHead, object]) -> None:
+    model, tokenizer = policy
+    rollouts = sample_responses(model.policy, tokenizer, _prompts(tokenizer, [3, 4]), ROLLOUT)  # type: ignore[arg-type]
+    with torch.no_grad():
+        logprobs, values, _ = response_forward(
+            model,
+            rollouts.prompts.prompt_ids,
+            rollouts.prompts.prompt_mask,
+            rollouts.response_ids,
+            start_id=model.config.decoder_start_token_id,
+        )
+    m = rollouts.response_mask.bool()
+    torch.testing.assert_close(logprobs[m], rollouts.logprobs[m], atol=1e-5, rtol=1e-5)
+    assert values.shape == rollouts.response_ids.shape
+
+
+def test_concat_repads_and_keeps_row_order(policy: tuple[PolicyWithValueHead, object]) -> None:
+    model, tokenizer = policy
+    parts = [
+        sample_responses(model.policy, tokenizer, _prompts(tokenizer, rows, seed=s), ROLLOUT)  # type: ignore[arg-type]
+        for rows, s in (([0, 1], 1), ([2], 2), ([3, 4, 5], 3))
+    ]
+    whole = Rollouts.concat(parts)
+    assert whole.prompts.index.tolist() == [0, 1, 2, 3, 4, 5]
+    assert whole.responses == tuple(r for p in parts for r in p.responses)
+    row = 0
+    for p in parts:
+        for i in range(len(p)):
+            n = int(p.response_mask[i].sum())
+            assert torch.equal(whole.response_ids[row, :n], p.response_ids[i, :n])
+            assert int(whole.response_mask[row].sum()) == n
+            row += 1
+    with pytest.raises(ValueError, match="versions"):
+        Rollouts.concat([parts[0], Rollouts(**{**parts[1].__dict__, "version": 5})])
+
+
+def test_pad_stack_and_split_evenly() -> None:
+    out = pad_stack([torch.ones(1, 2), torch.ones(2, 3)], value=0.0)
+    assert out.tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 1]]
+    assert split_evenly(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+    assert split_evenly([1], 3) == [[1], [], []]
+
+
+def _scored(batch: int, width: int, seed: int = 0) -> tuple[Rollouts, RewardScores, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, width + 1, (batch,), generator=g)
+    mask = (torch.arange(width) < lengths[:, None]).long()
+    rollouts = Rollouts(
+        prompts=encode_prompts(
+            train_tokenizer(TEXTS, 400), (TEXTS * 2)[:batch], max_source_len=8, index=list(range(batch)),
+            gold_levels={"ER": np.zeros(batch, dtype=np.int64)}, seed=0,
+        ),
+        response_ids=torch.randint(2, 50, (batch, width), generator=g) * mask,
+        response_mask=mask,
+        logprobs=torch.zeros(batch, width),
+        responses=tuple("x" for _ in range(batch)),
+        version=0,
+    )  # fmt: skip
+    scores = RewardScores(
+        scores=torch.rand(batch, generator=g),
+        gold_prob={"ER": torch.rand(batch, generator=g)},
+        hit={"ER": torch.ones(batch)},
+        levels={"ER": torch.zeros(batch, dtype=torch.long)},
+    )
+    tensors = {
+        "ref": -torch.rand(batch, width, generator=g) * 3,
+        "old": -torch.rand(batch, width, generator=g) * 3,
+        "values": torch.randn(batch, width, generator=g),
+    }
+    return rollouts, scores, tensors
+
+
+def test_train_batch_is_the_composition_of_the_pure_steps() -> None:
+    rollouts, scores, t = _scored(6, 5)
+    ppo, reward = PPOConfig(), RewardConfig()
+    batch, stats = build_train_batch(
+        rollouts, scores, ref_logprobs=t["ref"], old_logprobs=t["old"], old_values=t["values"],
+        kl_coef=0.2, ppo=ppo, reward=reward, moments=RunningMoments(),
+    )  # fmt: skip
+    mask = rollouts.response_mask
+    norm = normalize_scores(scores.scores.double(), RunningMoments(), normalize=True, scale=True).float()
+    rewards, kl = kl_shaped_rewards(norm, t["old"], t["ref"], mask, kl_coef=0.2, estimator="k1")
+    rewards = masked_whiten(rewards, mask, shift_mean=False)
+    adv, ret = gae(rewards, t["values"] * mask, mask, gamma=1.0, lam=0.95)
+    torch.testing.assert_close(batch.advantages, masked_whiten(adv, mask))
+    torch.testing.assert_close(batch.returns, ret)
+    assert stats["rollout/kl"] == pytest.approx(float(kl.sum(-1).mean()))
+    assert stats["reward/score"] == pytest.approx(float(scores.scores.mean()))
+
+
+def test_without_kl_normalisation_or_whitening_returns_are_the_score_reward_to_go() -> None:
+    rollouts, scores, t = _scored(4, 6, seed=1)
+    ppo = PPOConfig(gamma=1.0, lam=1.0)
+    reward = RewardConfig(normalize_scores=False, scale_scores=False, whiten_rewards=False)
+    batch, _ = build_train_batch(
+        rollouts, scores, ref_logprobs=t["ref"], old_logprobs=t["old"], old_values=torch.zeros(4, 6),
+        kl_coef=0.0, ppo=ppo, reward=reward, moments=RunningMoments(),
+    )  # fmt: skip
+    expected = scores.scores[:, None] * rollouts.response_mask
+    torch.testing.assert_close(batch.returns, expected)
+
+
+def test_sharded_loss_gradients_equal_the_whole_mini_batch(
+    policy: tuple[PolicyWithValueHead, object],
+) -> None:
+    model, _ = policy
+    rollouts, scores, t = _scored(8, 5, seed=2)
+    batch, _ = build_train_batch(
+        rollouts, scores, ref_logprobs=t["ref"], old_logprobs=t["old"], old_values=t["values"],
+        kl_coef=0.1, ppo=PPOConfig(), reward=RewardConfig(), moments=RunningMoments(),
+    )  # fmt: skip
+    cfg, start = PPOConfig(), model.config.decoder_start_token_id
+    tokens = float(batch.response_mask.sum())
+
+    def grads(shard: TrainBatch, world: int) -> list[torch.Tensor]:
+        model.zero_grad()
+        loss, _ = ppo_loss(model, shard, cfg=cfg, start_id=start, global_tokens=tokens, world_size=world)
+        loss.backward()
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+    whole = grads(batch.select(range(8)), 1)
+    shards = [grads(batch.select(rows), 2) for rows in (range(0, 4), range(4, 8))]
+    for w, a, b in zip(whole, *shards, strict=True):
+        torch.testing.assert_close((a + b) / 2, w, atol=1e-6, rtol=1e-5)
+
+
+def test_select_trims_padding_columns() -> None:
+    rollouts, scores, t = _scored(4, 6, seed=3)
+    batch, _ = build_train_batch(
+        rollouts, scores, ref_logprobs=t["ref"], old_logprobs=t["old"], old_values=t["values"],
+        kl_coef=0.1, ppo=PPOConfig(), reward=RewardConfig(), moments=RunningMoments(),
+    )  # fmt: skip
+    row = int(batch.response_mask.sum(-1).argmin())
+    one = batch.select([row])
+    assert one.response_ids.shape[1] == int(batch.response_mask[row].sum())
+    assert one.prompt_ids.shape[1] == int(batch.prompt_mask[row].sum())
+    assert torch.equal(one.advantages[0], batch.advantages[row, : one.response_ids.shape[1]])
