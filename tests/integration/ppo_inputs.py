@@ -52,8 +52,9 @@ def build_run_dir(run_dir: Path, cache: Path, *, rows: int = 64, seed: int = 0) 
     return run_dir
 
 
-def tiny_config(**overrides: Any) -> Config:
-    """The local preset shrunk to the tiny inputs above, plus dotted ``overrides`` (``a__b=v`` → ``a.b=v``)."""
+def tiny_overrides(**overrides: Any) -> list[str]:
+    """Dotted ``KEY=VALUE`` overrides of the local preset for the tiny inputs above, plus ``overrides``
+    (``a__b=v`` → ``a.b=v``)."""
     base = {
         "model.max_source_len": POLICY.max_source_len,
         "identifiers.d_model": IDENTIFIERS.d_model,
@@ -74,4 +75,9 @@ def tiny_config(**overrides: Any) -> Config:
         "resources.learner_cpus": 0.2,
     }
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
-    return load_config("local", [f"{k}={v}" for k, v in base.items()])
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def tiny_config(**overrides: Any) -> Config:
+    """The local preset with :func:`tiny_overrides`."""
+    return load_config("local", tiny_overrides(**overrides))
