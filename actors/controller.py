@@ -159,7 +159,7 @@ class PPOController:
         group = RoleGroup(
             "learner",
             LearnerWorker,
-            (ranks, str(self.inputs.policy_dir), cfg.ppo, cfg.learner, res.torch_threads, res.use_gpu),
+            (ranks, str(self.inputs.policy_dir), cfg.ppo, cfg.learner, res.learner_threads or res.torch_threads, res.use_gpu),
             count=ranks,
             options={"num_cpus": res.learner_cpus, "num_gpus": 1 if res.use_gpu else 0,
                      "runtime_env": {"env_vars": worker_env(res)}},

@@ -304,6 +304,9 @@ class ResourcesConfig:
     concurrently when the cluster has CPUs for more than one."""
     torch_threads: int = 1
     """torch/OpenMP threads per actor; keep threads x actors <= cores."""
+    learner_threads: int | None = None
+    """torch threads per PPO learner rank (``None``: ``torch_threads``). The update phase runs
+    alone, so a single rank may use every core of its node."""
     object_store_memory: int = 500_000_000
     """Object store bytes of a local cluster."""
 
