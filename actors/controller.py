@@ -126,7 +126,7 @@ class PPOController:
         rollout = RoleGroup(
             "rollout worker",
             RolloutWorker,
-            (str(inp.policy_dir), cfg.rollout, res.torch_threads, device),
+            (str(inp.policy_dir), cfg.rollout, res.rollout_threads or res.torch_threads, device),
             count=cfg.rollout.num_workers,
             options=self._options(res.rollout_cpus),
             max_restarts=restarts,
@@ -320,6 +320,10 @@ class PPOController:
             num_rows=len(self.inputs.contexts),
             seed=cfg.run.seed,
         )
+        # length-sorted, so each generation chunk pads little (a deterministic order: resume and
+        # worker counts do not change it)
+        lengths = [len(ids) for ids in self.tokenizer([self.inputs.contexts[i] for i in rows])["input_ids"]]
+        rows = rows[np.argsort(np.minimum(lengths, cfg.model.max_source_len), kind="stable")]
         size = cfg.rollout.batch_size
         chunks = []
         for k, start in enumerate(range(0, len(rows), size)):

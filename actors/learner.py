@@ -93,7 +93,7 @@ class LearnerWorker:
             micro_batch=self.ppo.mini_batch_size // self.world_size,
             world_size=self.world_size,
             zero_stage=self.learner.zero_stage,
-            precision=self.learner.precision,
+            precision="fp32",  # bf16 is autocast around the forward passes
             offload=self.learner.offload,
             partition_aware=True,
         )
@@ -101,6 +101,11 @@ class LearnerWorker:
         # epoch's ratio is exactly 1 and old log-probs match the update's forward pass
         self.engine.model.eval()
         return self.rank
+
+    def _autocast(self) -> Any:
+        """``torch.autocast(bfloat16)`` for ``learner.precision=bf16`` (fp32 weights and optimizer)."""
+        enabled = self.learner.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _batch(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         return [t.to(self.device) for t in tensors]
@@ -111,8 +116,9 @@ class LearnerWorker:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(old_logprobs, values)`` ``(B_k, T_r)`` of this rank's shard under the current weights."""
         p, pm, r = self._batch(prompt_ids, prompt_mask, response_ids)
-        logprobs, values, _ = response_forward(self.engine.model, p, pm, r, start_id=self.start_id)
-        return logprobs.cpu(), values.cpu()
+        with self._autocast():
+            logprobs, values, _ = response_forward(self.engine.model, p, pm, r, start_id=self.start_id)
+        return logprobs.float().cpu(), values.float().cpu()
 
     def update(
         self, batch: TrainBatch, plan: list[IntArray], global_tokens: list[float]
@@ -124,14 +130,15 @@ class LearnerWorker:
         for rows, tokens in zip(plan, global_tokens, strict=True):
             shard = batch.select(rows[self.rank * per_rank : (self.rank + 1) * per_rank])
             shard = replace(shard, **{f: getattr(shard, f).to(self.device) for f in _TENSOR_FIELDS})
-            loss, row = ppo_loss(
-                self.engine.model,
-                shard,
-                cfg=self.ppo,
-                start_id=self.start_id,
-                global_tokens=tokens,
-                world_size=self.world_size,
-            )
+            with self._autocast():
+                loss, row = ppo_loss(
+                    self.engine.model,
+                    shard,
+                    cfg=self.ppo,
+                    start_id=self.start_id,
+                    global_tokens=tokens,
+                    world_size=self.world_size,
+                )
             row["ppo/grad_norm"] = self.engine.step(loss)
             row["ppo/lr"] = float(self.engine.engine.get_lr()[0])
             stats.append(row)

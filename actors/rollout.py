@@ -46,9 +46,11 @@ class RolloutWorker:
 
     def generate(self, prompts: PromptBatch) -> Rollouts:
         """One sampled response per prompt (see :func:`pipeline.generation.sample_responses`)."""
-        rollouts = sample_responses(
-            self.model, self.tokenizer, _to(prompts, self.device), self.cfg, version=self.version
-        )
+        bf16 = self.cfg.precision == "bf16"
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
+            rollouts = sample_responses(
+                self.model, self.tokenizer, _to(prompts, self.device), self.cfg, version=self.version
+            )
         return _to_cpu(rollouts)
 
     def pid(self) -> int:

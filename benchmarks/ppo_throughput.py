@@ -104,9 +104,9 @@ def build_inputs(folder: Path, overrides: list[str], contexts: list[str], respon
 
 
 def run_one(
-    folder: Path, overrides: list[str], workers: int, iterations: int, cpus: int
+    folder: Path, overrides: list[str], workers: int, precision: str, iterations: int, cpus: int
 ) -> list[dict[str, Any]]:
-    run_dir = folder / f"run_w{workers}"
+    run_dir = folder / f"run_w{workers}_{precision}"
     run_dir.mkdir()
     for sub in ("sft", "identifiers", "labeled"):
         (run_dir / sub).symlink_to(folder / sub)
@@ -124,6 +124,9 @@ def run_one(
             "resources.reference_cpus=0.2",
             "resources.learner_cpus=0.4",
             f"resources.learner_threads={cpus}",
+            f"resources.rollout_threads={max(1, cpus // workers)}",
+            f"learner.precision={precision}",
+            f"rollout.precision={precision}",
         ],
     )
     ppo_stage(cfg, run_dir)
@@ -139,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["local", "d256"], choices=sorted(SHAPES))
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--iterations", type=int, default=6, help="timed iterations per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first iterations")
     parser.add_argument(
@@ -151,40 +155,46 @@ def main() -> None:
 
     print(f"load average before: {os.getloadavg()}")
     init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=500_000_000))
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="ppo_bench") as tmp:
             contexts, responses = prompts(args.ed, Path(tmp) / "cache")
             for shape in args.shapes:
                 folder = Path(tmp) / shape
                 build_inputs(folder, SHAPES[shape], contexts, responses)
-                for workers in args.workers:
-                    rows = run_one(folder, SHAPES[shape], workers, args.warmup + args.iterations, args.cpus)
-                    results[(shape, workers)] = rows[args.warmup :]
+                for precision in args.precision:
+                    for workers in args.workers:
+                        iterations = args.warmup + args.iterations
+                        rows = run_one(folder, SHAPES[shape], workers, precision, iterations, args.cpus)
+                        results[(shape, workers, precision)] = rows[args.warmup :]
     finally:
         shutdown_ray()
     print(f"load average after: {os.getloadavg()}")
 
-    header = f"{'shape':<6} {'workers':>7} " + " ".join(f"{p:>10}" for p in PHASES) + f" {'samples/s':>10}"
+    header = f"{'shape':<6} {'learner':>7} {'workers':>7} " + " ".join(f"{p:>10}" for p in PHASES)
     print("\nmedian seconds per phase (evaluate = score || reference || values, run concurrently)")
-    print(header)
-    for (shape, workers), rows in results.items():
+    print(header + f" {'samples/s':>10}")
+    for (shape, workers, precision), rows in results.items():
         phases = " ".join(f"{median(rows, f'time/{p}'):>10.3f}" for p in PHASES)
-        print(f"{shape:<6} {workers:>7} {phases} {median(rows, 'perf/samples_per_s'):>10.2f}")
-    print("\nweight publish latency (learner gather + ray.put once + load on every rollout worker), ms")
-    for (shape, workers), rows in results.items():
-        print(f"{shape:<6} {workers} worker(s): median {1000 * median(rows, 'time/publish'):.1f}")
+        print(f"{shape:<6} {precision:>7} {workers:>7} {phases} {median(rows, 'perf/samples_per_s'):>10.2f}")
+    print(
+        "\nweight publish latency (learner gather + ray.put once + load on every rollout worker), median ms"
+    )
+    for (shape, workers, precision), rows in results.items():
+        print(f"{shape:<6} {precision:>5} {workers} worker(s): {1000 * median(rows, 'time/publish'):.1f}")
+    print()
     for shape in args.shapes:
-        one, two = results.get((shape, 1)), results.get((shape, 2))
-        if one and two:
-            ratio = median(two, "perf/samples_per_s") / median(one, "perf/samples_per_s")
-            print(f"{shape}: samples/s with 2 rollout workers / 1 = {ratio:.2f}")
-    if "d256" in args.shapes:
-        for workers in args.workers:
-            ours = median(results[("d256", workers)], "perf/samples_per_s")
+        for precision in args.precision:
+            one, two = results.get((shape, 1, precision)), results.get((shape, 2, precision))
+            if one and two:
+                ratio = median(two, "perf/samples_per_s") / median(one, "perf/samples_per_s")
+                print(f"{shape} {precision}: samples/s with 2 rollout workers / 1 = {ratio:.2f}")
+    for (shape, workers, precision), rows in results.items():
+        if shape == "d256":
+            ours = median(rows, "perf/samples_per_s")
             print(
-                f"d256, {workers} rollout worker(s): {ours:.2f} samples/s vs trl 0.9.6 {TRL_D256_SAMPLES_PER_S} "
-                f"-> {ours / TRL_D256_SAMPLES_PER_S:.2f}x (target >= 1.5x)"
+                f"d256 {precision}, {workers} rollout worker(s): {ours:.2f} samples/s vs trl 0.9.6 fp32 "
+                f"{TRL_D256_SAMPLES_PER_S} -> {ours / TRL_D256_SAMPLES_PER_S:.2f}x (target >= 1.5x)"
             )
 
 

@@ -198,6 +198,9 @@ class RolloutConfig:
     """Maximum response tokens (paper: 30)."""
     batch_size: int = 32
     """Prompts per generate call inside one worker."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16`` samples under ``torch.autocast(bfloat16)`` (faster on recent CPUs and GPUs). PPO
+    stays exact: the learner recomputes the old log-probabilities of the sampled tokens."""
 
 
 @dataclass(frozen=True)
@@ -274,8 +277,10 @@ class LearnerConfig:
     """Data-parallel learner ranks."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage, 0 to 3."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Training precision (``fp32`` on CPU)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16``: the learner's forward passes run under ``torch.autocast(bfloat16)`` while weights,
+    gradients and Adam state stay float32 (mixed precision; ~1.8x faster updates on CPUs with
+    AVX512-BF16/AMX and on GPUs). ``fp32`` is the paper's setting."""
     offload: bool = False
     """Offload optimizer state to CPU (ZeRO 2 and 3)."""
 
@@ -304,6 +309,9 @@ class ResourcesConfig:
     concurrently when the cluster has CPUs for more than one."""
     torch_threads: int = 1
     """torch/OpenMP threads per actor; keep threads x actors <= cores."""
+    rollout_threads: int | None = None
+    """torch threads per rollout worker (``None``: ``torch_threads``); generation runs alone, so
+    the workers of a node may share all its cores."""
     learner_threads: int | None = None
     """torch threads per PPO learner rank (``None``: ``torch_threads``). The update phase runs
     alone, so a single rank may use every core of its node."""

@@ -170,13 +170,15 @@ def validate(cfg: Config) -> None:
     _validate_sft(cfg)
     res = cfg.resources
     _check(res.torch_threads >= 1, "resources.torch_threads", res.torch_threads, "must be >= 1", "use 1")
-    _check(
-        res.learner_threads is None or res.learner_threads >= 1,
-        "resources.learner_threads",
-        res.learner_threads,
-        "must be >= 1 or null",
-        "use null (= resources.torch_threads) or the cores of a learner's node",
-    )
+    for name in ("rollout_threads", "learner_threads"):
+        value = getattr(res, name)
+        _check(
+            value is None or value >= 1,
+            f"resources.{name}",
+            value,
+            "must be >= 1 or null",
+            "use null (= resources.torch_threads) or the cores a role may use alone",
+        )
     for name in ("rollout_cpus", "reward_cpus", "reference_cpus", "learner_cpus", "trainer_cpus"):
         v = getattr(res, name)
         _check(v >= 0, f"resources.{name}", v, "must be >= 0", "use a fraction like 0.5")
