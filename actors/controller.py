@@ -70,6 +70,13 @@ class PhaseTimer:
             self.seconds[f"time/{phase}"] = time.perf_counter() - start
 
 
+def learner_gpus(cfg: Config) -> float:
+    """GPU share per learner rank: a whole GPU when ranks talk over NCCL, else ``resources.role_gpus``."""
+    if not cfg.resources.use_gpu:
+        return 0.0
+    return 1.0 if cfg.learner.num_ranks > 1 else cfg.resources.role_gpus
+
+
 def check_resources(cfg: Config) -> None:
     """Fail at once, with requested vs available, when the cluster cannot place every PPO role."""
     res = cfg.resources
@@ -80,7 +87,8 @@ def check_resources(cfg: Config) -> None:
         + res.learner_cpus * cfg.learner.num_ranks,
     }
     if res.use_gpu:
-        wanted["GPU"] = float(cfg.rollout.num_workers + cfg.reward.num_scorers + 1 + cfg.learner.num_ranks)
+        roles = cfg.rollout.num_workers + cfg.reward.num_scorers + 1
+        wanted["GPU"] = roles * res.role_gpus + cfg.learner.num_ranks * learner_gpus(cfg)
     have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     for kind, need in wanted.items():
         if need > have.get(kind, 0.0) + 1e-9:
@@ -115,7 +123,7 @@ class PPOController:
         res = self.cfg.resources
         return {
             "num_cpus": cpus,
-            "num_gpus": 1 if res.use_gpu else 0,
+            "num_gpus": res.role_gpus if res.use_gpu else 0,
             "runtime_env": {"env_vars": worker_env(res)},
         }
 
@@ -152,7 +160,8 @@ class PPOController:
     def _make_learner(self) -> RoleGroup:
         cfg, res = self.cfg, self.cfg.resources
         ranks = cfg.learner.num_ranks
-        bundle = {"CPU": res.learner_cpus, **({"GPU": 1} if res.use_gpu else {})}
+        gpus = learner_gpus(cfg)
+        bundle = {"CPU": res.learner_cpus, **({"GPU": gpus} if gpus else {})}
         self._pg = placement_group([bundle] * ranks, strategy="PACK")
         ray.get(self._pg.ready(), timeout=300)
         pg = self._pg
@@ -161,8 +170,7 @@ class PPOController:
             LearnerWorker,
             (ranks, str(self.inputs.policy_dir), cfg.ppo, cfg.learner, res.learner_threads or res.torch_threads, res.use_gpu),
             count=ranks,
-            options={"num_cpus": res.learner_cpus, "num_gpus": 1 if res.use_gpu else 0,
-                     "runtime_env": {"env_vars": worker_env(res)}},
+            options={"num_cpus": res.learner_cpus, "num_gpus": gpus, "runtime_env": {"env_vars": worker_env(res)}},
             rank_args=True,
             restartable=False,
             make_options=lambda rank: {

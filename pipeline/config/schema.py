@@ -296,6 +296,10 @@ class ResourcesConfig:
     """CPUs of a local cluster; ``None`` uses the machine's count."""
     use_gpu: bool = False
     """Place roles on GPUs."""
+    role_gpus: float = 1.0
+    """GPU share of each PPO rollout worker, reward scorer and reference policy (and of a single
+    learner rank; ranks of a multi-rank learner get a whole GPU each). 0.25 packs one rollout
+    worker, one scorer, the reference and one learner rank on one GPU."""
     rollout_cpus: float = 0.5
     """CPUs per rollout worker."""
     reward_cpus: float = 0.5

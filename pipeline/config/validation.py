@@ -170,6 +170,13 @@ def validate(cfg: Config) -> None:
     _validate_sft(cfg)
     res = cfg.resources
     _check(res.torch_threads >= 1, "resources.torch_threads", res.torch_threads, "must be >= 1", "use 1")
+    _check(
+        0 < res.role_gpus <= 1,
+        "resources.role_gpus",
+        res.role_gpus,
+        "must be in (0, 1]",
+        "use 1 or e.g. 0.25",
+    )
     for name in ("rollout_threads", "learner_threads"):
         value = getattr(res, name)
         _check(
