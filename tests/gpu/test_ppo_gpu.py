@@ -41,8 +41,9 @@ def gpu_cluster() -> Iterator[None]:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_one_ppo_iteration_on_one_gpu(gpu_cluster: None, tmp_path: Path, precision: str) -> None:
-    from jobs.ppo import ppo_stage
     from ppo_inputs import build_run_dir, tiny_config
+
+    from jobs.ppo import ppo_stage
 
     run_dir = build_run_dir(tmp_path / "run", tmp_path / "cache")
     cfg = tiny_config(
