@@ -21,6 +21,7 @@ import ray
 
 from actors.cluster import init_ray, shutdown_ray, worker_env
 from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
+from jobs.evaluate import evaluate_stage
 from jobs.identifiers import label_stage, train_stage
 from jobs.ppo import ppo_stage
 from jobs.sft import init_policy, sft_stage
@@ -84,6 +85,11 @@ def stage_ppo(state: RunState) -> dict[str, Any]:
     return ppo_stage(state.cfg, state.run_dir)
 
 
+def stage_evaluate(state: RunState) -> dict[str, Any]:
+    """SFT and PPO side by side on the validation split: Emp-F1, the paper's metrics and a report."""
+    return evaluate_stage(state.cfg, state.run_dir)
+
+
 STAGES: list[tuple[str, Callable[[RunState], dict[str, Any]]]] = [
     ("data", stage_data),
     ("identifiers", stage_identifiers),
@@ -91,6 +97,7 @@ STAGES: list[tuple[str, Callable[[RunState], dict[str, Any]]]] = [
     ("init", stage_init),
     ("sft", stage_sft),
     ("ppo", stage_ppo),
+    ("evaluate", stage_evaluate),
 ]
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 IGNORE_INDEX = -100
 """Label of positions that do not count in the loss (padding), as in ``nn.CrossEntropyLoss``."""
@@ -343,3 +344,35 @@ def warmup_linear(total_steps: int, warmup_steps: int = 0) -> Callable[[int], fl
         return max(0.0, (total - step) / max(total - warm, 1))
 
     return factor
+
+
+@torch.no_grad()
+def gold_nll(
+    model: T5ForConditionalGeneration,
+    examples: Seq2SeqExamples,
+    *,
+    pad_id: int,
+    decoder_start_id: int,
+    batch_size: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Per-example teacher-forced NLL sums ``(N,)`` and token counts ``(N,)`` of ``examples``' targets.
+
+    Batches are length-sorted (:func:`eval_batches`); each row's sum is
+    :func:`token_nll` of that row, so ``perplexity(sums.sum(), tokens.sum())`` is the
+    SFT validation perplexity of the same examples. The model must be in eval mode.
+    """
+    device = next(model.parameters()).device
+    nll = np.zeros(len(examples), dtype=np.float64)
+    tokens = np.zeros(len(examples), dtype=np.int64)
+    for indices in eval_batches(examples.source_lengths, batch_size):
+        batch = collate(examples, indices, pad_id=pad_id, decoder_start_id=decoder_start_id).to(device)
+        logits = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            decoder_input_ids=batch.decoder_input_ids,
+            use_cache=False,
+        ).logits
+        for row, i in enumerate(indices):
+            s, t = token_nll(logits[row : row + 1], batch.labels[row : row + 1])
+            nll[i], tokens[i] = float(s), int(t)
+    return nll, tokens

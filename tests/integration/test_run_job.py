@@ -57,6 +57,16 @@ def test_run_writes_every_stage_into_one_folder(ray_cluster: None, tmp_path: Pat
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     assert model.config.d_model == cfg.model.d_model
     assert len(tokenizer) == summary["init"]["policy_vocab"]
+    # the run ends with SFT and PPO side by side on valid; SFT's gold perplexity is its validation perplexity
+    evaluation = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert evaluation["policy_order"] == ["sft", "ppo"] and len(evaluation["comparisons"]) == 1
+    assert (
+        evaluation["n_examples"] == summary["label"]["splits"]["valid"] == summary["evaluate"]["n_examples"]
+    )
+    assert Path(summary["evaluate"]["report"]) == run_dir / "evaluate" / "report.html"
+    assert (run_dir / "evaluate" / "report.html").is_file()
+    sft_val_ppl = json.loads((run_dir / "sft" / "metrics.json").read_text())["best"]["val_ppl"]
+    assert evaluation["policies"]["sft"]["perplexity"] == pytest.approx(sft_val_ppl, rel=1e-4)
 
 
 def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:

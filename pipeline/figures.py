@@ -1,0 +1,192 @@
+"""PNG figures of the evaluation report, drawn with matplotlib's object API on the Agg canvas.
+
+No pyplot and no global state: each function builds one ``Figure``, saves it and returns the path,
+so figures can be drawn from any thread or worker. Inputs are plain values from ``metrics.json``
+and the training logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+LEVEL_NAMES = ("none", "weak", "strong")
+"""EPITOME levels 0, 1, 2."""
+
+DPI = 110
+
+PPO_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("score (reward)", ("reward/score",)),
+    ("gold-level hit rate", ("reward/ER_hit", "reward/IP_hit", "reward/EX_hit")),
+    ("gold-level probability", ("reward/ER_gold_prob", "reward/IP_gold_prob", "reward/EX_gold_prob")),
+    ("KL to reference", ("rollout/kl",)),
+    ("KL coefficient", ("rollout/kl_coef",)),
+    ("policy loss", ("ppo/policy_loss",)),
+    ("value loss", ("ppo/value_loss",)),
+    ("entropy", ("ppo/entropy",)),
+    ("response length", ("rollout/response_len",)),
+    ("samples / s", ("perf/samples_per_s",)),
+)
+"""PPO log panels: title and the ``metrics.jsonl`` keys drawn in it (absent keys are skipped)."""
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def confusion_figure(per_mechanism: Mapping[str, Mapping[str, Any]], title: str, path: Path) -> Path:
+    """One heat map per mechanism: rows gold level, columns predicted level, shaded by row fraction."""
+    mechanisms = list(per_mechanism)
+    fig = Figure(figsize=(3.3 * len(mechanisms), 3.2))
+    axes = fig.subplots(1, len(mechanisms), squeeze=False)[0]
+    for ax, m in zip(axes, mechanisms, strict=True):
+        counts = np.asarray(per_mechanism[m]["confusion_matrix"], dtype=np.float64)
+        rows = counts.sum(axis=1, keepdims=True)
+        frac = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+        ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+        for i in range(counts.shape[0]):
+            for j in range(counts.shape[1]):
+                ax.text(
+                    j, i, f"{int(counts[i, j])}", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.6 else "black", fontsize=9,
+                )  # fmt: skip
+        ticks = list(range(counts.shape[0]))
+        names = [LEVEL_NAMES[k] if k < len(LEVEL_NAMES) else str(k) for k in ticks]
+        ax.set_xticks(ticks, names)
+        ax.set_yticks(ticks, names)
+        ax.set_xlabel("predicted level (generated)")
+        ax.set_title(f"{m}: weighted F1 {per_mechanism[m]['weighted_f1']:.1f}", fontsize=10)
+    axes[0].set_ylabel("gold level")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def level_distribution_figure(
+    gold: Mapping[str, Sequence[float]], policies: Mapping[str, Mapping[str, Sequence[float]]], path: Path
+) -> Path:
+    """Grouped bars per mechanism: the fraction of responses at each level, gold then each policy."""
+    mechanisms = list(gold)
+    series = {"gold": gold, **policies}
+    fig = Figure(figsize=(3.6 * len(mechanisms), 3.2))
+    axes = fig.subplots(1, len(mechanisms), squeeze=False, sharey=True)[0]
+    width = 0.8 / len(series)
+    x = np.arange(len(LEVEL_NAMES))
+    for ax, m in zip(axes, mechanisms, strict=True):
+        for k, (name, dists) in enumerate(series.items()):
+            ax.bar(x + (k - (len(series) - 1) / 2) * width, dists[m], width, label=name)
+        ax.set_xticks(x, LEVEL_NAMES)
+        ax.set_title(m)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("fraction of responses")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle("Empathy level distribution: gold vs generated")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def differences_figure(comparison: Mapping[str, Any], labels: Mapping[str, str], path: Path) -> Path:
+    """One small panel per metric: the observed difference (policy − baseline) and its bootstrap CI."""
+    results = comparison["metrics"]
+    keys = [k for k in labels if k in results]
+    cols = 4
+    rows = math.ceil(len(keys) / cols)
+    fig = Figure(figsize=(3.0 * cols, 1.1 * rows + 0.6))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        r = results[key]
+        color = "tab:green" if r["ci_low"] > 0 else "tab:red" if r["ci_high"] < 0 else "tab:gray"
+        ax.errorbar(
+            [r["difference"]], [0],
+            xerr=[[r["difference"] - r["ci_low"]], [r["ci_high"] - r["difference"]]],
+            fmt="o", color=color, capsize=4,
+        )  # fmt: skip
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        span = max(abs(r["ci_low"]), abs(r["ci_high"]), abs(r["difference"]), 1e-9) * 1.3
+        ax.set_xlim(-span, span)
+        ax.set_yticks([])
+        ax.set_title(labels[key], fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
+    level = 100 * (1 - float(next(iter(results.values()))["alpha"])) if results else 95.0
+    fig.suptitle(
+        f"{comparison['policy']} − {comparison['baseline']}: difference and {level:.0f}% bootstrap CI"
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sft_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """Train and validation loss, and validation perplexity, per SFT epoch; ``None`` without history."""
+    rows = [h for h in history if "epoch" in h]
+    if not rows:
+        return None
+    epochs = [h["epoch"] for h in rows]
+    fig = Figure(figsize=(9, 3.2))
+    loss_ax, ppl_ax = fig.subplots(1, 2)
+    for key in ("train_loss", "val_loss"):
+        points = [(e, h[key]) for e, h in zip(epochs, rows, strict=True) if _finite(h.get(key))]
+        if points:
+            loss_ax.plot(*zip(*points, strict=True), marker="o", label=key)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("token NLL")
+    loss_ax.legend(fontsize=8)
+    points = [(e, h["val_ppl"]) for e, h in zip(epochs, rows, strict=True) if _finite(h.get("val_ppl"))]
+    if points:
+        ppl_ax.plot(*zip(*points, strict=True), marker="o", color="tab:purple")
+    ppl_ax.set_xlabel("epoch")
+    for ax in (loss_ax, ppl_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ppl_ax.set_ylabel("validation perplexity")
+    fig.suptitle("SFT training")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def ppo_curves_figure(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """The :data:`PPO_PANELS` present in the PPO log, against the iteration; ``None`` when none is."""
+    panels = [
+        (title, [k for k in keys if any(_finite(r.get(k)) for r in rows)]) for title, keys in PPO_PANELS
+    ]
+    panels = [(title, keys) for title, keys in panels if keys]
+    if not rows or not panels:
+        return None
+    cols = 3
+    n_rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4.0 * cols, 2.6 * n_rows))
+    axes = fig.subplots(n_rows, cols, squeeze=False)
+    for ax, (title, keys) in zip(axes.flat, panels, strict=False):
+        _plot_series(ax, rows, keys, legend=len(dict(PPO_PANELS)[title]) > 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle("PPO training")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _plot_series(ax: Axes, rows: Sequence[Mapping[str, Any]], keys: Sequence[str], *, legend: bool) -> None:
+    for key in keys:
+        points = [(r.get("iteration", i + 1), r[key]) for i, r in enumerate(rows) if _finite(r.get(key))]
+        ax.plot(
+            *zip(*points, strict=True), marker="." if len(points) < 50 else None, label=key.split("/")[-1]
+        )
+    if legend:
+        ax.legend(fontsize=7)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
