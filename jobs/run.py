@@ -137,6 +137,9 @@ def main_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"data error: {exc}") from None
     summary = (run_dir / "summary.json").read_text()
     sys.stdout.write(f"run complete: {run_dir.resolve()}\n{summary}")
+    report = run_dir / "evaluate" / "report.html"
+    if report.is_file():
+        sys.stdout.write(f"report (open in a browser): {report.resolve()}\n")
 
 
 def main(argv: list[str] | None = None) -> None:
