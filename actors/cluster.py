@@ -70,6 +70,16 @@ def init_ray(res: ResourcesConfig) -> bool:
     return started
 
 
+def require_resources(what: str, wanted: dict[str, float], *, breakdown: str, fix: str) -> None:
+    """Fail at once, with requested vs available, when the cluster cannot hold ``wanted`` (e.g. CPU, GPU)."""
+    have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    for kind, need in wanted.items():
+        if need > have.get(kind, 0.0) + 1e-9:
+            raise ValueError(
+                f"{what} needs {need:g} {kind} ({breakdown}) but the cluster has {have.get(kind, 0.0):g}. Fix: {fix}."
+            )
+
+
 def shutdown_ray() -> None:
     """Disconnect (and stop a local cluster this process started)."""
     if ray.is_initialized():

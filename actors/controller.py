@@ -24,7 +24,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.checkpoints import CheckpointStore
-from actors.cluster import worker_env
+from actors.cluster import require_resources, worker_env
 from actors.group import RoleDiedError, RoleGroup, gather
 from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
@@ -89,15 +89,13 @@ def check_resources(cfg: Config) -> None:
     if res.use_gpu:
         roles = cfg.rollout.num_workers + cfg.reward.num_scorers + 1
         wanted["GPU"] = roles * res.role_gpus + cfg.learner.num_ranks * learner_gpus(cfg)
-    have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    for kind, need in wanted.items():
-        if need > have.get(kind, 0.0) + 1e-9:
-            raise ValueError(
-                f"PPO needs {need:g} {kind} ({cfg.rollout.num_workers} rollout x {res.rollout_cpus}, "
-                f"{cfg.reward.num_scorers} reward x {res.reward_cpus}, reference {res.reference_cpus}, "
-                f"{cfg.learner.num_ranks} learner x {res.learner_cpus} CPUs) but the cluster has "
-                f"{have.get(kind, 0.0):g}. Fix: lower resources.*_cpus or the worker counts, or add nodes."
-            )
+    require_resources(
+        "PPO",
+        wanted,
+        breakdown=f"{cfg.rollout.num_workers} rollout x {res.rollout_cpus}, {cfg.reward.num_scorers} reward x "
+        f"{res.reward_cpus}, reference {res.reference_cpus}, {cfg.learner.num_ranks} learner x {res.learner_cpus} CPUs",
+        fix="lower resources.*_cpus or the worker counts, or add nodes",
+    )
 
 
 class PPOController:

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from actors.cluster import worker_env
+from actors.cluster import require_resources, worker_env
 from actors.group import Pending, RoleGroup, gather
 from actors.scorer import ScorerWorker
 from pipeline.config import Config, RolloutConfig
@@ -132,15 +131,13 @@ def check_resources(cfg: Config, num_workers: int) -> None:
     wanted = {"CPU": res.rollout_cpus * num_workers + res.reward_cpus * cfg.reward.num_scorers}
     if res.use_gpu:
         wanted["GPU"] = (num_workers + cfg.reward.num_scorers) * res.role_gpus
-    have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    for kind, need in wanted.items():
-        if need > have.get(kind, 0.0) + 1e-9:
-            raise ValueError(
-                f"evaluation needs {need:g} {kind} ({num_workers} evaluation worker(s) x {res.rollout_cpus}, "
-                f"{cfg.reward.num_scorers} identifier scorer(s) x {res.reward_cpus} CPUs) but the cluster has "
-                f"{have.get(kind, 0.0):g}. Fix: lower resources.rollout_cpus / resources.reward_cpus, "
-                "--num-workers or reward.num_scorers, or add nodes."
-            )
+    require_resources(
+        "evaluation",
+        wanted,
+        breakdown=f"{num_workers} evaluation worker(s) x {res.rollout_cpus}, {cfg.reward.num_scorers} identifier "
+        f"scorer(s) x {res.reward_cpus} CPUs",
+        fix="lower resources.rollout_cpus / resources.reward_cpus, --num-workers or reward.num_scorers, or add nodes",
+    )
 
 
 def prompt_chunks(cfg: Config, tokenizer: PreTrainedTokenizerBase, split: LabeledSplit) -> list[PromptBatch]:
