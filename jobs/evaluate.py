@@ -183,6 +183,7 @@ def evaluate_stage(
         min_new_tokens=r.min_new_tokens, max_new_tokens=r.max_new_tokens, seed=cfg.run.seed
     )
     metrics["identifiers"] = str(identifiers)
+    write_json(out / "metrics.json", metrics)  # before the report: a failing figure loses no numbers
     t0 = time.perf_counter()
     files = build_report(metrics, out, examples=table.slice(0, num_samples).to_pylist(), run_dir=run_dir)
     stats["time/report"] = time.perf_counter() - t0

@@ -105,11 +105,12 @@ def differences_figure(comparison: Mapping[str, Any], labels: Mapping[str, str],
     for ax, key in zip(axes.flat, keys, strict=False):
         r = results[key]
         color = "tab:green" if r["ci_low"] > 0 else "tab:red" if r["ci_high"] < 0 else "tab:gray"
-        ax.errorbar(
-            [r["difference"]], [0],
-            xerr=[[r["difference"] - r["ci_low"]], [r["ci_high"] - r["difference"]]],
-            fmt="o", color=color, capsize=4,
-        )  # fmt: skip
+        # the interval as its own segment: a percentile interval need not contain the observed
+        # difference (e.g. Dist-n, which resampling with repeats biases downwards)
+        ax.hlines(0, r["ci_low"], r["ci_high"], color=color, linewidth=2)
+        ax.vlines([r["ci_low"], r["ci_high"]], -0.15, 0.15, color=color, linewidth=1.5)
+        ax.plot([r["difference"]], [0], "o", color=color)
+        ax.set_ylim(-0.5, 0.5)
         ax.axvline(0.0, color="black", linewidth=0.8)
         span = max(abs(r["ci_low"]), abs(r["ci_high"]), abs(r["difference"]), 1e-9) * 1.3
         ax.set_xlim(-span, span)

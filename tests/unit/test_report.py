@@ -188,3 +188,14 @@ def test_report_marks_missing_numbers_instead_of_failing(tmp_path: Path) -> None
     files = build_report(metrics, tmp_path / "out")
     rows = {r[0].rstrip(" ↑↓"): r for r in _parse(files.html).rows[1:]}
     assert rows["Perplexity (gold)"][1] == "n/a" and rows["Perplexity (gold)"][4] == "n/a"
+
+
+def test_report_draws_an_interval_that_excludes_the_observed_difference(tmp_path: Path) -> None:
+    # percentile bootstrap intervals of Dist-n sit below the observed difference (resampling repeats items)
+    metrics, _ = _metrics()
+    dist2 = metrics["comparisons"][0]["metrics"]["dist2"]
+    dist2.update(difference=0.05, ci_low=0.01, ci_high=0.03)
+    files = build_report(metrics, tmp_path / "out")
+    png = tmp_path / "out" / "figures" / "differences_0.png"
+    assert png in files.figures or any(p.name == png.name for p in files.figures)
+    assert matplotlib.image.imread(png).ndim == 3
