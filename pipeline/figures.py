@@ -182,8 +182,19 @@ def ppo_curves_figure(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | N
 def _plot_series(ax: Axes, rows: Sequence[Mapping[str, Any]], keys: Sequence[str], *, legend: bool) -> None:
     for key in keys:
         points = [(r.get("iteration", i + 1), r[key]) for i, r in enumerate(rows) if _finite(r.get(key))]
+        x, y = (np.asarray(v, dtype=np.float64) for v in zip(*points, strict=True))
+        window = len(points) // 20
+        if window < 3:
+            ax.plot(x, y, marker="." if len(points) < 50 else None, label=key.split("/")[-1])
+            continue
+        # long runs: the raw per-iteration values faintly, a centred moving average on top
+        (line,) = ax.plot(x, y, alpha=0.25, linewidth=0.8)
+        smooth = np.convolve(y, np.ones(window) / window, mode="valid")
         ax.plot(
-            *zip(*points, strict=True), marker="." if len(points) < 50 else None, label=key.split("/")[-1]
+            x[window // 2 : window // 2 + len(smooth)],
+            smooth,
+            color=line.get_color(),
+            label=key.split("/")[-1],
         )
     if legend:
         ax.legend(fontsize=7)
