@@ -54,7 +54,6 @@ class _Call:
 class Pending:
     """Calls submitted to one group; :func:`gather` resolves them in shard order."""
 
-    group: RoleGroup
     calls: list[_Call]
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
@@ -107,14 +106,14 @@ class RoleGroup:
         ]
         for call in calls:
             self._send(call)
-        return Pending(self, calls)
+        return Pending(calls)
 
     def submit_all(self, method: str, *args: Any) -> Pending:
         """Call ``method(*args)`` on every actor (shard ``i`` = actor ``i``)."""
         calls = [_Call(self, i, i, 0, method, args) for i in range(len(self.actors))]
         for call in calls:
             self._send(call)
-        return Pending(self, calls)
+        return Pending(calls)
 
     def _send(self, call: _Call) -> None:
         call.generation = self.generations[call.rank]

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import socket
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +128,7 @@ class LearnerWorker:
         per_rank = len(plan[0]) // self.world_size
         for rows, tokens in zip(plan, global_tokens, strict=True):
             shard = batch.select(rows[self.rank * per_rank : (self.rank + 1) * per_rank])
-            shard = replace(shard, **{f: getattr(shard, f).to(self.device) for f in _TENSOR_FIELDS})
+            shard = shard.to(self.device)
             with self._autocast():
                 loss, row = ppo_loss(
                     self.engine.model,
@@ -182,22 +181,6 @@ class LearnerWorker:
         save_policy(model, self.tokenizer, folder)
         return folder
 
-    def state_digest(self) -> dict[str, torch.Tensor] | None:
-        """Rank 0: the full model state (float32 CPU), for tests that compare runs."""
-        return self.engine.full_state_dict(rank=self.rank)
-
     def pid(self) -> int:
         """The rank's process id (fault-injection tests kill it)."""
         return os.getpid()
-
-
-_TENSOR_FIELDS = (
-    "prompt_ids",
-    "prompt_mask",
-    "response_ids",
-    "response_mask",
-    "old_logprobs",
-    "old_values",
-    "advantages",
-    "returns",
-)

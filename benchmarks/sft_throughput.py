@@ -23,13 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# before Ray is imported: a local cluster binds to loopback only (as `import jobs` does)
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import jobs  # noqa: F401  (first: loopback-only Ray, quiet libraries, CPU DeepSpeed)
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import ray  # noqa: TID251
 import ray.train  # noqa: TID251

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. ppo.clip_ratio=0.1"
     )
     parser.add_argument("--log-level", default="INFO")
+
+
+def run_module(command: str, add_parser: Callable[[Any], None], argv: list[str] | None = None) -> None:
+    """``python -m jobs.<command> ARGS``: the same parser and handler as ``emprl <command> ARGS``."""
+    parser = argparse.ArgumentParser(prog=f"python -m jobs.{command}")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
+    args.func(args)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.common import add_config_args, config_from_args, setup_logging
+from jobs.common import add_config_args, config_from_args, run_module, setup_logging
 from pipeline.data import (
     ED_URL,
     EPITOME_BASE_URL,
@@ -91,10 +91,7 @@ def download_main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.data")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
-    args.func(args)
+    run_module("data", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from actors.cluster import init_ray, shutdown_ray
 from actors.evaluator import PolicySource, evaluate_policies
-from jobs.common import add_config_args, config_from_args, setup_logging, write_json
+from jobs.common import add_config_args, config_from_args, run_module, setup_logging, write_json
 from pipeline.config import Config, save_config
 from pipeline.evaluation import (
     EvaluationInputError,
@@ -277,10 +277,7 @@ def main_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.evaluate")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-    args.func(args)
+    run_module("evaluate", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 from actors.cluster import init_ray, shutdown_ray
 from actors.identifier_trainer import TrainSpec, train_identifiers
 from actors.labeling import label_splits
-from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
+from jobs.common import add_config_args, config_from_args, make_run_dir, run_module, setup_logging, write_json
 from pipeline.classifier_training import LabeledPairs
 from pipeline.config import Config
 from pipeline.data import PreparedData, prepare_datasets
@@ -145,10 +145,7 @@ def label_main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.identifiers")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["identifiers", *(sys.argv[1:] if argv is None else argv)])
-    args.func(args)
+    run_module("identifiers", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from actors.cluster import init_ray, shutdown_ray
 from actors.controller import Hook, PPOController, PPOInputs
-from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
+from jobs.common import add_config_args, config_from_args, make_run_dir, run_module, setup_logging, write_json
 from pipeline.config import MECHANISMS, Config, save_config
 from pipeline.scoring import identifier_folders
 
@@ -81,6 +81,19 @@ def load_inputs(
     )
 
 
+def check_inputs(
+    run_dir: Path, *, resume: bool, policy: Path | None, identifiers: Path | None, prompts: Path | None
+) -> PPOInputs:
+    """:func:`load_inputs`, and refuse to overwrite an existing run unless resuming (no Ray needed)."""
+    inputs = load_inputs(run_dir, policy=policy, identifiers=identifiers, prompts=prompts)
+    if not resume and (run_dir / "ppo" / "checkpoints").exists():
+        raise PPOInputError(
+            f"{run_dir / 'ppo'} already holds checkpoints. Fix: pass --resume to continue that run, or use a "
+            "new --run-dir."
+        )
+    return inputs
+
+
 def ppo_stage(
     cfg: Config,
     run_dir: Path,
@@ -89,15 +102,16 @@ def ppo_stage(
     policy: Path | None = None,
     identifiers: Path | None = None,
     prompts: Path | None = None,
+    inputs: PPOInputs | None = None,
     hooks: Sequence[Hook] = (),
 ) -> dict[str, Any]:
-    """Run PPO into ``<run>/ppo``; Ray must be up. Returns the summary (also ``ppo/metrics.json``)."""
+    """Run PPO into ``<run>/ppo``; Ray must be up. Returns the summary (also ``ppo/metrics.json``).
+
+    ``inputs`` already checked by :func:`check_inputs` skip that step."""
     out = run_dir / "ppo"
-    inputs = load_inputs(run_dir, policy=policy, identifiers=identifiers, prompts=prompts)
-    if not resume and (out / "checkpoints").exists():
-        raise PPOInputError(
-            f"{out} already holds checkpoints. Fix: pass --resume to continue that run, or use a new --run-dir."
-        )
+    inputs = inputs or check_inputs(
+        run_dir, resume=resume, policy=policy, identifiers=identifiers, prompts=prompts
+    )
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     logger.info(
@@ -148,16 +162,11 @@ def main_args(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     run_dir = args.run_dir or make_run_dir(cfg, "ppo")
     try:
+        paths = {"policy": args.policy, "identifiers": args.identifiers, "prompts": args.prompts}
+        inputs = check_inputs(run_dir, resume=args.resume, **paths)  # before Ray: bad inputs fail in a second
         owns = init_ray(cfg.resources)
         try:
-            result = ppo_stage(
-                cfg,
-                run_dir,
-                resume=args.resume,
-                policy=args.policy,
-                identifiers=args.identifiers,
-                prompts=args.prompts,
-            )
+            result = ppo_stage(cfg, run_dir, resume=args.resume, inputs=inputs)
         finally:
             if owns:
                 shutdown_ray()
@@ -167,10 +176,7 @@ def main_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.ppo")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["ppo", *(sys.argv[1:] if argv is None else argv)])
-    args.func(args)
+    run_module("ppo", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from actors.cluster import init_ray, shutdown_ray, worker_env
-from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
+from jobs.common import add_config_args, config_from_args, make_run_dir, run_module, setup_logging, write_json
 from jobs.evaluate import evaluate_stage
 from jobs.identifiers import label_stage, train_stage
 from jobs.ppo import ppo_stage
@@ -143,10 +143,7 @@ def main_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.run")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
-    args.func(args)
+    run_module("run", add_parser, argv)
 
 
 if __name__ == "__main__":

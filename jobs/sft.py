@@ -20,7 +20,7 @@ import torch
 
 from actors.cluster import init_ray, shutdown_ray
 from actors.sft_trainer import ResumeError, SFTSpec, train_sft
-from jobs.common import add_config_args, config_from_args, make_run_dir, setup_logging, write_json
+from jobs.common import add_config_args, config_from_args, make_run_dir, run_module, setup_logging, write_json
 from pipeline.config import Config, save_config
 from pipeline.data import DataError, PreparedData, prepare_datasets
 from pipeline.models import build_policy, build_policy_tokenizer, load_tokenizer, save_policy
@@ -151,10 +151,7 @@ def main_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.sft")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["sft", *(sys.argv[1:] if argv is None else argv)])
-    args.func(args)
+    run_module("sft", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ carries the policy version that generated it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
@@ -168,14 +168,20 @@ class TrainBatch:
     def __len__(self) -> int:
         return int(self.response_ids.shape[0])
 
+    def _tensors(self) -> dict[str, Tensor]:
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)
+        }
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        """The same batch with every tensor on ``device``."""
+        moved: dict[str, Any] = {k: t.to(device) for k, t in self._tensors().items()}
+        return replace(self, **moved)
+
     def select(self, rows: Sequence[int] | IntArray) -> TrainBatch:
         """The rows ``rows`` (in that order), with all-padding trailing columns dropped."""
         index = torch.tensor(np.asarray(rows, dtype=np.int64))
-        picked: dict[str, Any] = {
-            f.name: getattr(self, f.name)[index]
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), Tensor)
-        }
+        picked: dict[str, Any] = {k: t[index] for k, t in self._tensors().items()}
         picked["prompt_ids"], picked["prompt_mask"] = trim_columns(
             picked["prompt_ids"], picked["prompt_mask"], mask=picked["prompt_mask"]
         )
@@ -203,8 +209,3 @@ def split_evenly(items: Sequence[T], parts: int) -> list[list[T]]:
         out.append(list(items[start:stop]))
         start = stop
     return out
-
-
-def tensors_equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
-    """Whether two state dicts hold the same names and bit-identical tensors."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

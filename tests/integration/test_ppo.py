@@ -87,7 +87,7 @@ def test_one_iteration_with_two_rollout_workers_and_two_learner_ranks(
     assert row["rollout/version"] == 0 and row["version"] == 1
     # the learner's teacher-forced log-probs reproduce the sampler's (same weights, dropout off)
     assert row["rollout/sampler_logprob_gap"] < 1e-4
-    # first PPO epoch starts on-policy: the probability ratio of the first mini-batch is ~1
+    # the update logged every diagnostic, each a number
     for key in (
         "ppo/policy_loss",
         "ppo/value_loss",
