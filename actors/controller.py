@@ -31,13 +31,13 @@ from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
 from pipeline.config import Config
-from pipeline.experience import IntArray, PromptBatch, RewardScores, Rollouts, pad_stack, split_evenly
 from pipeline.generation import encode_prompts
-from pipeline.kl import make_kl_controller
 from pipeline.models import load_tokenizer
-from pipeline.ppo import average_stats, build_train_batch, derive_seed, minibatch_plan, prompt_rows
+from pipeline.ppo.experience import IntArray, PromptBatch, RewardScores, Rollouts, pad_stack, split_evenly
+from pipeline.ppo.iteration import average_stats, build_train_batch, derive_seed, minibatch_plan, prompt_rows
+from pipeline.ppo.kl import make_kl_controller
+from pipeline.ppo.rewards import RunningMoments
 from pipeline.progress import Progress
-from pipeline.rewards import RunningMoments
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Evaluation worker role: responses and gold-response likelihoods of any policy folder.
 
-Consumes a policy folder with a :class:`~pipeline.experience.PromptBatch` (``generate``: sampled
+Consumes a policy folder with a :class:`~pipeline.ppo.experience.PromptBatch` (``generate``: sampled
 with ``rollout.*`` under the batch's seed, or greedy) or with (context, gold response) text pairs
 (``gold_nll``); produces response text, or per-example NLL sums and token counts. A worker loads a
 policy on first use and keeps the last one, so one group serves several policies in turn and every
 call is self-contained (a replacement actor needs no replay). Resources: ``resources.rollout_cpus``
 CPUs (and ``resources.role_gpus`` of a GPU) and ``resources.torch_threads`` threads.
 :func:`evaluate_policies` fans a labelled split out over a group of these and a group of
-:class:`~actors.scorer.ScorerWorker` (identifiers).
+:class:`~actors.identifier_scorer.IdentifierScorerWorker` (identifiers).
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from actors.cluster import require_resources, worker_env
 from actors.group import Pending, RoleGroup, gather
-from actors.scorer import ScorerWorker
+from actors.identifier_scorer import IdentifierScorerWorker
 from pipeline.config import Config, RolloutConfig
-from pipeline.evaluation import FloatArray, IntArray, LabeledSplit, PolicyOutputs
-from pipeline.experience import PromptBatch
+from pipeline.evaluation.suite import FloatArray, IntArray, LabeledSplit, PolicyOutputs
 from pipeline.generation import encode_prompts, sample_responses
 from pipeline.models import load_policy, load_tokenizer
-from pipeline.ppo import derive_seed
+from pipeline.ppo.experience import PromptBatch
+from pipeline.ppo.iteration import derive_seed
 from pipeline.progress import Progress
 from pipeline.scoring import LevelScores
-from pipeline.seq2seq import encode_examples, gold_nll
+from pipeline.training.sft import encode_examples, gold_nll
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def evaluate_policies(
     )  # fmt: skip
     scorers = RoleGroup(
         "identifier scorer",
-        ScorerWorker,
+        IdentifierScorerWorker,
         (str(identifiers_dir), cfg.identifiers, res.torch_threads, device),
         count=cfg.reward.num_scorers,
         options=options(res.reward_cpus),

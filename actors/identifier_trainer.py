@@ -30,7 +30,11 @@ from safetensors.torch import load_file, save_file
 
 from actors.cluster import torch_trainer
 from actors.engines import DDPEngine, DeepSpeedEngine, TrainEngine
-from pipeline.classifier_training import (
+from pipeline.config import IdentifiersConfig, ResourcesConfig
+from pipeline.evaluation.classification import majority_baseline
+from pipeline.models import EmpathyIdentifier, build_identifier, load_tokenizer, save_identifier
+from pipeline.progress import Progress
+from pipeline.training.identifiers import (
     LabeledPairs,
     batch_loss,
     class_weights,
@@ -41,10 +45,6 @@ from pipeline.classifier_training import (
     seed_everything,
     steps_per_epoch,
 )
-from pipeline.config import IdentifiersConfig, ResourcesConfig
-from pipeline.metrics import majority_baseline
-from pipeline.models import EmpathyIdentifier, build_identifier, load_tokenizer, save_identifier
-from pipeline.progress import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Label job: score every (context, response) example of each split with the ER/IP/EX identifiers.
 
-Owns a pool of ``num_workers`` :class:`~actors.scorer.ScorerWorker` actors (``resources.reward_cpus``
+Owns a pool of ``num_workers`` :class:`~actors.identifier_scorer.IdentifierScorerWorker` actors (``resources.reward_cpus``
 CPUs each, or one GPU). Consumes prepared splits (Hugging Face datasets with ``context`` and
 ``response``); produces ``out_dir/<split>/part-NNNNN.parquet`` per shard, written atomically as each
 finishes, then ``out_dir/<split>.parquet`` (original columns in original order + level columns) and
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import ray
 from datasets import Dataset
 
-from actors.scorer import ScorerWorker
+from actors.identifier_scorer import IdentifierScorerWorker
 from pipeline.config import MECHANISMS, IdentifiersConfig, ResourcesConfig
 from pipeline.models.identifier import HEAD_FILE, META_FILE, NUM_LEVELS
 from pipeline.progress import Progress
@@ -72,7 +72,7 @@ def label_splits(
     *,
     num_workers: int = 1,
     shard_rows: int = 2048,
-    worker_cls: type[ScorerWorker] = ScorerWorker,
+    worker_cls: type[IdentifierScorerWorker] = IdentifierScorerWorker,
 ) -> dict[str, Any]:
     """Label every row of every split and return the statistics written to ``label_stats.json``.
 
@@ -221,7 +221,7 @@ def _score_shards(
     cfg: IdentifiersConfig,
     res: ResourcesConfig,
     num_workers: int,
-    worker_cls: type[ScorerWorker],
+    worker_cls: type[IdentifierScorerWorker],
 ) -> None:
     """Score ``pending`` shards on an actor pool, writing each part as it arrives."""
     if not pending:

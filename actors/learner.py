@@ -1,7 +1,7 @@
 """Learner role: one data-parallel rank of the DeepSpeed PPO learner (policy + value head).
 
 K ranks form a torch.distributed group (gloo on CPU, NCCL on GPU) that rank 0 hosts. Consumes
-rollout shards (→ old log-probs and values), a :class:`~pipeline.experience.TrainBatch` with the
+rollout shards (→ old log-probs and values), a :class:`~pipeline.ppo.experience.TrainBatch` with the
 mini-batch plan (→ per-shard PPO stats), and save/load/export requests; produces weights for the
 rollout workers as an object-store reference (rank 0). Every method must be called on all ranks
 (ZeRO-3 gathers collectively). Resources: ``resources.learner_cpus`` CPUs (or one GPU) per rank.
@@ -23,9 +23,9 @@ import torch
 
 from actors.engines import DeepSpeedEngine
 from pipeline.config import LearnerConfig, PPOConfig
-from pipeline.experience import IntArray, TrainBatch
 from pipeline.models import load_policy, save_policy
-from pipeline.ppo import iteration_lr_lambda, ppo_loss, response_forward
+from pipeline.ppo.experience import IntArray, TrainBatch
+from pipeline.ppo.iteration import iteration_lr_lambda, ppo_loss, response_forward
 
 logger = logging.getLogger(__name__)
 

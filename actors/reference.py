@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pipeline.models import load_policy
-from pipeline.ppo import response_forward
+from pipeline.ppo.iteration import response_forward
 
 
 class ReferenceWorker:

@@ -1,7 +1,7 @@
 """Reward scorer role: the three empathy identifiers turning (context, response, gold levels) into scores.
 
 Consumes the contexts, decoded responses and gold ER/IP/EX levels of a rollout shard (text, because
-the identifiers have their own tokenizers); produces :class:`~pipeline.experience.RewardScores`:
+the identifiers have their own tokenizers); produces :class:`~pipeline.ppo.experience.RewardScores`:
 the configured empathy score (paper: ``exp(−Σ w_m CE_m)``) and per-mechanism gold-level
 probability, hit and predicted level. Resources: ``resources.reward_cpus`` CPUs (or one GPU).
 """
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from pipeline.config import MECHANISMS, IdentifiersConfig, RewardConfig
-from pipeline.experience import IntArray, RewardScores
-from pipeline.rewards import empathy_scores
+from pipeline.ppo.experience import IntArray, RewardScores
+from pipeline.ppo.rewards import empathy_scores
 from pipeline.scoring import EmpathyScorer
 
 logger = logging.getLogger(__name__)

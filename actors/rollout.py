@@ -1,7 +1,7 @@
 """Rollout worker role: holds a copy of the policy and samples responses for prompt batches.
 
-Consumes :class:`~pipeline.experience.PromptBatch` shards and new weights (an object-store
-reference plus a policy version); produces :class:`~pipeline.experience.Rollouts` with token ids,
+Consumes :class:`~pipeline.ppo.experience.PromptBatch` shards and new weights (an object-store
+reference plus a policy version); produces :class:`~pipeline.ppo.experience.Rollouts` with token ids,
 masks, the sampler's log-probabilities, decoded text and the version. Resources:
 ``resources.rollout_cpus`` CPUs (or one GPU) and ``resources.torch_threads`` threads.
 """
@@ -18,9 +18,9 @@ import ray
 import torch
 
 from pipeline.config import RolloutConfig
-from pipeline.experience import PromptBatch, Rollouts
 from pipeline.generation import sample_responses
 from pipeline.models import load_policy
+from pipeline.ppo.experience import PromptBatch, Rollouts
 
 logger = logging.getLogger(__name__)
 

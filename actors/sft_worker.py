@@ -29,11 +29,11 @@ from ray.train import Checkpoint
 from transformers import T5ForConditionalGeneration
 
 from actors.engines import DDPEngine, DeepSpeedEngine, TrainEngine
-from pipeline.classifier_training import seed_everything
 from pipeline.config import RolloutConfig, SFTConfig
 from pipeline.models import load_policy, save_policy
 from pipeline.progress import Progress
-from pipeline.seq2seq import (
+from pipeline.training.identifiers import seed_everything
+from pipeline.training.sft import (
     Seq2SeqBatch,
     Seq2SeqExamples,
     collate,

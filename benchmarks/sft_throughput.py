@@ -41,7 +41,7 @@ from actors.sft_trainer import make_engine
 from pipeline.config import DataConfig, ModelConfig, ResourcesConfig, SFTConfig, load_config
 from pipeline.data import parse_ed_split, prepare_datasets
 from pipeline.models import build_policy, load_tokenizer, train_tokenizer
-from pipeline.seq2seq import (
+from pipeline.training.sft import (
     Seq2SeqExamples,
     collate,
     data_parallel_loss,

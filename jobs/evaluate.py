@@ -27,7 +27,8 @@ from actors.cluster import init_ray, shutdown_ray
 from actors.evaluator import PolicySource, evaluate_policies
 from jobs.common import add_config_args, config_from_args, run_module, setup_logging, write_json
 from pipeline.config import Config, save_config
-from pipeline.evaluation import (
+from pipeline.evaluation.report import build_report
+from pipeline.evaluation.suite import (
     EvaluationInputError,
     LabeledSplit,
     evaluate,
@@ -35,7 +36,6 @@ from pipeline.evaluation import (
     responses_table,
 )
 from pipeline.models import ModelSourceError, load_policy
-from pipeline.report import build_report
 from pipeline.scoring import identifier_folders
 
 logger = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from actors.cluster import init_ray, shutdown_ray
 from actors.identifier_trainer import TrainSpec, train_identifiers
 from actors.labeling import label_splits
 from jobs.common import add_config_args, config_from_args, make_run_dir, run_module, setup_logging, write_json
-from pipeline.classifier_training import LabeledPairs
 from pipeline.config import Config
 from pipeline.data import PreparedData, prepare_datasets
 from pipeline.models import build_identifier_tokenizer
+from pipeline.training.identifiers import LabeledPairs
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from jobs.common import add_config_args, config_from_args, make_run_dir, run_mod
 from pipeline.config import Config, save_config
 from pipeline.data import DataError, PreparedData, prepare_datasets
 from pipeline.models import build_policy, build_policy_tokenizer, load_tokenizer, save_policy
-from pipeline.seq2seq import encode_examples
+from pipeline.training.sft import encode_examples
 
 logger = logging.getLogger(__name__)
 

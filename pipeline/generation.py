@@ -15,8 +15,8 @@ import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from pipeline.config import RolloutConfig
-from pipeline.experience import IntArray, PromptBatch, Rollouts
-from pipeline.seq2seq import truncate_source
+from pipeline.ppo.experience import IntArray, PromptBatch, Rollouts
+from pipeline.training.sft import truncate_source
 
 
 def encode_prompts(

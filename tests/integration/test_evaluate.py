@@ -16,11 +16,11 @@ import torch
 from ppo_inputs import POLICY, build_run_dir, tiny_config
 
 from actors.evaluator import EvaluationWorker, evaluate_policies, prompt_chunks
-from actors.scorer import ScorerWorker
+from actors.identifier_scorer import IdentifierScorerWorker
 from jobs import cli
 from jobs.evaluate import evaluate_stage, load_inputs
 from pipeline.config import MECHANISMS
-from pipeline.evaluation import METRICS, EvaluationInputError
+from pipeline.evaluation.suite import METRICS, EvaluationInputError
 from pipeline.models import build_policy, load_tokenizer, save_policy
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def test_two_policies_side_by_side(ray_cluster: None, run_dir: Path) -> None:
     nll, tokens = worker.gold_nll(sft, chunk.contexts, [inputs.split.references[i] for i in rows])
     assert nll == pytest.approx(table["sft_gold_nll"].to_numpy()[rows], rel=1e-5)
     assert tokens.tolist() == table["sft_gold_tokens"].to_numpy()[rows].tolist()
-    scorer = ScorerWorker(run_dir / "identifiers", cfg.identifiers)
+    scorer = IdentifierScorerWorker(run_dir / "identifiers", cfg.identifiers)
     scores = scorer.score(chunk.contexts, table["sft_response"].to_pylist()[rows[0] : rows[-1] + 1])
     assert scores.levels["IP"].tolist() == table["sft_ip_level"].to_numpy()[rows].tolist()
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from actors.identifier_trainer import TrainSpec, fit_mechanism, train_identifiers
-from pipeline.classifier_training import LabeledPairs, evaluate
 from pipeline.config import DataConfig, IdentifiersConfig, ResourcesConfig, load_config
 from pipeline.data import PreparedData, prepare_datasets
 from pipeline.models import load_identifier, train_tokenizer
+from pipeline.training.identifiers import LabeledPairs, evaluate
 
 TINY = IdentifiersConfig(
     d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=400, lr=2e-3, epochs=3, patience=10,

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from actors.identifier_scorer import IdentifierScorerWorker
 from actors.labeling import STATS_FILE, LabelingError, label_splits, part_path
-from actors.scorer import ScorerWorker
 from pipeline.config import MECHANISMS, DataConfig, IdentifiersConfig, ResourcesConfig
 from pipeline.data import PreparedData, prepare_datasets
 from pipeline.models import ModelSourceError, build_identifier, save_identifier, train_tokenizer
@@ -124,7 +124,7 @@ def test_resume_scores_only_missing_shards(
 ) -> None:
     marker = demo.ed["train"]["context"][2 * SHARD_ROWS]  # first row of train shard 2
 
-    class FailingWorker(ScorerWorker):
+    class FailingWorker(IdentifierScorerWorker):
         """Crashes on train shard 2, as a worker dying mid-job would."""
 
         def score_columns(self, contexts: Sequence[str], responses: Sequence[str]) -> dict[str, np.ndarray]:

@@ -6,10 +6,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-import pipeline.bootstrap as bootstrap_module
-from pipeline.bootstrap import paired_bootstrap, paired_bootstrap_mean
-from pipeline.metrics import emp_f1
-from pipeline.text_metrics import bleu, bleu_from_stats, bleu_stats, distinct_n
+import pipeline.evaluation.bootstrap as bootstrap_module
+from pipeline.evaluation.bootstrap import paired_bootstrap, paired_bootstrap_mean
+from pipeline.evaluation.classification import emp_f1
+from pipeline.evaluation.text import bleu, bleu_from_stats, bleu_stats, distinct_n
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline.config import MECHANISMS, ModelConfig
-from pipeline.evaluation import (
+from pipeline.evaluation.suite import (
     METRICS,
     EvaluationInputError,
     LabeledSplit,
@@ -25,9 +25,9 @@ from pipeline.evaluation import (
     read_labeled_split,
     responses_table,
 )
+from pipeline.evaluation.text import bleu, distinct_n, rouge_l
 from pipeline.models import build_policy, train_tokenizer
-from pipeline.seq2seq import collate, encode_examples, gold_nll, perplexity, token_nll
-from pipeline.text_metrics import bleu, distinct_n, rouge_l
+from pipeline.training.sft import collate, encode_examples, gold_nll, perplexity, token_nll
 
 pytestmark = pytest.mark.unit
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.advantages import gae, masked_whiten
 from pipeline.config import ModelConfig, PPOConfig, RewardConfig, RolloutConfig
-from pipeline.experience import RewardScores, Rollouts, TrainBatch, pad_stack, split_evenly
 from pipeline.generation import encode_prompts, response_mask, sample_responses
 from pipeline.models import PolicyWithValueHead, build_policy, train_tokenizer
-from pipeline.ppo import (
+from pipeline.ppo.advantages import gae, masked_whiten
+from pipeline.ppo.experience import RewardScores, Rollouts, TrainBatch, pad_stack, split_evenly
+from pipeline.ppo.iteration import (
     build_train_batch,
     iteration_lr_lambda,
     minibatch_plan,
@@ -20,7 +20,7 @@ from pipeline.ppo import (
     prompt_rows,
     response_forward,
 )
-from pipeline.rewards import RunningMoments, kl_shaped_rewards, normalize_scores
+from pipeline.ppo.rewards import RunningMoments, kl_shaped_rewards, normalize_scores
 
 pytestmark = pytest.mark.unit
 

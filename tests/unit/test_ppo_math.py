@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.advantages import gae, masked_mean, masked_var, masked_whiten
 from pipeline.config import PPOConfig
-from pipeline.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
-from pipeline.losses import entropy_from_logits, explained_variance, policy_loss, value_loss
-from pipeline.rewards import RunningMoments, empathy_scores, kl_shaped_rewards, normalize_scores
+from pipeline.ppo.advantages import gae, masked_mean, masked_var, masked_whiten
+from pipeline.ppo.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
+from pipeline.ppo.losses import entropy_from_logits, explained_variance, policy_loss, value_loss
+from pipeline.ppo.rewards import RunningMoments, empathy_scores, kl_shaped_rewards, normalize_scores
 
 D = torch.float64
 

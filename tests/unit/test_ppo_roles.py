@@ -15,7 +15,7 @@ from actors.rollout import RolloutWorker
 from pipeline.config import MECHANISMS, IdentifiersConfig, ModelConfig, RewardConfig, RolloutConfig
 from pipeline.generation import encode_prompts
 from pipeline.models import build_identifier, build_policy, save_identifier, save_policy, train_tokenizer
-from pipeline.ppo import response_forward
+from pipeline.ppo.iteration import response_forward
 
 pytestmark = pytest.mark.unit
 

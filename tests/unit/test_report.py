@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import MECHANISMS
-from pipeline.evaluation import METRICS, LabeledSplit, PolicyOutputs, evaluate, responses_table
-from pipeline.report import build_report
+from pipeline.evaluation.report import build_report
+from pipeline.evaluation.suite import METRICS, LabeledSplit, PolicyOutputs, evaluate, responses_table
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sacrebleu.metrics.bleu import BLEU
 
-from pipeline.text_metrics import (
+from pipeline.evaluation.text import (
     bleu,
     bleu_from_stats,
     bleu_stats,

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.classifier_training import (
+from pipeline.config import IdentifiersConfig
+from pipeline.models import build_identifier, train_tokenizer
+from pipeline.training.identifiers import (
     LabeledPairs,
     batch_loss,
     class_weights,
@@ -15,8 +17,6 @@ from pipeline.classifier_training import (
     linear_decay,
     steps_per_epoch,
 )
-from pipeline.config import IdentifiersConfig
-from pipeline.models import build_identifier, train_tokenizer
 
 
 def test_class_weights_hand_computed() -> None:

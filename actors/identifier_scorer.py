@@ -1,4 +1,4 @@
-"""Reward scorer role: the three empathy identifiers on one worker, scoring (context, response) pairs.
+"""Identifier scorer role (labelling and evaluation): the ER/IP/EX identifiers scoring (context, response) pairs.
 
 Owns an :class:`~pipeline.scoring.EmpathyScorer` loaded from an ``identifiers/`` folder (``ER/``,
 ``IP/``, ``EX/``). Consumes text pairs: a Ray Data batch with ``context`` and ``response`` columns
@@ -23,7 +23,7 @@ from pipeline.scoring import EmpathyScorer, LevelScores
 logger = logging.getLogger(__name__)
 
 
-class ScorerWorker:
+class IdentifierScorerWorker:
     """Scores text pairs with the ER/IP/EX identifiers; usable in-process, as an actor or in ``map_batches``."""
 
     def __init__(
@@ -54,7 +54,7 @@ class ScorerWorker:
         for column in ("context", "response"):
             if column not in batch:
                 raise KeyError(
-                    f"ScorerWorker: the batch has no {column!r} column (columns: {sorted(batch)}). Fix: "
+                    f"IdentifierScorerWorker: the batch has no {column!r} column (columns: {sorted(batch)}). Fix: "
                     "select or rename the text columns to 'context' and 'response'."
                 )
         columns = self.score_columns(list(batch["context"]), list(batch["response"]))

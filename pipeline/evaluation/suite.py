@@ -4,7 +4,7 @@ From what evaluation workers return (response text, the identifiers' predicted l
 teacher-forced NLL of each gold response) and the labelled split (gold responses and levels) to one
 JSON-ready metrics dict: per policy Emp-F1, per-mechanism F1/accuracy/confusion matrices, Dist-1/2,
 BLEU-1..4, ROUGE-L, length and perplexity; for every policy after the first, paired bootstrap CIs
-of its differences from the first (:mod:`pipeline.bootstrap`, the same resamples for every metric).
+of its differences from the first (:mod:`pipeline.evaluation.bootstrap`, the same resamples for every metric).
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.bootstrap import BootstrapResult, paired_bootstrap, paired_bootstrap_mean
 from pipeline.config import MECHANISMS
-from pipeline.metrics import classification_report, emp_f1, level_distribution
-from pipeline.seq2seq import perplexity
-from pipeline.text_metrics import (
+from pipeline.evaluation.bootstrap import BootstrapResult, paired_bootstrap, paired_bootstrap_mean
+from pipeline.evaluation.classification import classification_report, emp_f1, level_distribution
+from pipeline.evaluation.text import (
     bleu_from_stats,
     bleu_stats,
     distinct_n,
@@ -34,6 +33,7 @@ from pipeline.text_metrics import (
     rouge_l_scores,
     tokenize,
 )
+from pipeline.training.sft import perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class NgramIndex:
 
     @classmethod
     def build(cls, texts: Sequence[str], n: int) -> NgramIndex:
-        """n-grams of :func:`pipeline.text_metrics.tokenize` tokens, never crossing items (as :func:`distinct_n`)."""
+        """n-grams of :func:`pipeline.evaluation.text.tokenize` tokens, never crossing items (as :func:`distinct_n`)."""
         table: dict[tuple[str, ...], int] = {}
         ids: list[int] = []
         counts = np.zeros(len(texts), dtype=np.int64)
@@ -309,7 +309,7 @@ def evaluate(
     Keys: ``split``, ``n_examples``, ``gold`` (level distribution per mechanism and the
     :data:`GOLD_METRICS` of the gold responses), ``policy_order`` (names as given: JSON writers may
     sort keys), ``policies`` (name -> :func:`policy_metrics`), ``comparisons`` (for each policy after the first: ``baseline``, ``policy`` and
-    ``metrics``, key -> :class:`~pipeline.bootstrap.BootstrapResult` of policy − baseline) and
+    ``metrics``, key -> :class:`~pipeline.evaluation.bootstrap.BootstrapResult` of policy − baseline) and
     ``bootstrap`` (its settings).
     """
     if not outputs:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from pipeline.kl import KLEstimator, kl_estimate
+from pipeline.ppo.kl import KLEstimator, kl_estimate
 
 ScoreForm = Literal["exp_neg_ce", "neg_ce", "hit_rate"]
 
@@ -132,7 +132,7 @@ def kl_shaped_rewards(
     """Per-token rewards ``r_t = −β · kl_t``, plus ``scores[b]`` on row b's last unmasked token.
 
     ``scores`` ``(B,)``; ``logprobs``, ``ref_logprobs``, ``mask`` ``(B, T_r)``; ``kl_t`` from
-    :func:`pipeline.kl.kl_estimate`. Returns ``(rewards, kl)``, each ``(B, T_r)`` and 0 under the
+    :func:`pipeline.ppo.kl.kl_estimate`. Returns ``(rewards, kl)``, each ``(B, T_r)`` and 0 under the
     mask (trl 0.9.6 ``compute_rewards``).
     """
     m = mask.to(logprobs.dtype)

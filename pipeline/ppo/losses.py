@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline.advantages import masked_mean, masked_var
+from pipeline.ppo.advantages import masked_mean, masked_var
 
 
 def policy_loss(

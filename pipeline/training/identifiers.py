@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from pipeline.encoding import encode_pairs
-from pipeline.metrics import classification_report
+from pipeline.evaluation.classification import classification_report
 from pipeline.models import NUM_LEVELS, EmpathyIdentifier
 
 
@@ -163,7 +163,7 @@ def evaluate(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """:func:`pipeline.metrics.classification_report` of the model's argmax levels on ``pairs``."""
+    """:func:`pipeline.evaluation.classification.classification_report` of the model's argmax levels on ``pairs``."""
     probs = predict(
         model,
         tokenizer,

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import MECHANISMS
-from pipeline.evaluation import GOLD_METRICS, METRICS
-from pipeline.figures import (
+from pipeline.evaluation.figures import (
     confusion_figure,
     differences_figure,
     level_distribution_figure,
     ppo_curves_figure,
     sft_curves_figure,
 )
+from pipeline.evaluation.suite import GOLD_METRICS, METRICS
 
 logger = logging.getLogger(__name__)
 

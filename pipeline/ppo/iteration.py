@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.advantages import gae, masked_mean, masked_whiten
 from pipeline.config import PPOConfig, RewardConfig
-from pipeline.experience import IntArray, RewardScores, Rollouts, TrainBatch
-from pipeline.losses import entropy_from_logits, explained_variance, policy_loss, value_loss
 from pipeline.models.policy import PolicyWithValueHead
-from pipeline.rewards import RunningMoments, kl_shaped_rewards, normalize_scores
+from pipeline.ppo.advantages import gae, masked_mean, masked_whiten
+from pipeline.ppo.experience import IntArray, RewardScores, Rollouts, TrainBatch
+from pipeline.ppo.losses import entropy_from_logits, explained_variance, policy_loss, value_loss
+from pipeline.ppo.rewards import RunningMoments, kl_shaped_rewards, normalize_scores
 
 
 def derive_seed(*parts: int) -> int:

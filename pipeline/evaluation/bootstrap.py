@@ -60,7 +60,7 @@ def paired_bootstrap(
     """Observed ``metric_fn(b) − metric_fn(a)`` with a percentile CI and sign-flip p-value.
 
     ``a`` and ``b`` hold one entry per item, aligned (``len(a) == len(b) == N``): arrays of per-item
-    scores, lists of responses, :func:`pipeline.text_metrics.bleu_stats` matrices ``(N, 10)``, stacked
+    scores, lists of responses, :func:`pipeline.evaluation.text.bleu_stats` matrices ``(N, 10)``, stacked
     predicted levels ``(N, 3)``. ``metric_fn(data, indices)`` scores one system on the items
     ``indices`` (``(N,)`` int64, repeats allowed) and must treat a repeated index as a repeated item,
     e.g. ``lambda texts, idx: distinct_n([texts[i] for i in idx], 2)`` or

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import (
+from pipeline.evaluation.classification import (
     classification_report,
     confusion_matrix,
     emp_f1,

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.models import build_policy, train_tokenizer
-from pipeline.seq2seq import (
+from pipeline.training.sft import (
     IGNORE_INDEX,
     Seq2SeqExamples,
     collate,

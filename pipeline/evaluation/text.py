@@ -2,7 +2,7 @@
 
 All of them see :func:`tokenize`'s tokens (lowercase + sacrebleu's ``13a`` rule, as in BLEU). Scores
 are 0–100 except Dist-n (a fraction) and length (tokens); an empty corpus scores 0.0. Per-item
-statistics (:func:`bleu_stats`, :func:`rouge_l_scores`) feed :mod:`pipeline.bootstrap`.
+statistics (:func:`bleu_stats`, :func:`rouge_l_scores`) feed :mod:`pipeline.evaluation.bootstrap`.
 """
 
 from __future__ import annotations
