@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipeline.config import ResourcesConfig
+from pipeline.progress import WORKER_MARK
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,45 @@ def worker_env(res: ResourcesConfig) -> dict[str, str]:
     return env
 
 
+class _Marked(logging.Filter):
+    """Progress lines and warnings of the project's own loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(record, "progress", False)
+
+
+def worker_logging() -> None:
+    """Ray's setup hook for every worker process: the project's loggers print to stderr at INFO (Ray
+    forwards it to the job's log), their progress lines and warnings marked for the terminal, and
+    transformers' and Hugging Face's progress bars and advisories off."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    marked = logging.StreamHandler()
+    marked.addFilter(_Marked())
+    marked.setFormatter(logging.Formatter(WORKER_MARK + "%(message)s"))
+    plain = logging.StreamHandler()
+    plain.addFilter(lambda record: not _Marked().filter(record))
+    plain.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in ("pipeline", "actors"):
+        project = logging.getLogger(name)
+        project.handlers = [marked, plain]
+        project.setLevel(logging.INFO)
+        project.propagate = False
+
+
+def worker_runtime_env(res: ResourcesConfig) -> dict[str, Any]:
+    """The runtime environment of every actor, task and Train worker: :func:`worker_env` and
+    :func:`worker_logging`."""
+    return {"env_vars": worker_env(res), "worker_process_setup_hook": "actors.cluster.worker_logging"}
+
+
 def init_ray(res: ResourcesConfig) -> bool:
     """Connect to ``res.address`` (or ``RAY_ADDRESS``) or start a local cluster on loopback.
 
@@ -45,7 +86,7 @@ def init_ray(res: ResourcesConfig) -> bool:
     """
     started = not ray.is_initialized()
     if started:
-        runtime_env = {"env_vars": worker_env(res)}
+        runtime_env = worker_runtime_env(res)
         address = res.address or os.environ.get("RAY_ADDRESS")
         if address:
             logger.info("joining Ray cluster at %s", address)
@@ -70,20 +111,22 @@ def init_ray(res: ResourcesConfig) -> bool:
     return started
 
 
-def require_resources(what: str, wanted: dict[str, float], *, breakdown: str, fix: str) -> None:
-    """Fail at once, with requested vs available, when the cluster cannot hold ``wanted`` (e.g. CPU, GPU)."""
-    have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    for kind, need in wanted.items():
-        if need > have.get(kind, 0.0) + 1e-9:
-            raise ValueError(
-                f"{what} needs {need:g} {kind} ({breakdown}) but the cluster has {have.get(kind, 0.0):g}. Fix: {fix}."
-            )
-
-
 def shutdown_ray() -> None:
     """Disconnect (and stop a local cluster this process started)."""
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextmanager
+def ray_session(res: ResourcesConfig) -> Iterator[None]:
+    """:func:`init_ray` for the duration of a job; on exit (normal, error or Ctrl-C) a connection this
+    call opened is closed and a local cluster it started is stopped with every process it ran."""
+    owns = init_ray(res)
+    try:
+        yield
+    finally:
+        if owns:
+            shutdown_ray()
 
 
 def torch_trainer(
@@ -96,13 +139,15 @@ def torch_trainer(
     res: ResourcesConfig,
     max_failures: int,
     keep_checkpoints: int,
+    trainer_cls: type[TorchTrainer] = TorchTrainer,
 ) -> TorchTrainer:
     """A Ray Train run of ``num_workers`` ranks placed with ``res.trainer_cpus`` CPUs (or a GPU) each.
 
     Worker failures are retried ``max_failures`` times from the latest checkpoint; the last
-    ``keep_checkpoints`` checkpoints are kept under ``storage/name``.
+    ``keep_checkpoints`` checkpoints are kept under ``storage/name``. ``trainer_cls`` is
+    ``TorchTrainer`` or a subclass (the training stages use :mod:`actors.train_harness`'s).
     """
-    return TorchTrainer(
+    return trainer_cls(
         loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
@@ -115,6 +160,6 @@ def torch_trainer(
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
-            worker_runtime_env={"env_vars": worker_env(res)},  # type: ignore[call-arg]  # V2 RunConfig
+            worker_runtime_env=worker_runtime_env(res),  # type: ignore[call-arg]  # V2 RunConfig
         ),
     )

@@ -20,22 +20,23 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.checkpoints import CheckpointStore
-from actors.cluster import require_resources, worker_env
+from actors.cluster import worker_runtime_env
 from actors.group import RoleDiedError, RoleGroup, gather
 from actors.learner import LearnerWorker
+from actors.placement import Placement, Reservation, ppo_bundles
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
 from pipeline.config import Config
+from pipeline.config.diff import config_changes
 from pipeline.generation import encode_prompts
+from pipeline.layout import PPODir
 from pipeline.models import load_tokenizer
 from pipeline.ppo.experience import IntArray, PromptBatch, RewardScores, Rollouts, pad_stack, split_evenly
 from pipeline.ppo.iteration import average_stats, build_train_batch, derive_seed, minibatch_plan, prompt_rows
-from pipeline.ppo.kl import make_kl_controller
+from pipeline.ppo.kl import KLController, make_kl_controller
 from pipeline.ppo.rewards import RunningMoments
 from pipeline.progress import Progress
 
@@ -43,6 +44,20 @@ logger = logging.getLogger(__name__)
 
 Hook = Callable[["PPOController", int, str], None]
 """Called as ``hook(controller, iteration, phase)`` before each phase (fault-injection tests)."""
+
+
+@dataclass(frozen=True)
+class IterationReport:
+    """What a sink receives after each iteration: its metrics row, and the checkpoint it wrote."""
+
+    iteration: int
+    metrics: dict[str, float]
+    checkpoint: Path | None
+    """The checkpoint folder written after this iteration, or ``None`` when none was."""
+
+
+Sink = Callable[[IterationReport], None]
+"""Receives every iteration's :class:`IterationReport` (a Tune trial reports through one)."""
 
 
 @dataclass(frozen=True)
@@ -70,110 +85,89 @@ class PhaseTimer:
             self.seconds[f"time/{phase}"] = time.perf_counter() - start
 
 
-def learner_gpus(cfg: Config) -> float:
-    """GPU share per learner rank: a whole GPU when ranks talk over NCCL, else ``resources.role_gpus``."""
-    if not cfg.resources.use_gpu:
-        return 0.0
-    return 1.0 if cfg.learner.num_ranks > 1 else cfg.resources.role_gpus
-
-
-def check_resources(cfg: Config) -> None:
-    """Fail at once, with requested vs available, when the cluster cannot place every PPO role."""
-    res = cfg.resources
-    wanted = {
-        "CPU": res.rollout_cpus * cfg.rollout.num_workers
-        + res.reward_cpus * cfg.reward.num_scorers
-        + res.reference_cpus
-        + res.learner_cpus * cfg.learner.num_ranks,
-    }
-    if res.use_gpu:
-        roles = cfg.rollout.num_workers + cfg.reward.num_scorers + 1
-        wanted["GPU"] = roles * res.role_gpus + cfg.learner.num_ranks * learner_gpus(cfg)
-    require_resources(
-        "PPO",
-        wanted,
-        breakdown=f"{cfg.rollout.num_workers} rollout x {res.rollout_cpus}, {cfg.reward.num_scorers} reward x "
-        f"{res.reward_cpus}, reference {res.reference_cpus}, {cfg.learner.num_ranks} learner x {res.learner_cpus} CPUs",
-        fix="lower resources.*_cpus or the worker counts, or add nodes",
-    )
-
-
 class PPOController:
-    """Runs ``cfg.ppo.total_steps`` PPO iterations into ``out_dir`` (resuming from its checkpoints)."""
+    """Runs ``cfg.ppo.total_steps`` PPO iterations into ``out`` (resuming from its checkpoints).
 
-    def __init__(self, cfg: Config, inputs: PPOInputs, out_dir: Path, *, hooks: Sequence[Hook] = ()) -> None:
-        self.cfg, self.inputs, self.out_dir, self.hooks = cfg, inputs, out_dir, list(hooks)
+    Every role is placed in one bundle of ``reservation`` (by default one the controller makes from
+    :func:`~actors.placement.ppo_bundles` and releases on :meth:`shutdown`); each iteration's
+    :class:`IterationReport` goes to every sink.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        inputs: PPOInputs,
+        out: PPODir,
+        *,
+        sinks: Sequence[Sink] = (),
+        hooks: Sequence[Hook] = (),
+        reservation: Reservation | None = None,
+    ) -> None:
+        self.cfg, self.inputs, self.out, self.hooks, self.sinks = cfg, inputs, out, list(hooks), list(sinks)
         self.tokenizer = load_tokenizer(str(inputs.policy_dir), key="PPO start policy")
-        self.store = CheckpointStore(out_dir / "checkpoints", keep=cfg.ppo.keep_checkpoints)
-        self.metrics_path = out_dir / "metrics.jsonl"
+        self.store = CheckpointStore(out.checkpoints, keep=cfg.ppo.keep_checkpoints)
+        self.metrics_path = out.log
         self.iteration, self.samples, self.version, self.learner_recoveries = 0, 0, 0, 0
-        self.kl = make_kl_controller(cfg.ppo)
+        self.kl: KLController = make_kl_controller(cfg.ppo)
         self.moments = RunningMoments()
-        self._pg: Any = None
         self.learner: RoleGroup | None = None
-        check_resources(cfg)
-        self.rollout, self.reward, self.reference = self._make_workers()
         self.writer: Any = None
+        self.reservation = reservation or Reservation.create("PPO", ppo_bundles(cfg))
+        try:
+            self.placement: Placement = self.reservation.place("PPO", ppo_bundles(cfg))
+            self.rollout, self.reward, self.reference = self._make_workers()
+        except BaseException:
+            self.reservation.release()
+            raise
 
     # ----- roles -----------------------------------------------------------------------------
 
-    def _options(self, cpus: float) -> dict[str, Any]:
-        res = self.cfg.resources
-        return {
-            "num_cpus": cpus,
-            "num_gpus": res.role_gpus if res.use_gpu else 0,
-            "runtime_env": {"env_vars": worker_env(res)},
-        }
+    def _group(self, role: str, cls: type, args: tuple[Any, ...], **kwargs: Any) -> RoleGroup:
+        """``placement.count(role)`` actors of ``cls``, each in its own bundle of the reservation."""
+        placement = self.placement
+        return RoleGroup(
+            role,
+            cls,
+            args,
+            count=placement.count(role),
+            options={"runtime_env": worker_runtime_env(self.cfg.resources)},
+            make_options=lambda rank: placement.options(role, rank),
+            **kwargs,
+        )
 
     def _make_workers(self) -> tuple[RoleGroup, RoleGroup, RoleGroup]:
         cfg, res, inp = self.cfg, self.cfg.resources, self.inputs
         device = "cuda" if res.use_gpu else "cpu"
         restarts = cfg.ppo.max_restarts
-        rollout = RoleGroup(
+        rollout = self._group(
             "rollout worker",
             RolloutWorker,
             (str(inp.policy_dir), cfg.rollout, res.rollout_threads or res.torch_threads, device),
-            count=cfg.rollout.num_workers,
-            options=self._options(res.rollout_cpus),
             max_restarts=restarts,
         )
-        reward = RoleGroup(
+        reward = self._group(
             "reward scorer",
             RewardWorker,
             (str(inp.identifiers_dir), cfg.identifiers, cfg.reward, res.torch_threads, device),
-            count=cfg.reward.num_scorers,
-            options=self._options(res.reward_cpus),
             max_restarts=restarts,
         )
-        reference = RoleGroup(
+        reference = self._group(
             "reference policy",
             ReferenceWorker,
             (str(inp.policy_dir), res.torch_threads, device),
-            count=1,
-            options=self._options(res.reference_cpus),
             max_restarts=restarts,
         )
         return rollout, reward, reference
 
     def _make_learner(self) -> RoleGroup:
         cfg, res = self.cfg, self.cfg.resources
-        ranks = cfg.learner.num_ranks
-        gpus = learner_gpus(cfg)
-        bundle = {"CPU": res.learner_cpus, **({"GPU": gpus} if gpus else {})}
-        self._pg = placement_group([bundle] * ranks, strategy="PACK")
-        ray.get(self._pg.ready(), timeout=300)
-        pg = self._pg
-        group = RoleGroup(
+        group = self._group(
             "learner",
             LearnerWorker,
-            (ranks, str(self.inputs.policy_dir), cfg.ppo, cfg.learner, res.learner_threads or res.torch_threads, res.use_gpu),
-            count=ranks,
-            options={"num_cpus": res.learner_cpus, "num_gpus": gpus, "runtime_env": {"env_vars": worker_env(res)}},
+            (cfg.learner.num_ranks, str(self.inputs.policy_dir), cfg.ppo, cfg.learner,
+             res.learner_threads or res.torch_threads, res.use_gpu),
             rank_args=True,
             restartable=False,
-            make_options=lambda rank: {
-                "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)
-            },
         )  # fmt: skip
         host, port = ray.get(group.actors[0].address.remote())
         gather(group.submit_all("setup", host, port, cfg.run.seed))
@@ -183,17 +177,23 @@ class PPOController:
         if self.learner is not None:
             self.learner.kill()
             self.learner = None
-        if self._pg is not None:
-            remove_placement_group(self._pg)
-            self._pg = None
+
+    def groups(self) -> dict[str, RoleGroup]:
+        """Every role group that is running, by role."""
+        groups = {g.role: g for g in (self.rollout, self.reward, self.reference)}
+        if self.learner is not None:
+            groups[self.learner.role] = self.learner
+        return groups
 
     def shutdown(self) -> None:
-        """End every actor this controller started."""
+        """End every actor this controller started and release a reservation it made."""
         self._kill_learner()
         for group in (self.rollout, self.reward, self.reference):
             group.kill()
+        self.reservation.release()
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
     # ----- the loop --------------------------------------------------------------------------
 
@@ -219,9 +219,13 @@ class PPOController:
                     kl_coef=row["rollout/kl_coef"],
                     samples_per_s=row["perf/samples_per_s"],
                 )
+                checkpoint = None
                 if self.iteration % self.cfg.ppo.save_every == 0 or self.iteration == total:
-                    self.save()
-        policy = self.out_dir / "policy"
+                    checkpoint = self.save()
+                report = IterationReport(self.iteration, row, checkpoint)
+                for sink in self.sinks:
+                    sink(report)
+        policy = self.out.policy
         gather(self._learner().submit_all("export", str(policy)))
         return {
             "iterations": self.iteration,
@@ -366,12 +370,15 @@ class PPOController:
             "seed": self.cfg.run.seed,
             "data_position": self.samples,
             "num_prompts": len(self.inputs.contexts),
+            "config": self.cfg.to_dict(),
         }
         with self.store.writing(self.iteration) as folder:
             gather(self._learner().submit_all("save", str(folder / "learner")))
             (folder / "controller.json").write_text(json.dumps(state, indent=2))
-        logger.info("checkpoint: iteration %d -> %s", self.iteration, self.store.latest())
-        return folder
+        saved = self.store.latest()
+        assert saved is not None
+        logger.info("checkpoint: iteration %d -> %s", self.iteration, saved)
+        return saved
 
     def _restore(self) -> None:
         """Adopt the latest checkpoint (or the start), load it into the learner and publish the weights."""
@@ -394,12 +401,31 @@ class PPOController:
                 state["samples"],
                 state["version"],
             )
-            self.kl.load_state_dict(state["kl"])
+            self.kl = self._restored_kl(state)
             self.moments.load_state_dict(state["moments"])
             logger.info("resumed from %s: iteration %d, %d samples", folder, self.iteration, self.samples)
+            changes = config_changes(state.get("config", {}), self.cfg.to_dict())
+            if changes:
+                logger.info(
+                    "settings in force that differ from the checkpoint's: %s",
+                    ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes),
+                )
         self._truncate_metrics(self.iteration)
         self._open_writer()
         self.publish(self.version)
+
+    def _restored_kl(self, state: dict[str, Any]) -> KLController:
+        """The KL controller of the config in force (mode, target, horizon), with the coefficient the
+        adaptive controller had reached, unless the config names another mode or initial coefficient."""
+        kl = make_kl_controller(self.cfg.ppo)
+        old = state.get("config", {}).get("ppo", {})
+        now = self.cfg.ppo
+        same_start = (
+            old.get("kl_mode", now.kl_mode) == now.kl_mode and old.get("kl_coef", now.kl_coef) == now.kl_coef
+        )
+        if now.kl_mode == "adaptive" and same_start:
+            kl.load_state_dict(state["kl"])
+        return kl
 
     def _recover_learner(self, exc: RoleDiedError) -> None:
         self.learner_recoveries += 1
@@ -425,10 +451,10 @@ class PPOController:
 
         if self.writer is not None:
             self.writer.close()
-        self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.iteration + 1)
+        self.writer = SummaryWriter(str(self.out.tensorboard), purge_step=self.iteration + 1)
 
     def _log(self, row: dict[str, float]) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         for key, value in row.items():

@@ -2,19 +2,24 @@
 
 An engine owns a model's optimiser, scheduler and data-parallel wrapper, and saves/restores
 their complete state. ``DDPEngine`` uses PyTorch DDP through Ray Train; ``DeepSpeedEngine`` uses
-DeepSpeed (ZeRO 0–3, gloo on CPU, NCCL on GPU). Both run inside Ray Train workers whose process
-group Ray Train has already set up, and both clip every update's gradient norm. Under ZeRO-3 no
+DeepSpeed (ZeRO 0–3, gloo on CPU, NCCL on GPU). Both clip every update's gradient norm; DDP runs
+inside Ray Train workers, DeepSpeed in any process whose process group is set up. Under ZeRO-3 no
 rank holds the whole model: :meth:`TrainEngine.full_state_dict` gathers it (a collective call).
+:func:`make_engine` builds the one an ``EngineConfig`` names, for every training role.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
+
+from pipeline.config import EngineConfig, OptimizerConfig
+from pipeline.training.sft import warmup_linear
 
 logger = logging.getLogger(__name__)
 
@@ -226,3 +231,43 @@ class DeepSpeedEngine:
         # every rank takes part in the all-gather; only rank 0 keeps a copy
         with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
             return cpu_state_dict(self.module) if rank == 0 else None
+
+
+def make_engine(
+    engine: EngineConfig,
+    optimizer: OptimizerConfig,
+    model: nn.Module,
+    *,
+    total_steps: int,
+    micro_batch: int,
+    world_size: int,
+    schedule: Callable[[int], float] | None = None,
+    partition_aware: bool = False,
+) -> TrainEngine:
+    """The engine ``engine`` names around ``model``: AdamW and clipping as ``optimizer`` says.
+
+    ``schedule`` is the LambdaLR factor per update; by default a linear warm-up over
+    ``optimizer.warmup_ratio`` of ``total_steps``, then linear decay to 0 at ``total_steps``.
+    ``micro_batch`` is one rank's share of a global batch of ``micro_batch * world_size``.
+    ``partition_aware``: see :class:`DeepSpeedEngine` (needed for ZeRO-3).
+    """
+    if schedule is None:
+        schedule = warmup_linear(total_steps, round(optimizer.warmup_ratio * total_steps))
+    common: dict[str, Any] = {
+        "lr": optimizer.lr,
+        "weight_decay": optimizer.weight_decay,
+        "max_grad_norm": optimizer.max_grad_norm,
+        "lr_lambda": schedule,
+    }
+    if engine.kind == "deepspeed":
+        return DeepSpeedEngine(
+            model,
+            micro_batch=micro_batch,
+            world_size=world_size,
+            zero_stage=engine.zero_stage,
+            precision=engine.precision,
+            offload=engine.offload,
+            partition_aware=partition_aware,
+            **common,
+        )
+    return DDPEngine(model, **common)

@@ -18,15 +18,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from actors.cluster import require_resources, worker_env
+from actors.cluster import worker_runtime_env
 from actors.group import Pending, RoleGroup, gather
 from actors.identifier_scorer import IdentifierScorerWorker
+from actors.placement import Reservation, RoleProcess, evaluation_bundles
 from pipeline.config import Config, RolloutConfig
 from pipeline.evaluation.suite import FloatArray, IntArray, LabeledSplit, PolicyOutputs
 from pipeline.generation import encode_prompts, sample_responses
@@ -40,7 +40,7 @@ from pipeline.training.sft import encode_examples, gold_nll
 logger = logging.getLogger(__name__)
 
 
-class EvaluationWorker:
+class EvaluationWorker(RoleProcess):
     """Generates responses and scores gold responses with a policy; usable in-process or as an actor."""
 
     def __init__(
@@ -103,10 +103,6 @@ class EvaluationWorker:
             batch_size=self.nll_batch_size,
         )
 
-    def pid(self) -> int:
-        """The worker's process id (fault-injection tests kill it)."""
-        return os.getpid()
-
 
 @dataclass(frozen=True)
 class PolicySource:
@@ -123,21 +119,6 @@ class _Wave:
     generated: Pending
     nll: Pending
     scored: Pending | None = None
-
-
-def check_resources(cfg: Config, num_workers: int) -> None:
-    """Fail at once, with requested vs available, when the cluster cannot place the evaluation roles."""
-    res = cfg.resources
-    wanted = {"CPU": res.rollout_cpus * num_workers + res.reward_cpus * cfg.reward.num_scorers}
-    if res.use_gpu:
-        wanted["GPU"] = (num_workers + cfg.reward.num_scorers) * res.role_gpus
-    require_resources(
-        "evaluation",
-        wanted,
-        breakdown=f"{num_workers} evaluation worker(s) x {res.rollout_cpus}, {cfg.reward.num_scorers} identifier "
-        f"scorer(s) x {res.reward_cpus} CPUs",
-        fix="lower resources.rollout_cpus / resources.reward_cpus, --num-workers or reward.num_scorers, or add nodes",
-    )
 
 
 def prompt_chunks(cfg: Config, tokenizer: PreTrainedTokenizerBase, split: LabeledSplit) -> list[PromptBatch]:
@@ -169,37 +150,42 @@ def evaluate_policies(
     greedy: bool = False,
     num_workers: int | None = None,
     wave_chunks: int = 4,
+    reservation: Reservation | None = None,
 ) -> tuple[list[PolicyOutputs], dict[str, float]]:
     """Responses, identifier levels and gold NLLs of every policy on ``split``, and run statistics
     (``time/generate``, ``time/score_wait`` seconds and ``restarts`` of dead actors).
 
     Every generation and NLL call is submitted at once, in waves of ``wave_chunks`` chunks per
     worker; as each wave is gathered its responses go to the identifier scorers, so scoring overlaps
-    generation. Ray must be up.
+    generation. The workers are placed in ``reservation`` (by default one made from
+    :func:`~actors.placement.evaluation_bundles` and released at the end). Ray must be up.
     """
     if not policies:
         raise ValueError("evaluate_policies: no policy given. Fix: pass at least one PolicySource.")
     res = cfg.resources
-    workers_n = num_workers or cfg.rollout.num_workers
-    check_resources(cfg, workers_n)
     device = "cuda" if res.use_gpu else "cpu"
-
-    def options(cpus: float) -> dict[str, Any]:
-        env = {"env_vars": worker_env(res)}
-        return {"num_cpus": cpus, "num_gpus": res.role_gpus if res.use_gpu else 0, "runtime_env": env}
-
     start = time.perf_counter()
     chunks = [
         prompt_chunks(cfg, load_tokenizer(str(p.folder), key=f"policy {p.name}"), split) for p in policies
     ]
-    workers_n = min(workers_n, len(chunks[0]))  # an actor without a chunk would only cost start-up time
+    # an actor without a chunk would only cost start-up time
+    workers_n = min(num_workers or cfg.rollout.num_workers, len(chunks[0]))
+    bundles = evaluation_bundles(cfg, workers_n)
+    reservation = reservation or Reservation.create("evaluation", bundles)
+    try:
+        placement = reservation.place("evaluation", bundles)
+    except BaseException:
+        reservation.release()
+        raise
+    env = worker_runtime_env(res)
     workers = RoleGroup(
         "evaluation worker",
         EvaluationWorker,
         (cfg.rollout, cfg.model.max_source_len, cfg.model.max_target_len, cfg.sft.eval_batch_size,
          res.torch_threads, device),
         count=workers_n,
-        options=options(res.rollout_cpus),
+        options={"runtime_env": env},
+        make_options=lambda rank: placement.options("evaluation worker", rank),
         max_restarts=cfg.ppo.max_restarts,
     )  # fmt: skip
     scorers = RoleGroup(
@@ -207,7 +193,8 @@ def evaluate_policies(
         IdentifierScorerWorker,
         (str(identifiers_dir), cfg.identifiers, res.torch_threads, device),
         count=cfg.reward.num_scorers,
-        options=options(res.reward_cpus),
+        options={"runtime_env": env},
+        make_options=lambda rank: placement.options("identifier scorer", rank),
         max_restarts=cfg.ppo.max_restarts,
     )
     try:
@@ -237,6 +224,7 @@ def evaluate_policies(
     finally:
         workers.kill()
         scorers.kill()
+        reservation.release()
     outputs = [_outputs(p, responses[i], nlls[i], levels[i], len(chunks[i])) for i, p in enumerate(policies)]
     stats = {
         "time/generate": generated - start,

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actors.placement import RoleProcess
 from pipeline.config import MECHANISMS, IdentifiersConfig
 from pipeline.scoring import EmpathyScorer, LevelScores
 
 logger = logging.getLogger(__name__)
 
 
-class IdentifierScorerWorker:
+class IdentifierScorerWorker(RoleProcess):
     """Scores text pairs with the ER/IP/EX identifiers; usable in-process, as an actor or in ``map_batches``."""
 
     def __init__(

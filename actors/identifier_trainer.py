@@ -4,20 +4,18 @@ Owns the three identifier training runs (ER, IP, EX), concurrent when the cluste
 more than one. Consumes EPITOME pairs with gold levels and a tokenizer folder; produces, per
 mechanism, a ``save_identifier`` folder (the best epoch by dev macro-F1) and a metrics report on
 dev and test. Each run uses ``identifiers.num_workers`` data-parallel workers of
-``resources.trainer_cpus`` CPUs (DDP or DeepSpeed), checkpoints every epoch (model, optimiser,
-scheduler, early-stopping state, best weights) and resumes from the last checkpoint after a
-worker failure (``FailureConfig``) or a restart of the job.
+``resources.trainer_cpus`` CPUs (``identifiers.engine``), checkpoints every epoch (model,
+optimiser, scheduler, early-stopping state, best weights) and resumes from the last checkpoint
+after a worker failure or a restart of the job (:mod:`actors.train_harness`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -25,15 +23,15 @@ from typing import Any, cast
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint
 from safetensors.torch import load_file, save_file
 
-from actors.cluster import torch_trainer
-from actors.engines import DDPEngine, DeepSpeedEngine, TrainEngine
+from actors import train_harness as harness
+from actors.engines import TrainEngine, make_engine
 from pipeline.config import IdentifiersConfig, ResourcesConfig
 from pipeline.evaluation.classification import majority_baseline
+from pipeline.layout import IdentifiersDir, StageDir
 from pipeline.models import EmpathyIdentifier, build_identifier, load_tokenizer, save_identifier
-from pipeline.progress import Progress
+from pipeline.progress import PROGRESS, Progress
 from pipeline.training.identifiers import (
     LabeledPairs,
     batch_loss,
@@ -41,14 +39,13 @@ from pipeline.training.identifiers import (
     epoch_batches,
     evaluate,
     is_better,
-    linear_decay,
     seed_everything,
     steps_per_epoch,
 )
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "train_state.json"
+STATE_FILE = harness.STATE_FILE
 BEST_FILE = "best_model.safetensors"
 EXPORT_DIR = "identifier"
 
@@ -76,25 +73,6 @@ def identifier(engine: TrainEngine) -> EmpathyIdentifier:
     return cast(EmpathyIdentifier, engine.module)
 
 
-def _engine(spec: TrainSpec, model: torch.nn.Module, total_steps: int, world: int) -> TrainEngine:
-    cfg = spec.cfg
-    common: dict[str, Any] = {
-        "lr": cfg.lr,
-        "weight_decay": cfg.weight_decay,
-        "max_grad_norm": cfg.max_grad_norm,
-        "lr_lambda": linear_decay(total_steps),
-    }
-    if cfg.engine == "deepspeed":
-        return DeepSpeedEngine(
-            model,
-            micro_batch=cfg.batch_size // world,
-            world_size=world,
-            zero_stage=cfg.zero_stage,
-            **common,
-        )
-    return DDPEngine(model, **common)
-
-
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker loop for one mechanism (see the module docstring)."""
     spec: TrainSpec = config["spec"]
@@ -108,22 +86,24 @@ def train_loop(config: dict[str, Any]) -> None:
     model = build_identifier(cfg, tokenizer).to(device)
     weights = class_weights(spec.train.labels, cfg.class_weighting)
     steps = steps_per_epoch(len(spec.train), cfg.batch_size, world)
-    engine = _engine(spec, model, steps * cfg.epochs, world)
+    engine = make_engine(
+        cfg.engine,
+        cfg.optimizer,
+        model,
+        total_steps=steps * cfg.epochs,
+        micro_batch=cfg.batch_size // world,
+        world_size=world,
+    )
     lengths = {"max_context_len": cfg.max_context_len, "max_response_len": cfg.max_response_len}
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
     best_weights = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
-    # within a run Ray Train hands back the latest checkpoint; a new run of the job starts from
-    # the checkpoint the driver found on storage
-    checkpoint = ray.train.get_checkpoint() or (
-        Checkpoint(config["resume_from"]) if config["resume_from"] else None
-    )
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            engine.load(Path(folder))
-            state = json.loads((Path(folder) / STATE_FILE).read_text())
-            best_weights = load_file(Path(folder) / BEST_FILE)
-        logger.info("[%s rank %d] resumed after epoch %d", spec.mechanism, rank, state["epoch"])
+    with harness.restored(config, epoch_checkpoint_order) as folder:
+        if folder is not None:
+            engine.load(folder)
+            state = json.loads((folder / STATE_FILE).read_text())
+            best_weights = load_file(folder / BEST_FILE)
+            logger.info("[%s rank %d] resumed after epoch %d", spec.mechanism, rank, state["epoch"])
 
     for epoch in range(state["epoch"], cfg.epochs):
         if state["bad_epochs"] >= cfg.patience:
@@ -140,7 +120,7 @@ def train_loop(config: dict[str, Any]) -> None:
         ):
             loss = batch_loss(engine.model, tokenizer, spec.train, indices, weights, device=device, **lengths)
             engine.step(loss)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if rank == 0:
                 progress.update(loss=losses[-1])
         dev = evaluate(
@@ -165,9 +145,15 @@ def train_loop(config: dict[str, Any]) -> None:
         logger.info(
             "[%s] epoch %d/%d loss %.4f dev macro-F1 %.4f acc %.4f (%.1f pairs/s)",
             spec.mechanism, epoch + 1, cfg.epochs, record["train_loss"], dev["macro_f1"], dev["accuracy"],
-            record["pairs_per_s"],
+            record["pairs_per_s"], extra=PROGRESS,
         )  # fmt: skip
-        _report(engine, state, best_weights, rank, {**record, "final": False})
+        harness.report(
+            {**record, "final": False},
+            rank=rank,
+            state=state,
+            engine=engine,
+            write=functools.partial(_save_best, best_weights) if rank == 0 else None,
+        )
         if (
             spec.crash_at_epoch == epoch
             and rank == 0
@@ -184,42 +170,27 @@ def train_loop(config: dict[str, Any]) -> None:
         )
         for split, pairs in (("dev", spec.dev), ("test", spec.test))
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        if rank == 0:
-            save_identifier(identifier(engine), tokenizer, Path(tmp) / EXPORT_DIR)
-            (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
-        ray.train.report(
-            {"final": True, "epoch": state["epoch"], "best_epoch": state["best_epoch"], "eval": final},
-            checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None,
-        )
+    harness.report(
+        {"final": True, "epoch": state["epoch"], "best_epoch": state["best_epoch"], "eval": final},
+        rank=rank,
+        state=state,
+        write=functools.partial(_export, identifier(engine), tokenizer) if rank == 0 else None,
+    )
 
 
-def _report(
-    engine: TrainEngine,
-    state: dict[str, Any],
-    best: dict[str, torch.Tensor],
-    rank: int,
-    metrics: dict[str, Any],
-) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        engine.save(folder, rank=rank)
-        if rank == 0:
-            save_file({k: v.contiguous() for k, v in best.items()}, folder / BEST_FILE)
-            # written last: a checkpoint without it is incomplete and never resumed from
-            (folder / STATE_FILE).write_text(json.dumps(state))
-        has_files = any(folder.iterdir())
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
+def _save_best(best: dict[str, torch.Tensor], folder: Path) -> None:
+    save_file({k: v.contiguous() for k, v in best.items()}, folder / BEST_FILE)
 
 
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest complete epoch checkpoint of a mechanism's Ray Train run folder, if any."""
-    found = []
-    for path in run_dir.glob("checkpoint_*"):
-        state_file = path / STATE_FILE
-        if state_file.is_file() and (path / BEST_FILE).is_file():
-            found.append((json.loads(state_file.read_text())["epoch"], path))
-    return Checkpoint.from_directory(str(max(found)[1])) if found else None
+def _export(model: EmpathyIdentifier, tokenizer: Any, folder: Path) -> None:
+    save_identifier(model, tokenizer, folder / EXPORT_DIR)
+
+
+def epoch_checkpoint_order(folder: Path) -> int | None:
+    """Completeness and order of a mechanism's checkpoints: epochs finished, for an epoch checkpoint
+    with its state and best weights (the final one, holding the export, is not resumed from)."""
+    state = harness.read_state(folder)
+    return int(state["epoch"]) if state is not None and (folder / BEST_FILE).is_file() else None
 
 
 def fit_mechanism(
@@ -227,25 +198,22 @@ def fit_mechanism(
 ) -> dict[str, Any]:
     """Run (or resume) one mechanism's Ray Train run; returns its result summary."""
     name = f"identifier-{spec.mechanism}"
-    resume_from = latest_checkpoint(storage / name) if resume else None
+    resume_from = harness.newest_checkpoint(storage / name, epoch_checkpoint_order) if resume else None
     if resume_from is not None:
-        logger.info("[%s] resuming from %s", spec.mechanism, resume_from.path)
-    trainer = torch_trainer(
+        logger.info("[%s] resuming from %s", spec.mechanism, resume_from)
+    t0 = time.perf_counter()
+    result = harness.fit(
+        f"identifier training ({spec.mechanism})",
         train_loop,
-        {"spec": spec, "resume_from": resume_from.path if resume_from else None},
-        name=name,
+        {"spec": spec},
         storage=storage,
+        name=name,
+        resume_from=resume_from,
         num_workers=spec.cfg.num_workers,
         res=res,
         max_failures=max_failures,
         keep_checkpoints=2,
     )
-    t0 = time.perf_counter()
-    result = trainer.fit()
-    if result.error is not None:
-        raise RuntimeError(
-            f"identifier training for {spec.mechanism} failed: {result.error}"
-        ) from result.error
     assert result.checkpoint is not None and result.metrics is not None and result.metrics.get("final")
     return {"result": result, "seconds": time.perf_counter() - t0}
 
@@ -258,27 +226,29 @@ def train_identifiers(
     Writes ``out_dir/<M>/metrics.json`` (dev and test reports, majority baseline, per-epoch
     history, wall time) and returns ``{mechanism: metrics}``.
     """
-    storage = (out_dir / "ray_train").resolve()
+    stage = IdentifiersDir(out_dir)
+    storage = stage.ray_train.resolve()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
     per_run = max(spec.cfg.num_workers for spec in specs) * res.trainer_cpus
     parallel = max(1, min(len(specs), int(cpus // max(per_run, 1e-9))))
     logger.info("training %d identifiers, %d at a time", len(specs), parallel)
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {
-            s.mechanism: pool.submit(fit_mechanism, s, res, storage, max_failures=max_failures, resume=resume)
+    outcomes = harness.fit_concurrently(
+        {
+            s.mechanism: functools.partial(
+                fit_mechanism, s, res, storage, max_failures=max_failures, resume=resume
+            )
             for s in specs
-        }
-        outcomes = {m: f.result() for m, f in futures.items()}
+        },
+        parallel,
+    )
     summary = {}
     for spec in specs:
         outcome = outcomes[spec.mechanism]
         result = outcome["result"]
-        target = out_dir / spec.mechanism
-        with result.checkpoint.as_directory() as folder:
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(Path(folder) / EXPORT_DIR, target)
-            state = json.loads((Path(folder) / STATE_FILE).read_text())
+        target = stage.mechanism(spec.mechanism)
+        harness.export(result.checkpoint, EXPORT_DIR, target)
+        state = harness.read_state(Path(result.checkpoint.path))
+        assert state is not None, "the final checkpoint holds the state"
         metrics = {
             "mechanism": spec.mechanism,
             "dev": result.metrics["eval"]["dev"],
@@ -290,6 +260,6 @@ def train_identifiers(
             "train_seconds": outcome["seconds"],
             "sizes": {"train": len(spec.train), "dev": len(spec.dev), "test": len(spec.test)},
         }
-        (target / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        StageDir(target).metrics.write_text(json.dumps(metrics, indent=2) + "\n")
         summary[spec.mechanism] = metrics
     return summary

@@ -2,9 +2,9 @@
 
 Owns a pool of ``num_workers`` :class:`~actors.identifier_scorer.IdentifierScorerWorker` actors (``resources.reward_cpus``
 CPUs each, or one GPU). Consumes prepared splits (Hugging Face datasets with ``context`` and
-``response``); produces ``out_dir/<split>/part-NNNNN.parquet`` per shard, written atomically as each
-finishes, then ``out_dir/<split>.parquet`` (original columns in original order + level columns) and
-``out_dir/label_stats.json``. Resumable: shards whose part file exists are not scored again.
+``response``); produces a part file per shard (:meth:`~pipeline.layout.LabeledDir.parts`), written
+atomically as each finishes, then the labelled split (original columns in original order + level
+columns) and the label statistics, where :class:`~pipeline.layout.LabeledDir` names them. Resumable: shards whose part file exists are not scored again.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from datasets import Dataset
 
 from actors.identifier_scorer import IdentifierScorerWorker
 from pipeline.config import MECHANISMS, IdentifiersConfig, ResourcesConfig
+from pipeline.layout import IdentifiersDir, LabeledDir
 from pipeline.models.identifier import HEAD_FILE, META_FILE, NUM_LEVELS
 from pipeline.progress import Progress
 from pipeline.scoring import identifier_folders, level_columns
 
 logger = logging.getLogger(__name__)
 
-STATS_FILE = "label_stats.json"
 MANIFEST_FILE = "manifest.json"
 TEXT_COLUMNS = ("context", "response")
 
@@ -58,15 +58,19 @@ class Shard:
         return self.stop - self.start
 
 
-def part_path(out_dir: Path, split: str, index: int) -> Path:
-    """Part file of shard ``index`` of ``split``: ``out_dir/<split>/part-NNNNN.parquet``."""
-    return out_dir / split / f"part-{index:05d}.parquet"
+def part_path(out: LabeledDir | Path, split: str, index: int) -> Path:
+    """Part file of shard ``index`` of ``split``: ``part-NNNNN.parquet`` in the split's parts folder."""
+    return _labeled(out).parts(split) / f"part-{index:05d}.parquet"
+
+
+def _labeled(out: LabeledDir | Path | str) -> LabeledDir:
+    return out if isinstance(out, LabeledDir) else LabeledDir(Path(out))
 
 
 def label_splits(
     datasets: Mapping[str, Dataset],
-    identifiers_dir: str | Path,
-    out_dir: str | Path,
+    identifiers: IdentifiersDir | str | Path,
+    out: LabeledDir | str | Path,
     cfg: IdentifiersConfig,
     res: ResourcesConfig,
     *,
@@ -91,7 +95,8 @@ def label_splits(
     """
     if num_workers < 1 or shard_rows < 1:
         raise ValueError(f"label_splits: num_workers={num_workers} and shard_rows={shard_rows} must be >= 1")
-    identifiers_dir, out_dir = Path(identifiers_dir), Path(out_dir)
+    identifiers_dir = identifiers.path if isinstance(identifiers, IdentifiersDir) else Path(identifiers)
+    labeled = _labeled(out)
     identifier_folders(identifiers_dir, MECHANISMS)  # fail here, not inside every actor
     labels = level_columns(MECHANISMS)
     for split, ds in datasets.items():
@@ -99,8 +104,8 @@ def label_splits(
 
     shards: list[Shard] = []
     for split, ds in datasets.items():
-        _claim_split_dir(out_dir / split, _manifest(ds, identifiers_dir, cfg, shard_rows))
-        shards += _shards(split, len(ds), shard_rows, out_dir)
+        _claim_split_dir(labeled.parts(split), _manifest(ds, identifiers_dir, cfg, shard_rows))
+        shards += _shards(split, len(ds), shard_rows, labeled)
     pending = [s for s in shards if not s.path.is_file()]
     skipped = len(shards) - len(pending)
     if skipped:
@@ -119,7 +124,7 @@ def label_splits(
         "splits": {},
     }
     for split, ds in datasets.items():
-        table = _concat_parts(split, [s for s in shards if s.split == split], ds, out_dir)
+        table = _concat_parts(split, [s for s in shards if s.split == split], ds, labeled)
         stats["splits"][split] = {
             "rows": table.num_rows,
             "shards": math.ceil(len(ds) / shard_rows),
@@ -133,8 +138,8 @@ def label_splits(
         "rows_per_s": round(scored / seconds, 1) if scored and seconds > 0 else None,
         "num_workers": min(num_workers, len(pending)),
     }
-    _write_atomic(out_dir / STATS_FILE, (json.dumps(stats, indent=2) + "\n").encode())
-    logger.info("labels written to %s (%s)", out_dir, {k: v["rows"] for k, v in stats["splits"].items()})
+    _write_atomic(labeled.stats, (json.dumps(stats, indent=2) + "\n").encode())
+    logger.info("labels written to %s (%s)", labeled.path, {k: v["rows"] for k, v in stats["splits"].items()})
     return stats
 
 
@@ -167,9 +172,9 @@ def _check_columns(split: str, ds: Dataset, labels: list[str]) -> None:
         )
 
 
-def _shards(split: str, rows: int, shard_rows: int, out_dir: Path) -> list[Shard]:
+def _shards(split: str, rows: int, shard_rows: int, out: LabeledDir) -> list[Shard]:
     return [
-        Shard(split, i, start, min(start + shard_rows, rows), part_path(out_dir, split, i))
+        Shard(split, i, start, min(start + shard_rows, rows), part_path(out, split, i))
         for i, start in enumerate(range(0, rows, shard_rows))
     ]
 
@@ -300,8 +305,8 @@ def _write_part(table: pa.Table, columns: Mapping[str, np.ndarray], shard: Shard
     _write_table_atomic(table.replace_schema_metadata(None), shard.path)
 
 
-def _concat_parts(split: str, shards: list[Shard], ds: Dataset, out_dir: Path) -> pa.Table:
-    """``out_dir/<split>.parquet``: the parts in shard (= row) order, checked to cover every row."""
+def _concat_parts(split: str, shards: list[Shard], ds: Dataset, out: LabeledDir) -> pa.Table:
+    """The labelled split: the parts in shard (= row) order, checked to cover every row."""
     rows = len(ds)
     tables = [pq.read_table(s.path) for s in shards]
     for shard, table in zip(shards, tables, strict=True):
@@ -312,7 +317,7 @@ def _concat_parts(split: str, shards: list[Shard], ds: Dataset, out_dir: Path) -
     table = pa.concat_tables(tables) if tables else _empty_labelled(ds)
     if table.num_rows != rows:
         raise LabelingError(f"split {split!r}: the parts hold {table.num_rows} rows, the split {rows}")
-    _write_table_atomic(table, out_dir / f"{split}.parquet")
+    _write_table_atomic(table, out.split(split))
     return table
 
 

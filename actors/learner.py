@@ -9,6 +9,7 @@ rollout workers as an object-store reference (rank 0). Every method must be call
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -21,8 +22,9 @@ import numpy as np
 import ray
 import torch
 
-from actors.engines import DeepSpeedEngine
-from pipeline.config import LearnerConfig, PPOConfig
+from actors.engines import DeepSpeedEngine, make_engine
+from actors.placement import RoleProcess
+from pipeline.config import LearnerConfig, OptimizerConfig, PPOConfig
 from pipeline.models import load_policy, save_policy
 from pipeline.ppo.experience import IntArray, TrainBatch
 from pipeline.ppo.iteration import iteration_lr_lambda, ppo_loss, response_forward
@@ -33,7 +35,7 @@ RNG_FILE = "rng_rank{rank}.pt"
 POLICY_PREFIX = "policy."
 
 
-class LearnerWorker:
+class LearnerWorker(RoleProcess):
     """One learner rank; build the group with :meth:`address` (rank 0) then :meth:`setup` on every rank."""
 
     def __init__(
@@ -78,32 +80,33 @@ class LearnerWorker:
         torch.manual_seed(seed)
         model, self.tokenizer = load_policy(self.policy_dir)
         self.start_id = int(model.config.decoder_start_token_id)
-        minis = self.ppo.rollout_batch_size // self.ppo.mini_batch_size
-        self.engine = DeepSpeedEngine(
+        updates_per_iteration = self.ppo.rollout_batch_size // self.ppo.mini_batch_size * self.ppo.ppo_epochs
+        engine = make_engine(
+            # bf16 is autocast around the forward passes: DeepSpeed keeps fp32
+            dataclasses.replace(self.learner.engine, precision="fp32"),
+            # trl's PPO uses plain Adam: no weight decay
+            OptimizerConfig(lr=self.ppo.lr, weight_decay=0.0, max_grad_norm=self.ppo.max_grad_norm),
             model.to(self.device),
-            lr=self.ppo.lr,
-            weight_decay=0.0,  # trl's PPO uses plain Adam
-            max_grad_norm=self.ppo.max_grad_norm,
-            lr_lambda=iteration_lr_lambda(
-                total_steps=self.ppo.total_steps,
-                updates_per_iteration=minis * self.ppo.ppo_epochs,
-                schedule=self.ppo.lr_schedule,
-            ),
+            total_steps=self.ppo.total_steps * updates_per_iteration,
             micro_batch=self.ppo.mini_batch_size // self.world_size,
             world_size=self.world_size,
-            zero_stage=self.learner.zero_stage,
-            precision="fp32",  # bf16 is autocast around the forward passes
-            offload=self.learner.offload,
+            schedule=iteration_lr_lambda(
+                total_steps=self.ppo.total_steps,
+                updates_per_iteration=updates_per_iteration,
+                schedule=self.ppo.lr_schedule,
+            ),
             partition_aware=True,
         )
+        assert isinstance(engine, DeepSpeedEngine), "validation: learner.engine.kind is deepspeed"
+        self.engine = engine
         # dropout stays off in PPO (as trl: the policy is loaded in eval mode), so the first
         # epoch's ratio is exactly 1 and old log-probs match the update's forward pass
         self.engine.model.eval()
         return self.rank
 
     def _autocast(self) -> Any:
-        """``torch.autocast(bfloat16)`` for ``learner.precision=bf16`` (fp32 weights and optimizer)."""
-        enabled = self.learner.precision == "bf16"
+        """``torch.autocast(bfloat16)`` for ``learner.engine.precision=bf16`` (fp32 weights and optimizer)."""
+        enabled = self.learner.engine.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _batch(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -163,6 +166,7 @@ class LearnerWorker:
         """Restore what :meth:`save` wrote."""
         path = Path(folder)
         self.engine.load(path)
+        self._adopt_lr()
         self.engine.model.eval()
         rng_file = path / RNG_FILE.format(rank=self.rank)
         if rng_file.is_file():
@@ -170,6 +174,20 @@ class LearnerWorker:
             torch.set_rng_state(rng["torch"])
             np.random.set_state(rng["numpy"])
             random.setstate(rng["python"])
+
+    def _adopt_lr(self) -> None:
+        """After a restore: ``ppo.lr`` of the config in force, at the restored position of the schedule
+        (the checkpoint's scheduler would otherwise keep the learning rate it was saved with)."""
+        scheduler = self.engine.engine.lr_scheduler
+        scheduler.base_lrs = [self.ppo.lr for _ in scheduler.base_lrs]
+        for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = self.ppo.lr
+            group["lr"] = self.ppo.lr * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+    def lr(self) -> float:
+        """The learning rate the next update uses."""
+        return float(self.engine.engine.get_lr()[0])
 
     def export(self, folder: str) -> str | None:
         """Rank 0 writes the policy and value head as a Hugging Face folder (:func:`save_policy`)."""
@@ -180,7 +198,3 @@ class LearnerWorker:
         model.load_state_dict(state)
         save_policy(model, self.tokenizer, folder)
         return folder
-
-    def pid(self) -> int:
-        """The rank's process id (fault-injection tests kill it)."""
-        return os.getpid()

@@ -7,16 +7,16 @@ Consumes (prompt ids, prompt mask, response ids) of a rollout shard; produces ``
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from actors.placement import RoleProcess
 from pipeline.models import load_policy
 from pipeline.ppo.iteration import response_forward
 
 
-class ReferenceWorker:
+class ReferenceWorker(RoleProcess):
     """The frozen reference policy; usable in-process or as an actor."""
 
     def __init__(self, policy_dir: str | Path, torch_threads: int = 1, device: str = "cpu") -> None:
@@ -36,7 +36,3 @@ class ReferenceWorker:
             self.model, prompt_ids.to(d), prompt_mask.to(d), response_ids.to(d), start_id=self.start_id
         )
         return logprobs.cpu()
-
-    def pid(self) -> int:
-        """The worker's process id."""
-        return os.getpid()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actors.placement import RoleProcess
 from pipeline.config import MECHANISMS, IdentifiersConfig, RewardConfig
 from pipeline.ppo.experience import IntArray, RewardScores
 from pipeline.ppo.rewards import empathy_scores
@@ -24,7 +25,7 @@ from pipeline.scoring import EmpathyScorer
 logger = logging.getLogger(__name__)
 
 
-class RewardWorker:
+class RewardWorker(RoleProcess):
     """Scores responses against gold empathy levels; usable in-process or as an actor."""
 
     def __init__(
@@ -50,7 +51,7 @@ class RewardWorker:
         predicted = {m: torch.from_numpy(levels.levels[m]) for m in levels.mechanisms}
         hit = {m: (predicted[m] == torch.from_numpy(gold[m])).float() for m in levels.mechanisms}
         scores = empathy_scores(
-            gold_logprob, weights=self.reward.weights, form=self.reward.form, levels_hit=hit
+            gold_logprob, weights=self.reward.weights.by_mechanism, form=self.reward.form, levels_hit=hit
         )
         return RewardScores(
             scores=scores.float(),
@@ -58,7 +59,3 @@ class RewardWorker:
             hit=hit,
             levels=predicted,
         )
-
-    def pid(self) -> int:
-        """The worker's process id (fault-injection tests kill it)."""
-        return os.getpid()

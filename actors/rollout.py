@@ -9,7 +9,6 @@ masks, the sampler's log-probabilities, decoded text and the version. Resources:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import ray
 import torch
 
+from actors.placement import RoleProcess
 from pipeline.config import RolloutConfig
 from pipeline.generation import sample_responses
 from pipeline.models import load_policy
@@ -25,7 +25,7 @@ from pipeline.ppo.experience import PromptBatch, Rollouts
 logger = logging.getLogger(__name__)
 
 
-class RolloutWorker:
+class RolloutWorker(RoleProcess):
     """Samples responses with the latest published policy weights; usable in-process or as an actor."""
 
     def __init__(
@@ -52,10 +52,6 @@ class RolloutWorker:
                 self.model, self.tokenizer, _to(prompts, self.device), self.cfg, version=self.version
             )
         return _to_cpu(rollouts)
-
-    def pid(self) -> int:
-        """The worker's process id (fault-injection tests kill it)."""
-        return os.getpid()
 
 
 def _to(prompts: PromptBatch, device: str) -> PromptBatch:

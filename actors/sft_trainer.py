@@ -5,12 +5,14 @@ examples and a starting policy folder (``save_policy`` form); produces ``<out>/p
 epoch by validation loss, a plain Hugging Face folder plus the starting value head),
 ``<out>/metrics.json``, ``<out>/samples/epoch_N.md`` and TensorBoard logs in ``<out>/tensorboard``.
 Runs ``sft.num_workers`` data-parallel workers of ``resources.trainer_cpus`` CPUs (or one GPU)
-with DeepSpeed ZeRO 0–3 or DDP (the worker loop is :mod:`actors.sft_worker`), and resumes exactly
-from the last checkpoint after a worker failure (``FailureConfig``) or a restart of the job.
+with ``sft.engine`` (DeepSpeed ZeRO 0–3 or DDP; the worker loop is :mod:`actors.sft_worker`), and
+resumes exactly from the last checkpoint after a worker failure or a restart of the job
+(:mod:`actors.train_harness`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -20,11 +22,12 @@ from typing import Any
 
 from ray.train import Checkpoint
 
-from actors.cluster import torch_trainer
-from actors.sft_worker import EXPORT_DIR, STATE_FILE, SFTSpec, fingerprint, make_engine, train_loop
+from actors import train_harness as harness
+from actors.sft_worker import EXPORT_DIR, SFTSpec, fingerprint, sft_checkpoint_order, train_loop
 from pipeline.config import ResourcesConfig
+from pipeline.layout import PolicyDir
 
-__all__ = ["ResumeError", "SFTSpec", "fit_sft", "latest_checkpoint", "make_engine", "train_sft"]
+__all__ = ["ResumeError", "SFTSpec", "fit_sft", "sft_checkpoint_order", "train_sft"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +36,6 @@ RUN_NAME = "sft"
 
 class ResumeError(ValueError):
     """The run folder holds an SFT run whose settings or data differ from this one's."""
-
-
-def _state(path: Path) -> dict[str, Any] | None:
-    state_file = path / STATE_FILE
-    return json.loads(state_file.read_text()) if state_file.is_file() else None
-
-
-def latest_checkpoint(run_dir: Path) -> tuple[Checkpoint, dict[str, Any]] | None:
-    """The newest complete checkpoint of the SFT Ray Train run folder and its state, if any."""
-    found = []
-    for path in run_dir.glob("checkpoint_*"):
-        state = _state(path)
-        if state is not None:
-            found.append(((state["done"], state["global_step"]), str(path), state))
-    if not found:
-        return None
-    _, newest, state = max(found)
-    return Checkpoint.from_directory(newest), state
 
 
 def _check_resumable(state: dict[str, Any], spec: SFTSpec, folder: Path) -> None:
@@ -76,33 +61,37 @@ def fit_sft(
 ) -> dict[str, Any]:
     """Run (or resume) the SFT Ray Train run; returns the final checkpoint, its state and wall time."""
     t0 = time.perf_counter()
+    run_dir = storage / RUN_NAME
     if not resume:
-        shutil.rmtree(storage / RUN_NAME, ignore_errors=True)
-        shutil.rmtree(Path(spec.out_dir) / "tensorboard", ignore_errors=True)
-    found = latest_checkpoint(storage / RUN_NAME) if resume else None
-    if found is not None:
-        _check_resumable(found[1], spec, storage / RUN_NAME)
-    if found is not None and found[1]["done"]:
-        logger.info("[sft] already finished: %s", found[0].path)
-        return {"checkpoint": found[0], "state": found[1], "seconds": time.perf_counter() - t0}
-    if found is not None:
-        logger.info("[sft] resuming from %s", found[0].path)
-    trainer = torch_trainer(
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(PolicyDir(Path(spec.out_dir)).tensorboard, ignore_errors=True)
+    found = harness.newest_checkpoint(run_dir, sft_checkpoint_order) if resume else None
+    state = harness.read_state(found) if found is not None else None
+    if found is not None and state is not None:
+        _check_resumable(state, spec, run_dir)
+        if state["done"]:
+            logger.info("[sft] already finished: %s", found)
+            return {
+                "checkpoint": Checkpoint.from_directory(str(found)),
+                "state": state,
+                "seconds": time.perf_counter() - t0,
+            }
+        logger.info("[sft] resuming from %s", found)
+    result = harness.fit(
+        "SFT",
         train_loop,
-        {"spec": spec, "resume_from": found[0].path if found else None},
-        name=RUN_NAME,
+        {"spec": spec},
         storage=storage,
+        name=RUN_NAME,
+        resume_from=found,
         num_workers=spec.cfg.num_workers,
         res=res,
         max_failures=max_failures,
         keep_checkpoints=spec.cfg.keep_checkpoints,
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise RuntimeError(f"SFT training failed: {result.error}") from result.error
     assert result.checkpoint is not None and result.metrics is not None and result.metrics.get("final")
-    state = _state(Path(result.checkpoint.path))
-    assert state is not None
+    state = harness.read_state(Path(result.checkpoint.path))
+    assert state is not None, "the final checkpoint holds the state"
     return {"checkpoint": result.checkpoint, "state": state, "seconds": time.perf_counter() - t0}
 
 
@@ -110,17 +99,13 @@ def train_sft(
     spec: SFTSpec, res: ResourcesConfig, *, resume: bool = True, max_failures: int = 2
 ) -> dict[str, Any]:
     """Train (or resume) SFT and export ``<out_dir>/policy``; writes and returns ``metrics.json``."""
-    out_dir = Path(spec.out_dir)
-    outcome = fit_sft(spec, res, (out_dir / "ray_train").resolve(), max_failures=max_failures, resume=resume)
-    target = out_dir / EXPORT_DIR
-    with outcome["checkpoint"].as_directory() as folder:
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(Path(folder) / EXPORT_DIR, target)
+    stage = PolicyDir(Path(spec.out_dir))
+    outcome = fit_sft(spec, res, stage.ray_train.resolve(), max_failures=max_failures, resume=resume)
+    target = stage.policy
+    harness.export(outcome["checkpoint"], EXPORT_DIR, target)
     state = outcome["state"]
     history = state["history"]
     best = next((h for h in history if h["epoch"] == state["best_epoch"]), history[-1] if history else {})
-    cfg = spec.cfg
     metrics = {
         "initial": {k: state["initial"][k] for k in ("val_loss", "val_ppl")},
         "best_epoch": state["best_epoch"],
@@ -128,14 +113,8 @@ def train_sft(
         "history": history,
         "train_seconds": outcome["seconds"],
         "sizes": {"train": len(spec.train), "valid": len(spec.valid)},
-        "engine": {
-            "engine": cfg.engine,
-            "num_workers": cfg.num_workers,
-            "zero_stage": cfg.zero_stage,
-            "precision": cfg.precision,
-            "offload": cfg.offload,
-        },
+        "engine": {**dataclasses.asdict(spec.cfg.engine), "num_workers": spec.cfg.num_workers},
         "policy": str(target),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    stage.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -2,8 +2,9 @@
 
 Consumes an :class:`SFTSpec` (tokenised train/valid examples, the start policy folder); each epoch
 trains on its length-grouped shard, validates on all ranks, and reports a Ray Train checkpoint
-(engine state, data position, per-rank RNG, best weights). Rank 0 writes samples and TensorBoard
-logs and, at the end, the exported policy. Driven by :mod:`actors.sft_trainer`.
+(engine state, data position, per-rank RNG, best weights) through :mod:`actors.train_harness`.
+Rank 0 writes samples and TensorBoard logs and, at the end, the exported policy. Driven by
+:mod:`actors.sft_trainer`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +25,14 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint
 from transformers import T5ForConditionalGeneration
 
-from actors.engines import DDPEngine, DeepSpeedEngine, TrainEngine
+from actors import train_harness as harness
+from actors.engines import make_engine
 from pipeline.config import RolloutConfig, SFTConfig
+from pipeline.layout import PolicyDir
 from pipeline.models import load_policy, save_policy
-from pipeline.progress import Progress
+from pipeline.progress import PROGRESS, Progress
 from pipeline.training.identifiers import seed_everything
 from pipeline.training.sft import (
     Seq2SeqBatch,
@@ -48,7 +49,7 @@ from pipeline.training.sft import (
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "train_state.json"
+STATE_FILE = harness.STATE_FILE
 BEST_FILE = "best_model.pt"
 EXPORT_DIR = "policy"
 
@@ -94,29 +95,23 @@ def fingerprint(spec: SFTSpec) -> dict[str, Any]:
         ):
             digest.update(array.tobytes())
     settings = {k: v for k, v in dataclasses.asdict(spec.cfg).items() if k not in RESUME_SAFE_FIELDS}
-    return {"sft": settings, "seed": spec.seed, "data_sha256": digest.hexdigest()}
+    return {"sft": _dotted(settings), "seed": spec.seed, "data_sha256": digest.hexdigest()}
 
 
-def make_engine(cfg: SFTConfig, model: torch.nn.Module, total_steps: int, world: int) -> TrainEngine:
-    """The engine ``cfg`` names (DeepSpeed or DDP) around ``model``, AdamW with warm-up and linear decay."""
-    common: dict[str, Any] = {
-        "lr": cfg.lr,
-        "weight_decay": cfg.weight_decay,
-        "max_grad_norm": cfg.max_grad_norm,
-        "lr_lambda": warmup_linear(total_steps, round(cfg.warmup_ratio * total_steps)),
-    }
-    if cfg.engine == "deepspeed":
-        return DeepSpeedEngine(
-            model,
-            micro_batch=cfg.batch_size // world,
-            world_size=world,
-            zero_stage=cfg.zero_stage,
-            precision=cfg.precision,
-            offload=cfg.offload,
-            partition_aware=True,  # weights are read through full_state_dict only
-            **common,
+def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 1e-4}}`` as ``{"optimizer.lr": 1e-4}`` (so a change names its key)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(
+            _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
         )
-    return DDPEngine(model, **common)
+    return flat
+
+
+def sft_checkpoint_order(folder: Path) -> tuple[bool, int] | None:
+    """Completeness and order of SFT checkpoints: (finished, global step) of one with its state."""
+    state = harness.read_state(folder)
+    return (bool(state["done"]), int(state["global_step"])) if state is not None else None
 
 
 def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
@@ -154,9 +149,19 @@ class _Worker:
         self.start_id = int(start) if start is not None else pad
         self.steps = steps_per_epoch(len(spec.train), self.cfg.batch_size)
         self.total_steps = self.steps * self.cfg.epochs
-        self.lr_factor = warmup_linear(self.total_steps, round(self.cfg.warmup_ratio * self.total_steps))
+        opt = self.cfg.optimizer
+        self.lr_factor = warmup_linear(self.total_steps, round(opt.warmup_ratio * self.total_steps))
         model: torch.nn.Module = policy.policy
-        self.engine = make_engine(self.cfg, model.to(self.device), self.total_steps, self.world)
+        self.engine = make_engine(
+            self.cfg.engine,
+            opt,
+            model.to(self.device),
+            total_steps=self.total_steps,
+            micro_batch=self.cfg.batch_size // self.world,
+            world_size=self.world,
+            schedule=self.lr_factor,
+            partition_aware=True,  # weights are read through full_state_dict only
+        )
         self.state: dict[str, Any] = {
             "epoch": 0,  # epochs finished
             "step": 0,  # steps finished inside the current epoch
@@ -176,19 +181,17 @@ class _Worker:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def restore(self, checkpoint: Checkpoint) -> None:
-        with checkpoint.as_directory() as folder:
-            path = Path(folder)
-            self.engine.load(path)
-            self.state = json.loads((path / STATE_FILE).read_text())
-            if self.rank == 0 and (path / BEST_FILE).is_file():
-                self.best = torch.load(path / BEST_FILE, map_location="cpu", weights_only=True)
-            if self.state["step"] > 0:
-                mine = torch.load(path / f"rank_{self.rank}.pt", map_location="cpu", weights_only=True)
-                torch.set_rng_state(mine["rng"])
-                if mine.get("cuda_rng") is not None and torch.cuda.is_available():
-                    torch.cuda.set_rng_state(mine["cuda_rng"])
-                self.accum = mine["accum"]
+    def restore(self, path: Path) -> None:
+        self.engine.load(path)
+        self.state = json.loads((path / STATE_FILE).read_text())
+        if self.rank == 0 and (path / BEST_FILE).is_file():
+            self.best = torch.load(path / BEST_FILE, map_location="cpu", weights_only=True)
+        if self.state["step"] > 0:
+            mine = torch.load(path / f"rank_{self.rank}.pt", map_location="cpu", weights_only=True)
+            torch.set_rng_state(mine["rng"])
+            if mine.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(mine["cuda_rng"])
+            self.accum = mine["accum"]
         logger.info(
             "[sft rank %d] resumed at epoch %d step %d",
             self.rank,
@@ -197,26 +200,25 @@ class _Worker:
         )
 
     def report(self, metrics: dict[str, Any], *, final_export: bool = False) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            if final_export:
-                if self.rank == 0:
-                    self.export(folder / EXPORT_DIR)
-            else:
-                self.engine.save(folder, rank=self.rank)
-                rank_state = {
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-                    "accum": self.accum,
-                }
-                torch.save(rank_state, folder / f"rank_{self.rank}.pt")
-                if self.rank == 0 and self.best is not None:
-                    torch.save(self.best, folder / BEST_FILE)
-            if self.rank == 0:
-                # written last: a checkpoint without it is incomplete and never resumed from
-                (folder / STATE_FILE).write_text(json.dumps(self.state))
-            has_files = any(folder.iterdir())
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
+        """Report with a checkpoint: the engine, this rank's RNG and running sums, rank 0's best
+        weights; or, at the end, rank 0's exported policy."""
+        if final_export:
+            write = (lambda folder: self.export(folder / EXPORT_DIR)) if self.rank == 0 else None
+            harness.report(metrics, rank=self.rank, state=self.state, write=write)
+        else:
+            harness.report(
+                metrics, rank=self.rank, state=self.state, engine=self.engine, write=self._save_rank
+            )
+
+    def _save_rank(self, folder: Path) -> None:
+        rank_state = {
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "accum": self.accum,
+        }
+        torch.save(rank_state, folder / f"rank_{self.rank}.pt")
+        if self.rank == 0 and self.best is not None:
+            torch.save(self.best, folder / BEST_FILE)
 
     def export(self, folder: Path) -> None:
         """Rank 0: the best weights as a ``save_policy`` folder (value head from the start policy)."""
@@ -297,7 +299,7 @@ class _Worker:
                 f"**Policy:** {text}",
                 "",
             ]
-        folder = Path(self.spec.out_dir) / "samples"
+        folder = PolicyDir(Path(self.spec.out_dir)).samples
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"epoch_{epoch}.md").write_text("\n".join(lines))
 
@@ -362,7 +364,7 @@ class _Worker:
                 elapsed = max(time.perf_counter() - t_window, 1e-9)
                 scalars = {
                     "sft/train_loss": w_nll / max(w_tgt, 1.0),
-                    "sft/lr": cfg.lr * self.lr_factor(gstep - 1),
+                    "sft/lr": cfg.optimizer.lr * self.lr_factor(gstep - 1),
                     "sft/grad_norm": grad_norm,
                     "perf/tokens_per_s": (w_src + w_tgt) / elapsed,
                 }
@@ -429,6 +431,7 @@ class _Worker:
             f" ({train['tokens_per_s']:.0f} tokens/s, {train['seconds']:.1f} s)"
             if train
             else " (before training)",
+            extra=PROGRESS,
         )
 
 
@@ -437,19 +440,15 @@ def train_loop(config: dict[str, Any]) -> None:
     spec: SFTSpec = config["spec"]
     cfg = spec.cfg
     w = _Worker(spec)
-    # within a run Ray Train hands back the latest checkpoint; a new run of the job starts from
-    # the checkpoint the driver found on storage
-    checkpoint = ray.train.get_checkpoint() or (
-        Checkpoint(config["resume_from"]) if config["resume_from"] else None
-    )
-    if checkpoint is not None:
-        w.restore(checkpoint)
+    with harness.restored(config, sft_checkpoint_order) as folder:
+        if folder is not None:
+            w.restore(folder)
     if w.rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events a crashed attempt logged after the checkpoint it resumes from
         w.writer = SummaryWriter(
-            str(Path(spec.out_dir) / "tensorboard"), purge_step=w.state["global_step"] + 1
+            str(PolicyDir(Path(spec.out_dir)).tensorboard), purge_step=w.state["global_step"] + 1
         )
     if w.state["initial"] is None:
         w.state["initial"] = w.end_of_epoch(0, None)

@@ -35,9 +35,10 @@ import pyarrow.parquet as pq
 import torch
 
 from actors.cluster import init_ray, shutdown_ray
-from jobs.ppo import ppo_stage
+from jobs.stages import ppo_stage
 from pipeline.config import MECHANISMS, DataConfig, IdentifiersConfig, ResourcesConfig, load_config
 from pipeline.data import parse_ed_split, prepare_datasets
+from pipeline.layout import RunLayout
 from pipeline.models import (
     build_identifier,
     build_identifier_tokenizer,
@@ -123,12 +124,13 @@ def run_one(
             "resources.learner_cpus=0.4",
             f"resources.learner_threads={cpus}",
             f"resources.rollout_threads={max(1, cpus // workers)}",
-            f"learner.precision={precision}",
+            f"learner.engine.precision={precision}",
             f"rollout.precision={precision}",
         ],
     )
-    ppo_stage(cfg, run_dir)
-    rows = [json.loads(line) for line in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    layout = RunLayout(run_dir)
+    ppo_stage(cfg, layout)
+    rows = [json.loads(line) for line in layout.ppo.log.read_text().splitlines()]
     return rows
 
 

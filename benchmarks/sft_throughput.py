@@ -34,11 +34,11 @@ import ray.train.torch  # noqa: TID251
 import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, RunConfig, ScalingConfig  # noqa: TID251
-from ray.train.torch import TorchTrainer  # noqa: TID251
 
-from actors.cluster import init_ray, worker_env
-from actors.sft_trainer import make_engine
-from pipeline.config import DataConfig, ModelConfig, ResourcesConfig, SFTConfig, load_config
+from actors.cluster import init_ray, worker_runtime_env
+from actors.engines import make_engine
+from actors.train_harness import OwnedTorchTrainer
+from pipeline.config import DataConfig, EngineConfig, ModelConfig, ResourcesConfig, SFTConfig, load_config
 from pipeline.data import parse_ed_split, prepare_datasets
 from pipeline.models import build_policy, load_tokenizer, train_tokenizer
 from pipeline.training.sft import (
@@ -68,7 +68,15 @@ def bench_loop(config: dict[str, Any]) -> None:
     sft: SFTConfig = config["sft"]
     examples: Seq2SeqExamples = config["examples"]
     steps = config["warmup"] + config["steps"]
-    engine = make_engine(sft, model, steps, world)
+    engine = make_engine(
+        sft.engine,
+        sft.optimizer,
+        model,
+        total_steps=steps,
+        micro_batch=sft.batch_size // world,
+        world_size=world,
+        partition_aware=True,
+    )
     batches = length_grouped_batches(
         examples.source_lengths,
         examples.target_lengths,
@@ -117,8 +125,10 @@ def run_case(
 ) -> dict[str, float]:
     threads = max(args.cpus // workers, 1)
     res = ResourcesConfig(trainer_cpus=float(threads), torch_threads=threads)
-    sft = SFTConfig(batch_size=args.batch, num_workers=workers, engine="deepspeed", zero_stage=zero)
-    trainer = TorchTrainer(
+    sft = SFTConfig(
+        batch_size=args.batch, num_workers=workers, engine=EngineConfig(kind="deepspeed", zero_stage=zero)
+    )
+    trainer = OwnedTorchTrainer(  # its controller ends with fit
         bench_loop,
         train_loop_config={
             "threads": threads,
@@ -133,7 +143,7 @@ def run_case(
         run_config=RunConfig(
             name=f"{shape}-w{workers}-z{zero}",
             storage_path=storage,
-            worker_runtime_env={"env_vars": worker_env(res)},  # type: ignore[call-arg]
+            worker_runtime_env=worker_runtime_env(res),  # type: ignore[call-arg]
         ),
     )
     result = trainer.fit()

@@ -6,20 +6,28 @@ emprl identifiers train|label ...
 emprl sft [--run-dir DIR] ...
 emprl ppo [--run-dir DIR] [--resume] ...
 emprl evaluate --run-dir DIR [--policy NAME=FOLDER ...] [--split valid] [--decoding sample|greedy] ...
+emprl config [--preset local] [PREFIX ...] [KEY=VALUE ...] [--yaml]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from jobs import data, evaluate, identifiers, ppo, run, sft
+from jobs import config
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="emprl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (run, data, identifiers, sft, ppo, evaluate):
-        module.add_parser(sub)
+    if argv[:1] == ["config"]:  # printing the config needs none of the stages' Ray and torch imports (~5 s)
+        config.add_parser(sub)
+    else:
+        from jobs import data, evaluate, identifiers, ppo, run, sft
+
+        for module in (run, data, identifiers, sft, ppo, evaluate, config):
+            module.add_parser(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from jobs.console import console
 from pipeline.config import Config, ConfigError, load_config, save_config
+from pipeline.layout import RunLayout
 
 logger = logging.getLogger(__name__)
-
-
-def setup_logging(level: str = "INFO") -> None:
-    """Timestamped lines on stderr; the only place logging is configured."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
-    for noisy in ("urllib3", "filelock", "datasets", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +28,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. ppo.clip_ratio=0.1"
     )
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's and the libraries' output too (always in <run>/run.log)",
+    )
 
 
 def run_module(command: str, add_parser: Callable[[Any], None], argv: list[str] | None = None) -> None:
@@ -50,9 +44,14 @@ def run_module(command: str, add_parser: Callable[[Any], None], argv: list[str] 
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The config of ``--preset`` and the dotted overrides, or exit with the loader's message."""
+    return load_or_exit(args.preset, list(args.overrides))
+
+
+def load_or_exit(preset: str, overrides: list[str]) -> Config:
     """Load the config or exit with the loader's message (no traceback for user errors)."""
     try:
-        return load_config(args.preset, list(args.overrides))
+        return load_config(preset, overrides)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
 
@@ -60,16 +59,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def make_run_dir(cfg: Config, stage: str) -> Path:
     """``<run.output_dir>/<run.name or timestamp>`` with the resolved config written into it."""
     name = cfg.run.name or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{stage}"
-    run_dir = Path(os.path.expanduser(cfg.run.output_dir)) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    logger.info("run folder: %s", run_dir.resolve())
-    return run_dir
+    layout = RunLayout(Path(os.path.expanduser(cfg.run.output_dir)) / name)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, layout.config)
+    logger.info("run folder: %s", layout.root.resolve())
+    return layout.root
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename) so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+def run_layout(cfg: Config, run_dir: Path | None, stage: str) -> RunLayout:
+    """The layout of ``--run-dir``, or of a new run folder named by ``run.*`` (config written into it)."""
+    return RunLayout(run_dir if run_dir is not None else make_run_dir(cfg, stage))
+
+
+@contextmanager
+def stage_console(args: argparse.Namespace, layout: RunLayout) -> Iterator[TextIO]:
+    """:func:`jobs.console.console` into the run's log, with the job's ``--verbose`` and ``--log-level``."""
+    with console(layout.log, verbose=args.verbose, level=args.log_level) as terminal:
+        yield terminal

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.common import add_config_args, config_from_args, run_module, setup_logging
+from jobs.common import add_config_args, config_from_args, run_module
+from jobs.console import setup_logging
 from pipeline.data import (
     ED_URL,
     EPITOME_BASE_URL,

@@ -12,9 +12,16 @@ from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
+WORKER_MARK = "[emprl] "
+"""Prefix of a Ray worker's progress lines and warnings: the job's terminal shows these, its log all lines."""
+
+PROGRESS = {"progress": True}
+"""``extra`` of every progress record: a job's terminal shows them whichever logger emits them."""
+
 
 class Progress:
-    """Log ``desc: done/total (pct) rate unit/s, ETA`` every ``every_s`` seconds and at the end."""
+    """Log ``desc: done/total (pct) rate unit/s, ETA`` every ``every_s`` seconds, and at the end unless the
+    work finished within ``every_s`` without a line (quick work stays quiet; ``every_s=0`` logs each step)."""
 
     def __init__(
         self,
@@ -27,6 +34,7 @@ class Progress:
     ) -> None:
         self.desc, self.total, self.unit, self.every_s = desc, total, unit, every_s
         self.done = 0
+        self._emitted = False
         self._log = log or logger
         self._start = time.perf_counter()
         self._last = self._start
@@ -35,9 +43,14 @@ class Progress:
         """Advance by ``n``; ``extra`` values (e.g. ``loss=0.3``) are appended to the line."""
         self.done += n
         now = time.perf_counter()
-        if now - self._last >= self.every_s or (self.total is not None and self.done >= self.total):
+        finished = self.total is not None and self.done >= self.total
+        if now - self._last >= self.every_s or (finished and self._worth_a_last_line(now)):
             self._last = now
             self._emit(now, extra)
+
+    def _worth_a_last_line(self, now: float) -> bool:
+        """A last line when earlier ones were shown or the work took ``every_s`` (quick work stays quiet)."""
+        return self._emitted or self.every_s == 0 or now - self._start >= self.every_s
 
     def _emit(self, now: float, extra: dict[str, float]) -> None:
         elapsed = max(now - self._start, 1e-9)
@@ -51,7 +64,8 @@ class Progress:
         else:
             parts.append(f"{rate:.2f} {self.unit}/s, {_fmt(elapsed)} elapsed")
         parts += [f"{k}={v:.4g}" for k, v in extra.items()]
-        self._log.info(" ".join(parts[:1]) + " " + ", ".join(parts[1:]))
+        self._log.info(" ".join(parts[:1]) + " " + ", ".join(parts[1:]), extra=PROGRESS)
+        self._emitted = True
 
     @property
     def elapsed(self) -> float:
@@ -64,8 +78,9 @@ class Progress:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is None and (self.total is None or self.done < self.total):
-            self._emit(time.perf_counter(), {})
+        now = time.perf_counter()
+        if exc is None and (self.total is None or self.done < self.total) and self._worth_a_last_line(now):
+            self._emit(now, {})
 
 
 def _fmt(seconds: float) -> str:

@@ -79,12 +79,21 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
     for depth, part in enumerate(parts[:-1]):
-        if part not in node or not isinstance(node[part], dict):
+        if part not in node:
             raise _unknown(".".join(parts[: depth + 1]), node)
+        if not isinstance(node[part], dict):
+            path = ".".join(parts[: depth + 1])
+            raise ConfigError(f"{key}: {path} is a value, not a section. Fix: set {path}=VALUE")
         node = node[part]
-    if parts[-1] not in node:
+    leaf = parts[-1]
+    if leaf not in node:
         raise _unknown(key, node)
-    node[parts[-1]] = value
+    if isinstance(node[leaf], dict):  # a mapping updates the keys it names; the rest keep their values
+        if not isinstance(value, dict):
+            raise _not_a_mapping(key, node[leaf], value)
+        node[leaf] = _merge(node[leaf], value, f"{key}.")
+    else:
+        node[leaf] = value
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -95,16 +104,40 @@ def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str) -> dict[st
             raise _unknown(dotted, base)
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
-                raise ConfigError(f"{dotted} is a section; expected a mapping, got {value!r}")
+                raise _not_a_mapping(dotted, base[key], value)
             out[key] = _merge(base[key], value, f"{dotted}.")
         else:
             out[key] = value
     return out
 
 
+def _not_a_mapping(key: str, section: dict[str, Any], value: Any) -> ConfigError:
+    first = next(iter(section), "KEY")
+    return ConfigError(
+        f"{key}={value!r}: {key} is a section with keys {list(section)}, not a value. "
+        f"Fix: set its keys one by one (e.g. {key}.{first}=...) or give a mapping"
+    )
+
+
+MOVED_KEYS: dict[str, str] = {
+    f"{section}.{leaf}": f"{section}.{group}.{leaf}"
+    for section, group, leaves in (
+        ("identifiers", "optimizer", ("lr", "weight_decay", "max_grad_norm", "warmup_ratio")),
+        ("identifiers", "engine", ("zero_stage", "precision", "offload")),
+        ("sft", "optimizer", ("lr", "weight_decay", "max_grad_norm", "warmup_ratio")),
+        ("sft", "engine", ("zero_stage", "precision", "offload")),
+        ("learner", "engine", ("zero_stage", "precision", "offload")),
+    )
+    for leaf in leaves
+}
+"""Keys that moved into the shared ``optimizer`` / ``engine`` sections: old key → new key."""
+
+
 def _unknown(key: str, node: dict[str, Any]) -> ConfigError:
     import difflib
 
+    if key in MOVED_KEYS:
+        return ConfigError(f"unknown config key {key!r}: it is now {MOVED_KEYS[key]!r}. Fix: use that key")
     leaf = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(leaf, list(node), n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"valid keys here: {sorted(node)}"

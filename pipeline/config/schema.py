@@ -58,8 +58,8 @@ class DataConfig:
     """Where the datasets come from and how dialogues become examples."""
 
     source: Literal["demo", "local"] = "demo"
-    """``demo``: the project's own small demo set, written on first use. ``local``: the
-    EmpatheticDialogues and EPITOME files under ``ed_path`` / ``epitome_path`` (fetch them
+    """``demo`` (the project's own small demo set, written on first use) or ``local`` (the
+    EmpatheticDialogues and EPITOME files under ``ed_path`` / ``epitome_path``; fetch them
     with ``emprl data download``)."""
     ed_path: str | None = None
     """Folder with EmpatheticDialogues ``train.csv`` / ``valid.csv`` (/ ``test.csv``)."""
@@ -88,6 +88,45 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with gradient clipping and a linear warm-up then linear decay to 0 (identifier training, SFT).
+
+    Each training section has its own copy with its own defaults (``identifiers.optimizer``,
+    ``sft.optimizer``); the PPO learner's optimiser is set by ``ppo.lr`` and ``ppo.max_grad_norm``.
+    """
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (never applied to biases and norm weights)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm, applied on every update."""
+    warmup_ratio: float = 0.0
+    """Fraction of the updates with a linear warm-up from 0 to ``lr``; the rest decay linearly to 0."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The data-parallel training engine (identifier training, SFT, the PPO learner).
+
+    Each training section has its own copy with its own defaults (``identifiers.engine``,
+    ``sft.engine``, ``learner.engine``): the stages run at different times with different scales.
+    """
+
+    kind: Literal["ddp", "deepspeed"] = "deepspeed"
+    """``deepspeed`` (ZeRO 0-3; gloo on CPU, NCCL on GPU) or ``ddp`` (PyTorch DDP; Ray Train stages only)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage, 0 to 3 (3 shards the parameters too; SFT and the PPO learner only)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """``fp32`` (the paper's setting), or DeepSpeed mixed precision ``bf16`` / ``fp16`` (SFT, on GPU).
+    The PPO learner's ``bf16`` instead runs its forward passes under ``torch.autocast(bfloat16)``
+    while weights, gradients and Adam state stay float32 (~1.8x faster updates on CPUs with
+    AVX512-BF16/AMX and on GPUs)."""
+    offload: bool = False
+    """Offload optimizer state to CPU memory (DeepSpeed ZeRO 2 and 3)."""
+
+
+@dataclass(frozen=True)
 class IdentifiersConfig:
     """The three empathy identifiers (ER, IP, EX) and their training."""
 
@@ -110,8 +149,6 @@ class IdentifiersConfig:
     """Context tokens at training and scoring time (paper: 200); longer text is cut."""
     max_response_len: int = 50
     """Response tokens at training and scoring time (paper: 50); longer text is cut."""
-    lr: float = 2e-5
-    """Learning rate (AdamW)."""
     epochs: int = 4
     """Training epochs."""
     batch_size: int = 32
@@ -122,16 +159,12 @@ class IdentifiersConfig:
     """Epochs without dev macro-F1 improvement before early stopping."""
     score_batch_size: int = 64
     """Pairs per forward pass when scoring."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-5, weight_decay=0.01))
+    """AdamW settings (lr 2e-5, weight decay 0.01, no warm-up, linear decay to 0)."""
     num_workers: int = 1
     """Ray Train data-parallel workers per mechanism."""
-    engine: Literal["ddp", "deepspeed"] = "ddp"
-    """Distributed engine of the training workers: PyTorch DDP or DeepSpeed."""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage (``engine=deepspeed``)."""
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(kind="ddp"))
+    """Engine of the training workers (PyTorch DDP by default; DeepSpeed ZeRO 0-2, fp32)."""
     mechanisms: tuple[str, ...] = ("ER", "IP", "EX")
     """Mechanisms to train (all three for the reward)."""
 
@@ -141,32 +174,20 @@ class SFTConfig:
     """Supervised fine-tuning of the initial policy (MLE on ED, context → listener response).
 
     Sources and targets are cut to ``model.max_source_len`` / ``model.max_target_len``. The
-    engine fields mirror ``learner.*`` but are SFT's own: SFT runs before PPO, alone on the
-    cluster, often with more workers than the PPO learner.
+    engine settings have the shape of ``learner.engine`` but are SFT's own: SFT runs before PPO,
+    alone on the cluster, often with more workers than the PPO learner.
     """
 
-    lr: float = 1e-4
-    """Peak learning rate, linear decay to 0 (paper: 1e-4)."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """AdamW settings (paper: lr 1e-4, linear decay to 0, no warm-up, no weight decay)."""
     epochs: int = 3
     """Epochs (paper: 3); the best epoch by validation loss is exported."""
     batch_size: int = 8
     """Global batch size, split evenly across ``num_workers`` (paper: 8)."""
-    warmup_ratio: float = 0.0
-    """Fraction of steps with linear warm-up (paper: none)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm, applied on every update."""
     num_workers: int = 1
     """Ray Train data-parallel workers (``resources.trainer_cpus`` CPUs or one GPU each)."""
-    engine: Literal["ddp", "deepspeed"] = "deepspeed"
-    """Distributed engine: DeepSpeed (gloo on CPU, NCCL on GPU) or PyTorch DDP."""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage, 0 to 3 (3 shards the parameters too)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Training precision (DeepSpeed); bf16 and fp16 need ``resources.use_gpu``."""
-    offload: bool = False
-    """Offload optimizer state to CPU memory (DeepSpeed ZeRO 2 and 3)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Engine of the training workers (DeepSpeed by default; ZeRO 0-3, any precision on GPU)."""
     group_batches: int = 50
     """Global batches per length-grouped mega-batch (sorted by length, then batch order
     shuffled); 1 gives plain random batches."""
@@ -204,14 +225,31 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class RewardWeights:
+    """Per-mechanism weights w_m of the empathy score (paper: all 1)."""
+
+    er: float = 1.0
+    """Weight w_ER of emotional reactions (paper: 1)."""
+    ip: float = 1.0
+    """Weight w_IP of interpretations (paper: 1)."""
+    ex: float = 1.0
+    """Weight w_EX of explorations (paper: 1)."""
+
+    @property
+    def by_mechanism(self) -> dict[str, float]:
+        """``{"ER": w_ER, "IP": w_IP, "EX": w_EX}``, in :data:`MECHANISMS` order."""
+        return {m: float(getattr(self, m.lower())) for m in MECHANISMS}
+
+
+@dataclass(frozen=True)
 class RewardConfig:
     """Turning identifier outputs into PPO scores."""
 
     form: Literal["exp_neg_ce", "neg_ce", "hit_rate"] = "exp_neg_ce"
     """``exp_neg_ce``: r = exp(-Σ w_m CE_m) (paper); ``neg_ce``: r = -Σ w_m CE_m;
     ``hit_rate``: weighted fraction of mechanisms whose argmax hits the gold level."""
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Per-mechanism weights w_ER, w_IP, w_EX (paper: all 1)."""
+    weights: RewardWeights = field(default_factory=RewardWeights)
+    """Per-mechanism weights, one key each: ``reward.weights.er`` / ``.ip`` / ``.ex`` (paper: all 1)."""
     num_scorers: int = 1
     """Reward scorer actors."""
     normalize_scores: bool = True
@@ -275,14 +313,9 @@ class LearnerConfig:
 
     num_ranks: int = 1
     """Data-parallel learner ranks."""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage, 0 to 3."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """``bf16``: the learner's forward passes run under ``torch.autocast(bfloat16)`` while weights,
-    gradients and Adam state stay float32 (mixed precision; ~1.8x faster updates on CPUs with
-    AVX512-BF16/AMX and on GPUs). ``fp32`` is the paper's setting."""
-    offload: bool = False
-    """Offload optimizer state to CPU (ZeRO 2 and 3)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """DeepSpeed settings of the learner (ZeRO 0-3, ``fp32`` or autocast ``bf16``); its learning
+    rate and clipping are ``ppo.lr`` and ``ppo.max_grad_norm``."""
 
 
 @dataclass(frozen=True)

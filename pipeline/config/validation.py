@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from pipeline.config.schema import ConfigError
 
 if TYPE_CHECKING:
-    from pipeline.config.schema import Config
+    from pipeline.config.schema import Config, EngineConfig, OptimizerConfig
 
 
 def _check(ok: bool, key: str, value: object, rule: str, fix: str) -> None:
@@ -50,20 +51,6 @@ def validate(cfg: Config) -> None:
         f"must divide ppo.mini_batch_size={p.mini_batch_size} (each rank takes an equal share)",
         "change learner.num_ranks or ppo.mini_batch_size",
     )
-    _check(
-        lr_.zero_stage in (0, 1, 2, 3),
-        "learner.zero_stage",
-        lr_.zero_stage,
-        "DeepSpeed ZeRO stages are 0, 1, 2 and 3",
-        "use 0-3",
-    )
-    _check(
-        not lr_.offload or lr_.zero_stage >= 2,
-        "learner.offload",
-        lr_.offload,
-        "optimizer offload needs ZeRO stage 2 or 3",
-        "set learner.zero_stage=2 or offload=false",
-    )
     _check(lr_.num_ranks >= 1, "learner.num_ranks", lr_.num_ranks, "must be >= 1", "use 1 or more")
     _check(r.num_workers >= 1, "rollout.num_workers", r.num_workers, "must be >= 1", "use 1 or more")
     _check(r.top_k >= 0, "rollout.top_k", r.top_k, "must be >= 0 (0 disables)", "use 20 (paper)")
@@ -83,12 +70,22 @@ def validate(cfg: Config) -> None:
         "must be >= 1",
         "use 1 or more",
     )
+    weights = cfg.reward.weights.by_mechanism
+    for mechanism, w in weights.items():
+        leaf = f"reward.weights.{mechanism.lower()}"
+        _check(
+            math.isfinite(w) and w >= 0,
+            leaf,
+            w,
+            "must be a finite number >= 0",
+            f"use e.g. {leaf}=1.0 (paper), or 0 to leave {mechanism} out of the reward",
+        )
     _check(
-        all(w >= 0 for w in cfg.reward.weights) and sum(cfg.reward.weights) > 0,
+        sum(weights.values()) > 0,
         "reward.weights",
-        cfg.reward.weights,
-        "must be non-negative and not all zero",
-        "use e.g. [1.0, 1.0, 1.0]",
+        {mechanism.lower(): w for mechanism, w in weights.items()},
+        "must not all be zero (the reward would not depend on the response)",
+        "set one of reward.weights.er, reward.weights.ip, reward.weights.ex above 0, e.g. reward.weights.er=1.0",
     )
     split = cfg.data.epitome_split
     _check(
@@ -140,21 +137,6 @@ def validate(cfg: Config) -> None:
         "change one of them",
     )
     _check(0 <= i.dropout < 1, "identifiers.dropout", i.dropout, "must be in [0, 1)", "use 0.1")
-    _check(i.num_workers >= 1, "identifiers.num_workers", i.num_workers, "must be >= 1", "use 1 or more")
-    _check(
-        i.batch_size % i.num_workers == 0,
-        "identifiers.batch_size",
-        i.batch_size,
-        f"must be divisible by identifiers.num_workers={i.num_workers} (each worker takes an equal share)",
-        "change identifiers.batch_size or identifiers.num_workers",
-    )
-    _check(
-        i.zero_stage in (0, 1, 2, 3),
-        "identifiers.zero_stage",
-        i.zero_stage,
-        "DeepSpeed ZeRO stages are 0, 1, 2 and 3",
-        "use 0-3",
-    )
     bad = [m for m in i.mechanisms if m not in ("ER", "IP", "EX")]
     _check(
         not bad and len(set(i.mechanisms)) == len(i.mechanisms) and bool(i.mechanisms),
@@ -165,8 +147,17 @@ def validate(cfg: Config) -> None:
     )
     for sec, obj in (("sft", cfg.sft), ("identifiers", i)):
         _check(obj.batch_size >= 1, f"{sec}.batch_size", obj.batch_size, "must be >= 1", "use 8")
-        _check(obj.lr > 0, f"{sec}.lr", obj.lr, "must be > 0", "use the preset's value")
+        _check(obj.num_workers >= 1, f"{sec}.num_workers", obj.num_workers, "must be >= 1", "use 1 or more")
+        _check(
+            obj.batch_size % obj.num_workers == 0,
+            f"{sec}.batch_size",
+            obj.batch_size,
+            f"must be divisible by {sec}.num_workers={obj.num_workers} (each worker takes an equal share)",
+            f"change {sec}.batch_size or {sec}.num_workers",
+        )
         _check(obj.epochs >= 1, f"{sec}.epochs", obj.epochs, "must be >= 1", "use 1 or more")
+        _validate_optimizer(f"{sec}.optimizer", obj.optimizer)
+    _validate_engines(cfg)
     _validate_sft(cfg)
     res = cfg.resources
     _check(res.torch_threads >= 1, "resources.torch_threads", res.torch_threads, "must be >= 1", "use 1")
@@ -191,53 +182,82 @@ def validate(cfg: Config) -> None:
         _check(v >= 0, f"resources.{name}", v, "must be >= 0", "use a fraction like 0.5")
 
 
-def _validate_sft(cfg: Config) -> None:
-    s = cfg.sft
-    _check(s.num_workers >= 1, "sft.num_workers", s.num_workers, "must be >= 1", "use 1 or more")
+def _validate_optimizer(key: str, o: OptimizerConfig) -> None:
+    _check(o.lr > 0, f"{key}.lr", o.lr, "must be > 0", "use the preset's value")
+    _check(o.weight_decay >= 0, f"{key}.weight_decay", o.weight_decay, "must be >= 0", "use 0.0")
+    _check(o.max_grad_norm > 0, f"{key}.max_grad_norm", o.max_grad_norm, "must be > 0", "use 1.0")
+    _check(0 <= o.warmup_ratio < 1, f"{key}.warmup_ratio", o.warmup_ratio, "must be in [0, 1)", "use 0.0")
+
+
+def _validate_engines(cfg: Config) -> None:
+    """The rules every ``<section>.engine`` follows, then what each stage's loop supports."""
+    for section in ("identifiers", "sft", "learner"):
+        e: EngineConfig = getattr(cfg, section).engine
+        key = f"{section}.engine"
+        _check(
+            e.zero_stage in (0, 1, 2, 3),
+            f"{key}.zero_stage",
+            e.zero_stage,
+            "DeepSpeed ZeRO stages are 0, 1, 2 and 3",
+            "use 0-3 (3 also shards the parameters)",
+        )
+        _check(
+            not e.offload or e.zero_stage >= 2,
+            f"{key}.offload",
+            e.offload,
+            "optimizer offload needs ZeRO stage 2 or 3",
+            f"set {key}.zero_stage=2 (or 3) or {key}.offload=false",
+        )
+        if e.kind == "ddp":
+            for name, default in (("zero_stage", 0), ("precision", "fp32"), ("offload", False)):
+                value = getattr(e, name)
+                _check(
+                    value == default,
+                    f"{key}.{name}",
+                    value,
+                    f"is a DeepSpeed setting and {key}.kind='ddp'",
+                    f"set {key}.kind=deepspeed or {key}.{name}={str(default).lower()}",
+                )
+    i, s, le = cfg.identifiers.engine, cfg.sft.engine, cfg.learner.engine
     _check(
-        s.batch_size % s.num_workers == 0,
-        "sft.batch_size",
-        s.batch_size,
-        f"must be divisible by sft.num_workers={s.num_workers} (each worker takes an equal share)",
-        "change sft.batch_size or sft.num_workers",
+        i.zero_stage <= 2,
+        "identifiers.engine.zero_stage",
+        i.zero_stage,
+        "the identifier loop reads the model's weights directly, which ZeRO-3 shards across ranks",
+        "use identifiers.engine.zero_stage=0, 1 or 2",
     )
     _check(
-        s.zero_stage in (0, 1, 2, 3),
-        "sft.zero_stage",
-        s.zero_stage,
-        "DeepSpeed ZeRO stages are 0, 1, 2 and 3",
-        "use 0-3 (3 also shards the parameters)",
+        i.precision == "fp32",
+        "identifiers.engine.precision",
+        i.precision,
+        "identifier training runs in fp32",
+        "set identifiers.engine.precision=fp32",
     )
-    _check(
-        not s.offload or s.zero_stage >= 2,
-        "sft.offload",
-        s.offload,
-        "optimizer offload needs ZeRO stage 2 or 3",
-        "set sft.zero_stage=2 (or 3) or sft.offload=false",
-    )
-    if s.engine == "ddp":
-        for key, value, default in (
-            ("zero_stage", s.zero_stage, 0),
-            ("precision", s.precision, "fp32"),
-            ("offload", s.offload, False),
-        ):
-            _check(
-                value == default,
-                f"sft.{key}",
-                value,
-                "is a DeepSpeed setting and sft.engine='ddp'",
-                f"set sft.engine=deepspeed or sft.{key}={str(default).lower()}",
-            )
     _check(
         s.precision == "fp32" or cfg.resources.use_gpu,
-        "sft.precision",
+        "sft.engine.precision",
         s.precision,
         "bf16 and fp16 training need a GPU (resources.use_gpu=false)",
-        "use sft.precision=fp32 on CPU, or set resources.use_gpu=true",
+        "use sft.engine.precision=fp32 on CPU, or set resources.use_gpu=true",
     )
-    _check(0 <= s.warmup_ratio < 1, "sft.warmup_ratio", s.warmup_ratio, "must be in [0, 1)", "use 0.0")
-    _check(s.weight_decay >= 0, "sft.weight_decay", s.weight_decay, "must be >= 0", "use 0.0")
-    _check(s.max_grad_norm > 0, "sft.max_grad_norm", s.max_grad_norm, "must be > 0", "use 1.0")
+    _check(
+        le.kind == "deepspeed",
+        "learner.engine.kind",
+        le.kind,
+        "the PPO learner runs DeepSpeed in its own process group (DDP needs a Ray Train stage)",
+        "set learner.engine.kind=deepspeed",
+    )
+    _check(
+        le.precision in ("fp32", "bf16"),
+        "learner.engine.precision",
+        le.precision,
+        "the learner runs fp32 or bf16 autocast",
+        "use learner.engine.precision=fp32 (paper) or bf16",
+    )
+
+
+def _validate_sft(cfg: Config) -> None:
+    s = cfg.sft
     for name, fix in (
         ("group_batches", "use 50 (1 disables length grouping)"),
         ("eval_batch_size", "use 32"),

@@ -26,10 +26,10 @@ from pipeline.evaluation.figures import (
     sft_curves_figure,
 )
 from pipeline.evaluation.suite import GOLD_METRICS, METRICS
+from pipeline.layout import EvaluationDir, PPODir, RunLayout
 
 logger = logging.getLogger(__name__)
 
-FIGURES_DIR = "figures"
 ARROWS = {"higher": " ↑", "lower": " ↓", None: ""}
 
 
@@ -97,14 +97,14 @@ def policy_names(metrics: Mapping[str, Any]) -> list[str]:
     return order + [n for n in metrics["policies"] if n not in order]
 
 
-def draw_figures(metrics: Mapping[str, Any], out_dir: Path, run_dir: Path | None) -> list[ReportFigure]:
-    """Every PNG of the report into ``out_dir/figures``; training curves only when their logs exist."""
-    fig_dir = out_dir / FIGURES_DIR
+def draw_figures(metrics: Mapping[str, Any], out: EvaluationDir, run: RunLayout | None) -> list[ReportFigure]:
+    """Every PNG of the report into ``out.figures``; training curves only when their logs exist."""
+    fig_dir = out.figures
     figures: list[ReportFigure] = []
 
     def add(path: Path | None, caption: str) -> None:
         if path is not None:
-            figures.append(ReportFigure(path.relative_to(out_dir).as_posix(), caption))
+            figures.append(ReportFigure(path.relative_to(out.path).as_posix(), caption))
 
     labels = {s.key: s.label for s in METRICS}
     for k, c in enumerate(metrics.get("comparisons", [])):
@@ -132,14 +132,14 @@ def draw_figures(metrics: Mapping[str, Any], out_dir: Path, run_dir: Path | None
             ),
             f"{name}: confusion matrices (rows gold level, columns identifier level of the generated response).",
         )
-    if run_dir is not None:
-        history = _sft_history(run_dir)
+    if run is not None:
+        history = _sft_history(run.sft.metrics)
         if history:
             add(
                 sft_curves_figure(history, fig_dir / "sft_curves.png"),
                 "SFT: loss and validation perplexity per epoch.",
             )
-        rows = _ppo_rows(run_dir)
+        rows = _ppo_rows(run.ppo)
         if rows:
             add(
                 ppo_curves_figure(rows, fig_dir / "ppo_curves.png"),
@@ -150,33 +150,33 @@ def draw_figures(metrics: Mapping[str, Any], out_dir: Path, run_dir: Path | None
 
 def build_report(
     metrics: Mapping[str, Any],
-    out_dir: Path,
+    out: EvaluationDir,
     *,
     examples: Sequence[Mapping[str, Any]] = (),
-    run_dir: Path | None = None,
+    run: RunLayout | None = None,
     title: str = "EmpRL evaluation",
 ) -> ReportFiles:
-    """Write ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/figures/*.png``.
+    """Write the Markdown and HTML reports and their figures into ``out``.
 
     ``examples`` are rows of the responses table (``context``, ``gold_response``, ``gold_<m>_level``,
-    ``<policy>_response``, ``<policy>_<m>_level``), shown side by side; ``run_dir`` supplies the
-    training curves (``sft/metrics.json`` history, ``ppo/metrics.jsonl``), skipped when absent.
+    ``<policy>_response``, ``<policy>_<m>_level``), shown side by side; ``run`` supplies the
+    training curves (the SFT metrics history and the PPO log), skipped when absent.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = draw_figures(metrics, out_dir, run_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
+    figures = draw_figures(metrics, out, run)
     header, rows = metrics_table(metrics)
     policies = policy_names(metrics)
-    info = _info(metrics, run_dir)
+    info = _info(metrics, run)
     markdown = _markdown(title, info, header, rows, figures, examples, policies)
     page = _html(title, info, header, rows, figures, examples, policies)
-    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    md_path, html_path = out.report_md, out.report_html
     md_path.write_text(markdown)
     html_path.write_text(page)
     logger.info("report written: %s (%d figures)", html_path, len(figures))
-    return ReportFiles(md_path, html_path, tuple(out_dir / f.path for f in figures))
+    return ReportFiles(md_path, html_path, tuple(out.path / f.path for f in figures))
 
 
-def _info(metrics: Mapping[str, Any], run_dir: Path | None) -> list[tuple[str, str]]:
+def _info(metrics: Mapping[str, Any], run: RunLayout | None) -> list[tuple[str, str]]:
     boot = metrics.get("bootstrap", {})
     items = [
         ("split", f"{metrics['split']} ({metrics['n_examples']} examples)"),
@@ -185,8 +185,8 @@ def _info(metrics: Mapping[str, Any], run_dir: Path | None) -> list[tuple[str, s
         ("bootstrap", f"{boot.get('n_resamples')} paired resamples, seed {boot.get('seed')}"),
         ("generated", dt.datetime.now().isoformat(timespec="seconds")),
     ]
-    if run_dir is not None:
-        items.insert(0, ("run", str(run_dir)))
+    if run is not None:
+        items.insert(0, ("run", str(run.root)))
     return items
 
 
@@ -305,8 +305,7 @@ def _html(
     return "\n".join(parts) + "\n"
 
 
-def _sft_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "sft" / "metrics.json"
+def _sft_history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         logger.info("no SFT log at %s: the report has no SFT curves", path)
         return []
@@ -314,12 +313,10 @@ def _sft_history(run_dir: Path) -> list[dict[str, Any]]:
     return [h for h in history if isinstance(h, dict)]
 
 
-def _ppo_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "ppo" / "metrics.jsonl"
-    if path.is_file():
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    summary = run_dir / "ppo" / "metrics.json"
-    if summary.is_file():
-        return [h for h in json.loads(summary.read_text()).get("history", []) if isinstance(h, dict)]
-    logger.info("no PPO log in %s: the report has no PPO curves", run_dir / "ppo")
+def _ppo_rows(ppo: PPODir) -> list[dict[str, Any]]:
+    if ppo.log.is_file():
+        return [json.loads(line) for line in ppo.log.read_text().splitlines() if line.strip()]
+    if ppo.metrics.is_file():
+        return [h for h in json.loads(ppo.metrics.read_text()).get("history", []) if isinstance(h, dict)]
+    logger.info("no PPO log in %s: the report has no PPO curves", ppo.path)
     return []

@@ -68,9 +68,8 @@ class AdaptiveKLController:
         return {"value": self.value, "target": self.target, "horizon": self.horizon}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the coefficient reached; target and horizon stay those of the config in force."""
         self.value = float(state["value"])
-        self.target = float(state["target"])
-        self.horizon = int(state["horizon"])
 
 
 class FixedKLController:

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -19,31 +19,32 @@ ScoreForm = Literal["exp_neg_ce", "neg_ce", "hit_rate"]
 def empathy_scores(
     gold_logprobs: Mapping[str, Tensor],
     *,
-    weights: Sequence[float],
+    weights: Mapping[str, float],
     form: ScoreForm,
     levels_hit: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Per-response empathy score ``(B,)`` from ``log p_m(l_m)`` per mechanism (each ``(B,)``).
 
-    ``weights`` pair with the mapping's keys in order (ER, IP, EX). With ``CE_m = −log p_m(l_m)``:
-    ``exp_neg_ce``: ``exp(−Σ w_m CE_m)`` (EmpRL, in (0, 1]); ``neg_ce``: ``−Σ w_m CE_m``;
-    ``hit_rate``: ``Σ w_m hit_m / Σ w_m`` with ``levels_hit[m]`` ``(B,)`` bool (argmax == gold).
+    ``weights`` maps the same mechanism names to ``w_m`` (``RewardWeights.by_mechanism``). With
+    ``CE_m = −log p_m(l_m)``: ``exp_neg_ce``: ``exp(−Σ w_m CE_m)`` (EmpRL, in (0, 1]); ``neg_ce``:
+    ``−Σ w_m CE_m``; ``hit_rate``: ``Σ w_m hit_m / Σ w_m`` with ``levels_hit[m]`` ``(B,)`` bool
+    (argmax == gold).
     """
     names = list(gold_logprobs)
-    if len(weights) != len(names):
-        raise ValueError(f"empathy_scores: {len(weights)} weights for {len(names)} mechanisms {names}")
+    if set(weights) != set(names):
+        raise ValueError(f"empathy_scores: weights name {sorted(weights)}, the scores {sorted(names)}")
     if not names:
         raise ValueError("empathy_scores: no mechanisms")
     if form == "hit_rate":
         if levels_hit is None:
             raise ValueError("empathy_scores: form 'hit_rate' needs levels_hit")
-        total_w = float(sum(weights))
+        total_w = float(sum(weights.values()))
         if total_w <= 0:
-            raise ValueError(f"empathy_scores: weights must sum to > 0; got {list(weights)}")
+            raise ValueError(f"empathy_scores: weights must sum to > 0; got {dict(weights)}")
         ref = gold_logprobs[names[0]]
-        hits = sum(w * levels_hit[m].to(ref.dtype) for m, w in zip(names, weights, strict=True))
+        hits = sum(weights[m] * levels_hit[m].to(ref.dtype) for m in names)
         return torch.as_tensor(hits, dtype=ref.dtype) / total_w
-    weighted_ce = sum(-w * gold_logprobs[m] for m, w in zip(names, weights, strict=True))
+    weighted_ce = sum(-weights[m] * gold_logprobs[m] for m in names)
     assert isinstance(weighted_ce, Tensor)
     if form == "exp_neg_ce":
         return torch.exp(-weighted_ce)

@@ -177,12 +177,6 @@ def evaluate(
     return classification_report(list(pairs.labels), probs.argmax(axis=-1).tolist(), NUM_LEVELS)
 
 
-def linear_decay(total_steps: int) -> Any:
-    """LambdaLR factor: linear decay from 1 to 0 over ``total_steps``."""
-    total = max(total_steps, 1)
-    return lambda step: max(0.0, 1.0 - step / total)
-
-
 def seed_everything(seed: int, epoch: int, rank: int = 0) -> None:
     """Seed torch (dropout) for one (epoch, rank) so an epoch replays identically after a restart."""
     torch.manual_seed(int(seed * 1_000_003 + epoch * 1_009 + rank) % (2**63 - 1))

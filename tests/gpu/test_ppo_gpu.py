@@ -43,14 +43,15 @@ def gpu_cluster() -> Iterator[None]:
 def test_one_ppo_iteration_on_one_gpu(gpu_cluster: None, tmp_path: Path, precision: str) -> None:
     from ppo_inputs import build_run_dir, tiny_config
 
-    from jobs.ppo import ppo_stage
+    from jobs.stages import ppo_stage
+    from pipeline.layout import RunLayout
 
     run_dir = build_run_dir(tmp_path / "run", tmp_path / "cache")
     cfg = tiny_config(
-        resources__use_gpu="true", resources__role_gpus=0.25, learner__precision=precision,
+        resources__use_gpu="true", resources__role_gpus=0.25, learner__engine__precision=precision,
         rollout__precision=precision, ppo__total_steps=2,
     )  # fmt: skip
-    summary = ppo_stage(cfg, run_dir)
+    summary = ppo_stage(cfg, RunLayout(run_dir)).metrics
     assert summary["iterations"] == 2 and summary["version"] == 2
     rows = [json.loads(line) for line in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2

@@ -18,9 +18,10 @@ from ppo_inputs import POLICY, build_run_dir, tiny_config
 from actors.evaluator import EvaluationWorker, evaluate_policies, prompt_chunks
 from actors.identifier_scorer import IdentifierScorerWorker
 from jobs import cli
-from jobs.evaluate import evaluate_stage, load_inputs
+from jobs.stages import evaluate_stage, load_evaluation_inputs
 from pipeline.config import MECHANISMS
 from pipeline.evaluation.suite import METRICS, EvaluationInputError
+from pipeline.layout import RunLayout
 from pipeline.models import build_policy, load_tokenizer, save_policy
 
 pytestmark = pytest.mark.integration
@@ -52,12 +53,13 @@ def _cfg() -> Any:
 
 def test_two_policies_side_by_side(ray_cluster: None, run_dir: Path) -> None:
     cfg = _cfg()
-    inputs = load_inputs(run_dir, max_examples=N)
+    inputs = load_evaluation_inputs(RunLayout(run_dir), max_examples=N)
     assert [p.name for p in inputs.policies] == ["sft", "ppo"]
-    summary = evaluate_stage(cfg, run_dir, inputs, n_resamples=200, num_samples=3)
+    result = evaluate_stage(cfg, RunLayout(run_dir), inputs, n_resamples=200, num_samples=3)
     out = run_dir / "evaluate"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert summary["report"] == str(out / "report.html") and summary["n_examples"] == N
+    assert result.outputs["report"] == out / "report.html" and result.metrics["n_examples"] == N
+    assert result.metrics["emp_f1"] == {n: p["emp_f1"] for n, p in metrics["policies"].items()}
 
     assert metrics["policy_order"] == ["sft", "ppo"] and metrics["n_examples"] == N
     for p in metrics["policies"].values():
@@ -111,7 +113,9 @@ def test_two_policies_side_by_side(ray_cluster: None, run_dir: Path) -> None:
 
 
 def test_two_workers_give_the_responses_of_one_in_process_worker(ray_cluster: None, run_dir: Path) -> None:
-    inputs = load_inputs(run_dir, policies=[("a", run_dir / "sft" / "policy")], max_examples=12)
+    inputs = load_evaluation_inputs(
+        RunLayout(run_dir), policies=[("a", run_dir / "sft" / "policy")], max_examples=12
+    )
     cfg = tiny_config(rollout__batch_size=4)
     (out,), stats = evaluate_policies(
         cfg, inputs.split, inputs.policies, inputs.identifiers, greedy=True, num_workers=2
@@ -138,14 +142,14 @@ def _variant(run_dir: Path, tmp_path: Path) -> Path:
 def test_missing_or_unlabelled_split_fails_early(run_dir: Path, tmp_path: Path) -> None:
     run = _variant(run_dir, tmp_path)
     with pytest.raises(EvaluationInputError, match=r"no labelled 'test' split .*emprl identifiers label"):
-        load_inputs(run, split="test")
+        load_evaluation_inputs(RunLayout(run), split="test")
     table = pq.read_table(run / "labeled" / "valid.parquet")
     pq.write_table(table.drop(["ip_level"]), run / "labeled" / "valid.parquet")
     with pytest.raises(EvaluationInputError, match="no ip_level column"):
-        load_inputs(run)
+        load_evaluation_inputs(RunLayout(run))
     pq.write_table(table.slice(0, 0), run / "labeled" / "valid.parquet")
     with pytest.raises(EvaluationInputError, match="has no rows"):
-        load_inputs(run)
+        load_evaluation_inputs(RunLayout(run))
 
 
 def test_policy_or_identifiers_that_do_not_load_fail_early(run_dir: Path, tmp_path: Path) -> None:
@@ -154,18 +158,22 @@ def test_policy_or_identifiers_that_do_not_load_fail_early(run_dir: Path, tmp_pa
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     with pytest.raises(EvaluationInputError, match=r"(?s)policy 'mine' at .*broken does not load: .*Fix:"):
-        load_inputs(run, policies=[("mine", broken)])
+        load_evaluation_inputs(RunLayout(run), policies=[("mine", broken)])
     with pytest.raises(EvaluationInputError, match=r"(?s)policy 'gone' at .*nowhere does not load"):
-        load_inputs(run, policies=[("gone", tmp_path / "nowhere")])
+        load_evaluation_inputs(RunLayout(run), policies=[("gone", tmp_path / "nowhere")])
     with pytest.raises(EvaluationInputError, match="unique"):
-        load_inputs(run, policies=[("a", run / "sft" / "policy"), ("a", run / "sft" / "policy")])
+        load_evaluation_inputs(
+            RunLayout(run), policies=[("a", run / "sft" / "policy"), ("a", run / "sft" / "policy")]
+        )
     with pytest.raises(EvaluationInputError, match=r"identifiers folder .*does not exist.*--identifiers"):
-        load_inputs(run, identifiers=tmp_path / "no_identifiers")
+        load_evaluation_inputs(RunLayout(run), identifiers=tmp_path / "no_identifiers")
     empty = tmp_path / "empty_run"
     (empty / "labeled").mkdir(parents=True)
     shutil.copy(run / "labeled" / "valid.parquet", empty / "labeled" / "valid.parquet")
-    with pytest.raises(EvaluationInputError, match=r"no sft/policy or ppo/policy .*--policy NAME=FOLDER"):
-        load_inputs(empty)
+    with pytest.raises(
+        EvaluationInputError, match=r"no SFT or PPO policy to evaluate .*--policy NAME=FOLDER"
+    ):
+        load_evaluation_inputs(RunLayout(empty))
 
 
 def test_cli_reports_bad_input_without_a_traceback(run_dir: Path, tmp_path: Path, capsys: Any) -> None:

@@ -10,14 +10,22 @@ from typing import Any
 import pytest
 
 from actors.identifier_trainer import TrainSpec, fit_mechanism, train_identifiers
-from pipeline.config import DataConfig, IdentifiersConfig, ResourcesConfig, load_config
+from pipeline.config import (
+    DataConfig,
+    EngineConfig,
+    IdentifiersConfig,
+    OptimizerConfig,
+    ResourcesConfig,
+    load_config,
+)
 from pipeline.data import PreparedData, prepare_datasets
 from pipeline.models import load_identifier, train_tokenizer
 from pipeline.training.identifiers import LabeledPairs, evaluate
 
 TINY = IdentifiersConfig(
-    d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=400, lr=2e-3, epochs=3, patience=10,
-    batch_size=16, max_context_len=48, max_response_len=32,
+    d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=400, epochs=3, patience=10,
+    optimizer=OptimizerConfig(lr=2e-3, weight_decay=0.01), batch_size=16, max_context_len=48,
+    max_response_len=32,
 )  # fmt: skip
 RES = ResourcesConfig(num_cpus=2, trainer_cpus=1.0, torch_threads=1)
 
@@ -91,9 +99,11 @@ def test_resume_after_worker_and_driver_failures_matches_uninterrupted_run(
         fit_mechanism(dying, RES, tmp_path / "driver", max_failures=0)
     resumed = fit_mechanism(dying, RES, tmp_path / "driver", max_failures=0)
     assert _final(resumed) == _final(clean)
+    # the final checkpoint's state (the failed run's own checkpoint stays on storage beside it)
+    final_state = Path(resumed["result"].checkpoint.path) / "train_state.json"
     history = [
         {k: v for k, v in h.items() if k not in ("seconds", "pairs_per_s")}
-        for h in json.loads(next((tmp_path / "driver").rglob("train_state.json")).read_text())["history"]
+        for h in json.loads(final_state.read_text())["history"]
     ]
     assert [h["epoch"] for h in history] == [0, 1, 2], "each epoch counted exactly once"
 
@@ -102,7 +112,9 @@ def test_resume_after_worker_and_driver_failures_matches_uninterrupted_run(
 def test_deepspeed_zero2_with_two_workers(
     ray_cluster: None, demo: PreparedData, tokenizer_dir: str, tmp_path: Path
 ) -> None:
-    s = spec(demo, tokenizer_dir, epochs=2, engine="deepspeed", zero_stage=2, num_workers=2)
+    s = spec(
+        demo, tokenizer_dir, epochs=2, engine=EngineConfig(kind="deepspeed", zero_stage=2), num_workers=2
+    )
     res = dataclasses.replace(RES, trainer_cpus=0.5)
     outcome = fit_mechanism(s, res, tmp_path)
     final = _final(outcome)

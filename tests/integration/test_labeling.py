@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from actors.identifier_scorer import IdentifierScorerWorker
-from actors.labeling import STATS_FILE, LabelingError, label_splits, part_path
+from actors.labeling import LabelingError, label_splits, part_path
 from pipeline.config import MECHANISMS, DataConfig, IdentifiersConfig, ResourcesConfig
 from pipeline.data import PreparedData, prepare_datasets
+from pipeline.layout import LabeledDir
 from pipeline.models import ModelSourceError, build_identifier, save_identifier, train_tokenizer
 from pipeline.scoring import EmpathyScorer, level_columns
 
@@ -100,7 +101,7 @@ def test_labels_equal_in_process_scoring(
 
 def test_stats_add_up(demo: PreparedData, full_run: tuple[Path, dict[str, Any]]) -> None:
     out, stats = full_run
-    assert json.loads((out / STATS_FILE).read_text()) == stats
+    assert json.loads(LabeledDir(out).stats.read_text()) == stats
     assert stats["run"]["scored_rows"] == sum(len(ds) for ds in demo.ed.values())
     assert stats["run"]["skipped_shards"] == 0 and stats["run"]["rows_per_s"] > 0
     for split, ds in demo.ed.items():

@@ -16,8 +16,9 @@ from ppo_inputs import build_run_dir, tiny_config
 from safetensors.torch import load_file
 
 from actors.controller import PPOController
-from jobs.ppo import PPOInputError, ppo_stage
+from jobs.stages import PPOInputError, ppo_stage
 from pipeline.config import MECHANISMS
+from pipeline.layout import RunLayout
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,7 @@ def baseline(ray_cluster: None, inputs: Path, tmp_path_factory: pytest.TempPathF
     """Three uninterrupted iterations with two rollout workers and one learner rank."""
     run_dir = _fresh(inputs, tmp_path_factory.mktemp("baseline"), "run")
     cfg = tiny_config(rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2)
-    summary = ppo_stage(cfg, run_dir)
+    summary = ppo_stage(cfg, RunLayout(run_dir)).metrics
     assert summary["iterations"] == 3 and summary["samples"] == 24
     return run_dir
 
@@ -79,8 +80,8 @@ def test_one_iteration_with_two_rollout_workers_and_two_learner_ranks(
     ray_cluster: None, inputs: Path, tmp_path: Path
 ) -> None:
     run_dir = _fresh(inputs, tmp_path, "run")
-    cfg = tiny_config(rollout__num_workers=2, learner__num_ranks=2, learner__zero_stage=2)
-    summary = ppo_stage(cfg, run_dir)
+    cfg = tiny_config(rollout__num_workers=2, learner__num_ranks=2, learner__engine__zero_stage=2)
+    summary = ppo_stage(cfg, RunLayout(run_dir)).metrics
 
     assert summary["version"] == 1 and summary["iterations"] == 1 and summary["samples"] == 8
     (row,) = _rows(run_dir)
@@ -115,7 +116,7 @@ def test_one_or_two_rollout_workers_give_the_same_run(
     ray_cluster: None, inputs: Path, baseline: Path, tmp_path: Path
 ) -> None:
     run_dir = _fresh(inputs, tmp_path, "one_worker")
-    ppo_stage(tiny_config(rollout__num_workers=1, ppo__total_steps=3, ppo__save_every=2), run_dir)
+    ppo_stage(tiny_config(rollout__num_workers=1, ppo__total_steps=3, ppo__save_every=2), RunLayout(run_dir))
     _assert_same_run(baseline, run_dir)
 
 
@@ -137,7 +138,7 @@ def test_killed_rollout_worker_and_learner_recover_exactly(
 
     run_dir = _fresh(inputs, tmp_path, "faults")
     cfg = tiny_config(rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2)
-    summary = ppo_stage(cfg, run_dir, hooks=[kill])
+    summary = ppo_stage(cfg, RunLayout(run_dir), hooks=[kill]).metrics
 
     assert killed == ["rollout", "learner"]
     assert summary["worker_restarts"]["rollout worker"] == 1
@@ -158,15 +159,15 @@ def test_crashed_job_resumes_exactly(ray_cluster: None, inputs: Path, baseline: 
     run_dir = _fresh(inputs, tmp_path, "crash")
     cfg = tiny_config(rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2)
     with pytest.raises(Crash):
-        ppo_stage(cfg, run_dir, hooks=[crash])
+        ppo_stage(cfg, RunLayout(run_dir), hooks=[crash])
     assert [r["iteration"] for r in _rows(run_dir)] == [1, 2]  # iteration 3 never completed
     with pytest.raises(PPOInputError, match="--resume"):
-        ppo_stage(cfg, run_dir, resume=False)
-    summary = ppo_stage(cfg, run_dir, resume=True)
+        ppo_stage(cfg, RunLayout(run_dir), resume=False)
+    summary = ppo_stage(cfg, RunLayout(run_dir), resume=True).metrics
     assert summary["iterations"] == 3 and summary["samples"] == 24
     _assert_same_run(baseline, run_dir)
 
 
 def test_missing_inputs_fail_early_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(PPOInputError, match="emprl sft"):
-        ppo_stage(tiny_config(), tmp_path)
+        ppo_stage(tiny_config(), RunLayout(tmp_path))

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from jobs.run import STAGE_NAMES
 from pipeline.config import load_config
+from pipeline.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,14 +34,17 @@ def test_local_cluster_stays_on_loopback(ray_cluster: None) -> None:
 def test_run_writes_every_stage_into_one_folder(ray_cluster: None, tmp_path: Path) -> None:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from jobs.run import STAGES, run
+    from jobs.common import make_run_dir
+    from jobs.run import run
 
     cfg = load_config(
         "local", [f"run.output_dir={tmp_path}", "run.name=r1", f"data.cache_dir={tmp_path / 'cache'}"]
     )
-    run_dir = run(cfg)
+    run_dir = make_run_dir(cfg, "run")
+    returned = run(cfg, RunLayout(run_dir))
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert sorted(name for name, _ in STAGES) == sorted(k for k in summary if k != "total_seconds")
+    assert summary == json.loads(json.dumps(returned))
+    assert sorted(STAGE_NAMES) == sorted(k for k in summary if k != "total_seconds")
     assert summary["data"]["ed"]["train"]["examples"] >= 200
     assert sum(summary["data"]["epitome_pairs"].values()) >= 150
     # the resolved config is in the run folder and reloads to the same config
@@ -71,7 +80,7 @@ def test_run_writes_every_stage_into_one_folder(ray_cluster: None, tmp_path: Pat
 
 def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.run", "learner.zero_stage=4", f"run.output_dir={tmp_path}"],
+        [sys.executable, "-m", "jobs.run", "learner.engine.zero_stage=4", f"run.output_dir={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -79,31 +88,118 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:
         env={**os.environ, "RAY_ADDRESS": ""},
     )
     assert proc.returncode != 0
-    assert "learner.zero_stage=4" in proc.stderr and "Fix:" in proc.stderr
+    assert "learner.engine.zero_stage=4" in proc.stderr and "Fix:" in proc.stderr
     assert not any(tmp_path.iterdir()), "no run folder may be created for an invalid config"
+
+
+def _processes_with(marker: str) -> list[str]:
+    """``pid cmdline`` of every live process whose environment holds ``marker`` (the job and every
+    process it started: Ray's GCS and raylet, workers, Train controllers, actors)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker.encode() not in (proc / "environ").read_bytes():
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            state = next(
+                (line for line in (proc / "status").read_text().splitlines() if line.startswith("State:")), ""
+            )
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if "zombie" not in state:
+            found.append(f"{proc.name} {cmd[:120]}")
+    return found
+
+
+def _leftovers(marker: str, wait_s: float = 30.0) -> list[str]:
+    """Processes of the marked job still alive after up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = _processes_with(marker)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.5)
+
+
+def _job_env(tmp_path: Path) -> tuple[dict[str, str], str]:
+    marker = f"EMPRL_TEST_JOB={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
+    env["EMPRL_TEST_JOB"] = marker.split("=", 1)[1]
+    return env, marker
 
 
 @pytest.mark.slow
 def test_cli_run_as_a_new_user_would(tmp_path: Path) -> None:
-    """`python -m jobs.run` in a fresh process starts and stops its own loopback cluster."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = str(Path(os.environ.get("RAY_TMPDIR", "/tmp")))
+    """`python -m jobs.run` in a fresh process: a short terminal, Ray's and the libraries' output in the
+    run's log, the report path last, and no process of the job left behind."""
+    env, marker = _job_env(tmp_path)
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.run",
-            f"run.output_dir={tmp_path}",
-            "run.name=cli",
-            f"data.cache_dir={tmp_path / 'cache'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+        [sys.executable, "-m", "jobs.run", f"run.output_dir={tmp_path}", "run.name=cli",
+         f"data.cache_dir={tmp_path / 'cache'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "run complete:" in proc.stdout
-    config = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
+    layout = RunLayout(tmp_path / "cli")
+    config = yaml.safe_load(layout.config.read_text())
     assert config["data"]["source"] == "demo"
+    terminal = (proc.stdout + proc.stderr).splitlines()
+    # every stage starts and reports its headline; the last lines say where the results are
+    for index, name in enumerate(STAGE_NAMES, 1):
+        assert any(f"stage {index}/{len(STAGE_NAMES)}: {name}" in line for line in terminal), name
+        assert any(f"stage {index}/{len(STAGE_NAMES)} {name} done" in line for line in terminal), name
+    assert (
+        proc.stdout.splitlines()[-1] == f"report (open in a browser): {layout.evaluate.report_html.resolve()}"
+    )
+    assert any("ETA" in line for line in terminal), "long stages show progress with an ETA"
+    # the chatter went to the run's log, not the terminal
+    log = layout.log.read_text()
+    for chatter in ("Started a local Ray instance", "(RayTrainWorker pid=", "(RewardWorker pid="):
+        assert chatter in log and not any(chatter in line for line in terminal), chatter
+    assert not any("Loading weights" in line or "PlacementGroupCleaner" in line for line in terminal)
+    assert len(terminal) < 120, "\n".join(terminal)
+    assert _leftovers(marker) == []
+
+
+@pytest.mark.slow
+def test_interrupted_or_failed_run_leaves_no_process(tmp_path: Path) -> None:
+    """Ctrl-C during identifier training (Ray Train workers and controller running), and a stage that
+    fails with its cluster up: the job exits and every process it started is gone."""
+    env, marker = _job_env(tmp_path)
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.run",
+        f"run.output_dir={tmp_path}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    job = subprocess.Popen(
+        [*args, "run.name=interrupted"], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    assert job.stdout is not None
+    seen = []
+    for line in job.stdout:
+        seen.append(line)
+        if "epoch 1/" in line:  # a Train worker is training
+            break
+    assert any("epoch 1/" in line for line in seen), "".join(seen)
+    train_processes = [p for p in _processes_with(marker) if "RayTrainWorker" in p or "TrainController" in p]
+    assert train_processes, _processes_with(marker)
+    job.send_signal(signal.SIGINT)
+    rest, _ = job.communicate(timeout=120)
+    assert job.returncode != 0
+    assert "KeyboardInterrupt" in rest, rest[-2000:]
+    assert _leftovers(marker) == []
+
+    env, marker = _job_env(tmp_path)
+    failed = subprocess.run(
+        [*args, "run.name=failed", f"identifiers.encoder={tmp_path / 'no_such_encoder'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert failed.returncode != 0
+    assert "no_such_encoder" in failed.stderr, failed.stderr[-3000:]
+    assert "Traceback" in failed.stderr, "the error reaches the terminal in full"
+    assert _leftovers(marker) == []

@@ -18,15 +18,17 @@ import torch
 from safetensors.torch import load_file
 
 from actors.sft_trainer import ResumeError, train_sft
-from jobs.sft import build_spec, init_policy
+from jobs.stages import init_stage
+from jobs.stages.sft import build_spec
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.data import PreparedData, prepare_datasets
+from pipeline.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = [
     "model.vocab_size=600", "model.d_model=32", "model.d_ff=64", "model.d_kv=8", "model.num_heads=4",
     "model.num_layers=1", "model.num_decoder_layers=1", "model.max_source_len=48", "model.max_target_len=24",
-    "sft.lr=3e-3", "sft.epochs=2", "sft.batch_size=8", "sft.num_workers=2", "sft.zero_stage=3",
+    "sft.optimizer.lr=3e-3", "sft.epochs=2", "sft.batch_size=8", "sft.num_workers=2", "sft.engine.zero_stage=3",
     "sft.checkpoint_every=16", "sft.num_samples=3", "sft.eval_batch_size=16", "run.seed=7",
     "resources.trainer_cpus=1.0", "resources.torch_threads=1",
 ]  # fmt: skip
@@ -44,15 +46,15 @@ def demo(cfg: Config) -> PreparedData:
 
 @pytest.fixture(scope="module")
 def start_dir(cfg: Config, demo: PreparedData, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("init") / "policy"
-    init_policy(cfg, demo, folder)
-    return folder
+    layout = RunLayout(tmp_path_factory.mktemp("init"))
+    init_stage(cfg, layout, demo)
+    return layout.init.policy
 
 
 def _run(
     cfg: Config, demo: PreparedData, start_dir: Path, run_dir: Path, max_failures: int = 2, **extra: Any
 ) -> dict[str, Any]:
-    spec = build_spec(cfg, demo, run_dir, start_dir, **extra)
+    spec = build_spec(cfg, demo, RunLayout(run_dir), start_dir, **extra)
     return train_sft(spec, cfg.resources, max_failures=max_failures)
 
 
@@ -109,9 +111,9 @@ def test_resuming_with_other_settings_fails_before_any_work(
 ) -> None:
     run_dir, _ = clean
     with pytest.raises(
-        ResumeError, match=r"sft\.lr: 0\.003 -> 0\.001.*Fix: use a new --run-dir, pass --no-resume"
+        ResumeError, match=r"sft\.optimizer\.lr: 0\.003 -> 0\.001.*Fix: use a new --run-dir, pass --no-resume"
     ):
-        _run(cfg.with_overrides(["sft.lr=1e-3"]), demo, start_dir, run_dir)
+        _run(cfg.with_overrides(["sft.optimizer.lr=1e-3"]), demo, start_dir, run_dir)
     # settings that do not alter training may change
     again = _run(cfg.with_overrides(["sft.keep_checkpoints=3"]), demo, start_dir, run_dir)
     assert again["history"] == clean[1]["history"]
@@ -144,21 +146,23 @@ def test_resume_after_worker_and_driver_failures_matches_uninterrupted_run(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["sft.zero_stage=4"], r"sft\.zero_stage=4: DeepSpeed ZeRO stages are 0, 1, 2 and 3"),
+        (["sft.engine.zero_stage=4"], r"sft\.engine\.zero_stage=4: DeepSpeed ZeRO stages are 0, 1, 2 and 3"),
         (
             ["sft.num_workers=3", "sft.batch_size=8"],
             r"sft\.batch_size=8: must be divisible by sft\.num_workers=3 .*Fix: change sft\.batch_size",
         ),
         (
-            ["sft.offload=true", "sft.zero_stage=1"],
-            r"sft\.offload=True: optimizer offload needs ZeRO stage 2",
+            ["sft.engine.offload=true", "sft.engine.zero_stage=1"],
+            r"sft\.engine\.offload=True: optimizer offload needs ZeRO stage 2",
         ),
         (
-            ["sft.engine=ddp", "sft.zero_stage=2"],
-            r"sft\.zero_stage=2: is a DeepSpeed setting and sft\.engine='ddp'",
+            ["sft.engine.kind=ddp", "sft.engine.zero_stage=2"],
+            r"sft\.engine\.zero_stage=2: is a DeepSpeed setting and sft\.engine\.kind='ddp'",
         ),
-        (["sft.precision=bf16"], r"sft\.precision='bf16': bf16 and fp16 training need a GPU"),
-        (["sft.engine=fsdp"], r"sft\.engine"),
+        (["sft.engine.precision=bf16"], r"sft\.engine\.precision='bf16': bf16 and fp16 training need a GPU"),
+        (["sft.engine.kind=fsdp"], r"sft\.engine\.kind='fsdp': must be one of \['ddp', 'deepspeed'\]"),
+        (["sft.engine=ddp"], r"sft\.engine is a section .*Fix: set its keys one by one"),
+        (["sft.lr=1e-3"], r"unknown config key 'sft\.lr': it is now 'sft\.optimizer\.lr'"),
     ],
 )
 def test_bad_sft_configs_fail_naming_key_value_and_fix(overrides: list[str], message: str) -> None:
@@ -168,7 +172,7 @@ def test_bad_sft_configs_fail_naming_key_value_and_fix(overrides: list[str], mes
 
 def test_cli_rejects_bad_sft_config_before_any_work(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.sft", "sft.zero_stage=4", f"run.output_dir={tmp_path}"],
+        [sys.executable, "-m", "jobs.sft", "sft.engine.zero_stage=4", f"run.output_dir={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -176,5 +180,5 @@ def test_cli_rejects_bad_sft_config_before_any_work(tmp_path: Path) -> None:
         env={**os.environ, "RAY_ADDRESS": ""},
     )
     assert proc.returncode != 0
-    assert "sft.zero_stage=4" in proc.stderr and "Fix:" in proc.stderr
+    assert "sft.engine.zero_stage=4" in proc.stderr and "Fix:" in proc.stderr
     assert not any(tmp_path.iterdir()), "no run folder may be created for an invalid config"

@@ -14,9 +14,9 @@ from pipeline.training.identifiers import (
     class_weights,
     epoch_batches,
     evaluate,
-    linear_decay,
     steps_per_epoch,
 )
+from pipeline.training.sft import warmup_linear
 
 
 def test_class_weights_hand_computed() -> None:
@@ -59,8 +59,8 @@ def test_batches_depend_only_on_seed_and_epoch() -> None:
     assert sorted(i for step in a for i in step) == list(range(50))
 
 
-def test_linear_decay() -> None:
-    f = linear_decay(4)
+def test_identifier_schedule_without_warmup_is_linear_decay() -> None:
+    f = warmup_linear(4)  # identifiers.optimizer.warmup_ratio=0 (the default)
     assert [f(s) for s in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
 
 

@@ -262,11 +262,18 @@ def test_adaptive_kl_loop_and_state_dict_round_trip() -> None:
         c.update(k, 8)
         beta *= 1 + float(np.clip(k / 6.0 - 1, -0.2, 0.2)) * 8 / 100
     assert c.value == pytest.approx(beta)
-    resumed = AdaptiveKLController(1.0, target=1.0, horizon=1)
+    # a restore brings back the coefficient reached; target and horizon are the new controller's
+    resumed = AdaptiveKLController(1.0, target=6.0, horizon=100)
     resumed.load_state_dict(c.state_dict())
+    assert resumed.value == c.value
     c.update(7.0, 8)
     resumed.update(7.0, 8)
     assert resumed.value == c.value
+    retargeted = AdaptiveKLController(1.0, target=3.0, horizon=50)
+    retargeted.load_state_dict(c.state_dict())
+    assert (retargeted.value, retargeted.target, retargeted.horizon) == (c.value, 3.0, 50)
+    retargeted.update(3.3, 5)
+    assert retargeted.value == pytest.approx(c.value * (1 + 0.1 * 5 / 50))
 
 
 def test_fixed_kl_and_factory() -> None:
@@ -286,16 +293,16 @@ def test_fixed_kl_and_factory() -> None:
 
 def test_empathy_scores_hand_computed() -> None:
     lp = {"ER": t([math.log(0.5), 0.0]), "IP": t([math.log(0.4), math.log(0.1)]), "EX": t([0.0, 0.0])}
-    s = empathy_scores(lp, weights=(1.0, 1.0, 1.0), form="exp_neg_ce")
+    s = empathy_scores(lp, weights={"ER": 1.0, "IP": 1.0, "EX": 1.0}, form="exp_neg_ce")
     assert s.tolist() == pytest.approx([0.2, 0.1])
-    s = empathy_scores(lp, weights=(2.0, 1.0, 1.0), form="neg_ce")
+    s = empathy_scores(lp, weights={"ER": 2.0, "IP": 1.0, "EX": 1.0}, form="neg_ce")
     assert s.tolist() == pytest.approx([2 * math.log(0.5) + math.log(0.4), math.log(0.1)])
     hits = {
         "ER": torch.tensor([True, False]),
         "IP": torch.tensor([True, True]),
         "EX": torch.tensor([False, False]),
     }
-    s = empathy_scores(lp, weights=(2.0, 1.0, 1.0), form="hit_rate", levels_hit=hits)
+    s = empathy_scores(lp, weights={"ER": 2.0, "IP": 1.0, "EX": 1.0}, form="hit_rate", levels_hit=hits)
     assert s.tolist() == pytest.approx([3 / 4, 1 / 4])
 
 
@@ -304,13 +311,18 @@ def test_empathy_scores_product_of_probs_and_range() -> None:
         m: torch.rand(8, generator=torch.Generator().manual_seed(i), dtype=D) + 1e-3
         for i, m in enumerate("ABC")
     }
-    s = empathy_scores({m: p.log() for m, p in probs.items()}, weights=(1, 1, 1), form="exp_neg_ce")
+    lp = {m: p.log() for m, p in probs.items()}
+    ones = dict.fromkeys("ABC", 1.0)
+    s = empathy_scores(lp, weights=ones, form="exp_neg_ce")
     assert torch.allclose(s, probs["A"] * probs["B"] * probs["C"])
     assert torch.all((s > 0) & (s <= 1))
-    with pytest.raises(ValueError, match="weights"):
-        empathy_scores({m: p.log() for m, p in probs.items()}, weights=(1, 1), form="neg_ce")
+    # weights pair with mechanisms by name, not by position
+    reordered = empathy_scores(lp, weights={"C": 0.0, "A": 1.0, "B": 0.0}, form="exp_neg_ce")
+    assert torch.allclose(reordered, probs["A"])
+    with pytest.raises(ValueError, match=r"weights name \['A', 'B'\], the scores \['A', 'B', 'C'\]"):
+        empathy_scores(lp, weights={"A": 1.0, "B": 1.0}, form="neg_ce")
     with pytest.raises(ValueError, match="levels_hit"):
-        empathy_scores({m: p.log() for m, p in probs.items()}, weights=(1, 1, 1), form="hit_rate")
+        empathy_scores(lp, weights=ones, form="hit_rate")
 
 
 def test_running_moments_vs_numpy_and_round_trip() -> None:

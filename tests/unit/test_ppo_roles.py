@@ -12,7 +12,14 @@ from actors.checkpoints import CheckpointStore
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
-from pipeline.config import MECHANISMS, IdentifiersConfig, ModelConfig, RewardConfig, RolloutConfig
+from pipeline.config import (
+    MECHANISMS,
+    IdentifiersConfig,
+    ModelConfig,
+    RewardConfig,
+    RolloutConfig,
+    load_config,
+)
 from pipeline.generation import encode_prompts
 from pipeline.models import build_identifier, build_policy, save_identifier, save_policy, train_tokenizer
 from pipeline.ppo.iteration import response_forward
@@ -83,10 +90,11 @@ def test_reward_worker_score_is_the_product_of_gold_level_probabilities(folders:
     assert bool(((out.scores > 0) & (out.scores <= 1)).all())
     for m in MECHANISMS:
         assert torch.equal(out.hit[m], (out.levels[m] == torch.from_numpy(gold[m])).float())
-    only_er = RewardWorker(identifiers_dir, IDENT, RewardConfig(weights=(1.0, 0.0, 0.0))).score(
-        TEXTS[:3], TEXTS[1:4], gold
-    )
-    torch.testing.assert_close(only_er.scores, out.gold_prob["ER"], rtol=1e-5, atol=1e-7)
+    # a single named weight picks one mechanism
+    for m in MECHANISMS:
+        only = load_config(None, [f"reward.weights.{w.lower()}=0" for w in MECHANISMS if w != m]).reward
+        one = RewardWorker(identifiers_dir, IDENT, only).score(TEXTS[:3], TEXTS[1:4], gold)
+        torch.testing.assert_close(one.scores, out.gold_prob[m], rtol=1e-5, atol=1e-7)
 
 
 def test_checkpoint_store_never_loses_the_last_complete_checkpoint(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from pipeline.config import MECHANISMS
 from pipeline.evaluation.report import build_report
 from pipeline.evaluation.suite import METRICS, LabeledSplit, PolicyOutputs, evaluate, responses_table
+from pipeline.layout import EvaluationDir, RunLayout
 
 pytestmark = pytest.mark.unit
 
@@ -128,7 +129,9 @@ def _num(text: str) -> float:
 def test_report_html_figures_and_table_match_metrics(tmp_path: Path) -> None:
     metrics, examples = _metrics()
     out = tmp_path / "evaluate"
-    files = build_report(metrics, out, examples=examples, run_dir=_run_dir(tmp_path, logs=True))
+    files = build_report(
+        metrics, EvaluationDir(out), examples=examples, run=RunLayout(_run_dir(tmp_path, logs=True))
+    )
     page = _parse(files.html)
 
     names = {Path(src).name for src in page.images}
@@ -173,7 +176,9 @@ def test_report_without_training_logs_or_comparison_skips_those_parts(tmp_path: 
     metrics["policy_order"] = ["sft"]
     metrics["comparisons"] = []
     out = tmp_path / "evaluate"
-    files = build_report(metrics, out, examples=examples, run_dir=_run_dir(tmp_path, logs=False))
+    files = build_report(
+        metrics, EvaluationDir(out), examples=examples, run=RunLayout(_run_dir(tmp_path, logs=False))
+    )
     page = _parse(files.html)
     assert sorted(Path(s).name for s in page.images) == ["confusion_sft.png", "level_distribution.png"]
     assert page.rows[0] == ["metric", "sft", "gold"]
@@ -185,7 +190,7 @@ def test_report_marks_missing_numbers_instead_of_failing(tmp_path: Path) -> None
     metrics, _ = _metrics()
     metrics["policies"]["sft"]["perplexity"] = float("inf")
     del metrics["comparisons"][0]["metrics"]["perplexity"]
-    files = build_report(metrics, tmp_path / "out")
+    files = build_report(metrics, EvaluationDir(tmp_path / "out"))
     rows = {r[0].rstrip(" ↑↓"): r for r in _parse(files.html).rows[1:]}
     assert rows["Perplexity (gold)"][1] == "n/a" and rows["Perplexity (gold)"][4] == "n/a"
 
@@ -195,7 +200,7 @@ def test_report_draws_an_interval_that_excludes_the_observed_difference(tmp_path
     metrics, _ = _metrics()
     dist2 = metrics["comparisons"][0]["metrics"]["dist2"]
     dist2.update(difference=0.05, ci_low=0.01, ci_high=0.03)
-    files = build_report(metrics, tmp_path / "out")
+    files = build_report(metrics, EvaluationDir(tmp_path / "out"))
     png = tmp_path / "out" / "figures" / "differences_0.png"
     assert png in files.figures or any(p.name == png.name for p in files.figures)
     assert matplotlib.image.imread(png).ndim == 3

@@ -1,0 +1,217 @@
+"""The run folder: where every stage reads and writes, named in this one module.
+
+A :class:`RunLayout` maps a run folder to one typed folder per stage. A caller can send one stage's
+output elsewhere (``layout.moved(ppo=...)``, e.g. a Tune trial's own folder) and every reader of
+that stage follows. Nothing else in the project spells these paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+
+StageName = Literal["data", "identifiers", "labeled", "init", "sft", "ppo", "evaluate"]
+STAGE_FOLDERS: tuple[StageName, ...] = ("data", "identifiers", "labeled", "init", "sft", "ppo", "evaluate")
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """A stage's output folder and the files every stage writes there."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        """The resolved config the stage ran with."""
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        """The stage's metrics (what its function also returns)."""
+        return self.path / "metrics.json"
+
+    @property
+    def ray_train(self) -> Path:
+        """Ray Train storage of a training stage (checkpoints of its runs)."""
+        return self.path / "ray_train"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files."""
+        return self.path / "tensorboard"
+
+    def exists(self) -> bool:
+        """Whether the folder is there."""
+        return self.path.is_dir()
+
+
+@dataclass(frozen=True)
+class DataDir(StageDir):
+    """``data/``: statistics of the prepared datasets (the Parquet cache lives in ``data.cache_dir``)."""
+
+    @property
+    def stats(self) -> Path:
+        """Counts per split, level distributions and the bad-row report."""
+        return self.path / "stats.json"
+
+
+@dataclass(frozen=True)
+class IdentifiersDir(StageDir):
+    """``identifiers/``: one identifier folder per mechanism and the tokenizer trained for them."""
+
+    def mechanism(self, name: str) -> Path:
+        """The ``save_identifier`` folder of ``name`` (``ER``, ``IP``, ``EX``)."""
+        return self.path / name
+
+    @property
+    def tokenizer(self) -> Path:
+        """A tokenizer trained on the data for tiny identifiers built from config."""
+        return self.path / "tokenizer"
+
+
+@dataclass(frozen=True)
+class LabeledDir(StageDir):
+    """``labeled/``: every ED example with the identifiers' levels of its gold response."""
+
+    def split(self, name: str) -> Path:
+        """The labelled Parquet table of split ``name``."""
+        return self.path / f"{name}.parquet"
+
+    def parts(self, name: str) -> Path:
+        """The folder of per-shard part files of split ``name`` (kept for resumption)."""
+        return self.path / name
+
+    @property
+    def stats(self) -> Path:
+        """Level distribution of the gold responses per split and mechanism."""
+        return self.path / "label_stats.json"
+
+
+@dataclass(frozen=True)
+class PolicyDir(StageDir):
+    """A stage that writes a policy (``init``, ``sft``, ``ppo``)."""
+
+    @property
+    def policy(self) -> Path:
+        """The policy: a Hugging Face folder plus ``value_head.safetensors``."""
+        return self.path / "policy"
+
+    @property
+    def samples(self) -> Path:
+        """Sampled responses written during training."""
+        return self.path / "samples"
+
+
+@dataclass(frozen=True)
+class PPODir(PolicyDir):
+    """``ppo/``: the PPO policy, its checkpoints and its per-iteration log."""
+
+    @property
+    def checkpoints(self) -> Path:
+        """Atomic PPO checkpoints (``iter_NNNNNN/`` and the ``latest`` pointer)."""
+        return self.path / "checkpoints"
+
+    @property
+    def log(self) -> Path:
+        """One JSON metrics row per iteration."""
+        return self.path / "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class EvaluationDir(StageDir):
+    """``evaluate/``: metrics, every generated response and the report."""
+
+    @property
+    def responses(self) -> Path:
+        """Every generated response with its levels."""
+        return self.path / "responses.parquet"
+
+    @property
+    def report_md(self) -> Path:
+        """The Markdown report."""
+        return self.path / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        """The HTML report."""
+        return self.path / "report.html"
+
+    @property
+    def figures(self) -> Path:
+        """The report's figures."""
+        return self.path / "figures"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each stage of one run reads and writes; ``moved`` sends a stage's output elsewhere."""
+
+    root: Path
+    folders: tuple[tuple[StageName, Path], ...] = ()
+    """Stages whose folder the caller named, as (stage, folder) pairs."""
+
+    def _folder(self, stage: StageName) -> Path:
+        return dict(self.folders).get(stage, self.root / stage)
+
+    def moved(self, **folders: Path | str | None) -> RunLayout:
+        """A copy in which each named stage (``ppo=``, ``evaluate=``, ...) writes into the given folder."""
+        unknown = sorted(set(folders) - set(STAGE_FOLDERS))
+        if unknown:
+            raise ValueError(f"RunLayout.moved: unknown stage(s) {unknown}; stages are {list(STAGE_FOLDERS)}")
+        merged: dict[StageName, Path] = dict(self.folders)
+        for name, folder in folders.items():
+            if folder is not None:
+                merged[cast(StageName, name)] = Path(folder)
+        return dataclasses.replace(self, folders=tuple(sorted(merged.items())))
+
+    @property
+    def config(self) -> Path:
+        """The run's resolved config."""
+        return self.root / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        """Per-stage results and wall time of a whole run."""
+        return self.root / "summary.json"
+
+    @property
+    def log(self) -> Path:
+        """Everything the libraries and Ray printed (the terminal shows only the headlines)."""
+        return self.root / "run.log"
+
+    @property
+    def data(self) -> DataDir:
+        """Prepared-data statistics."""
+        return DataDir(self._folder("data"))
+
+    @property
+    def identifiers(self) -> IdentifiersDir:
+        """The ER/IP/EX identifiers."""
+        return IdentifiersDir(self._folder("identifiers"))
+
+    @property
+    def labeled(self) -> LabeledDir:
+        """ED with gold empathy levels."""
+        return LabeledDir(self._folder("labeled"))
+
+    @property
+    def init(self) -> PolicyDir:
+        """The initial policy SFT starts from."""
+        return PolicyDir(self._folder("init"))
+
+    @property
+    def sft(self) -> PolicyDir:
+        """The supervised fine-tuned policy."""
+        return PolicyDir(self._folder("sft"))
+
+    @property
+    def ppo(self) -> PPODir:
+        """The PPO policy, checkpoints and log."""
+        return PPODir(self._folder("ppo"))
+
+    @property
+    def evaluate(self) -> EvaluationDir:
+        """The evaluation metrics and report."""
+        return EvaluationDir(self._folder("evaluate"))

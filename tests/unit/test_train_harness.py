@@ -1,0 +1,139 @@
+"""The Ray Train harness's pure parts: which checkpoint a new run resumes from, and atomic export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors import train_harness as harness
+from actors.identifier_trainer import BEST_FILE, epoch_checkpoint_order
+from actors.sft_trainer import sft_checkpoint_order
+
+
+def _checkpoint(run_dir: Path, name: str, state: dict[str, Any] | str | None, *files: str) -> Path:
+    folder = run_dir / name
+    folder.mkdir(parents=True)
+    for file in files:
+        (folder / file).write_text("x")
+    if state is not None:
+        text = state if isinstance(state, str) else json.dumps(state)
+        (folder / harness.STATE_FILE).write_text(text)
+    return folder
+
+
+def test_newest_complete_checkpoint_by_the_stage_rule(tmp_path: Path) -> None:
+    assert harness.newest_checkpoint(tmp_path / "missing", epoch_checkpoint_order) is None
+    _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-00.000001", {"epoch": 1}, BEST_FILE)
+    newest = _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-00.000002", {"epoch": 2}, BEST_FILE)
+    # incomplete: no state (rank 0 writes it last), a state cut short, no best weights (the final
+    # checkpoint holds the export instead and is not resumed from)
+    _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-00.000003", None, BEST_FILE, "engine_state.pt")
+    _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-00.000004", '{"epoch": 4', BEST_FILE)
+    _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-00.000005", {"epoch": 5})
+    (tmp_path / "checkpoint_not_a_folder").write_text("x")
+    _checkpoint(tmp_path, "other_9", {"epoch": 9}, BEST_FILE)
+    assert harness.newest_checkpoint(tmp_path, epoch_checkpoint_order) == newest
+
+
+def test_newest_is_by_the_rule_not_by_the_folder_name(tmp_path: Path) -> None:
+    done = _checkpoint(tmp_path, "checkpoint_a", {"done": True, "global_step": 10})
+    _checkpoint(tmp_path, "checkpoint_b", {"done": False, "global_step": 12})
+    _checkpoint(tmp_path, "checkpoint_c", {"done": False, "global_step": 11})
+    assert harness.newest_checkpoint(tmp_path, sft_checkpoint_order) == done
+    shutil.rmtree(done)
+    assert harness.newest_checkpoint(tmp_path, sft_checkpoint_order) == tmp_path / "checkpoint_b"
+
+
+def test_read_state_is_none_for_a_missing_or_cut_state(tmp_path: Path) -> None:
+    assert harness.read_state(tmp_path) is None
+    (tmp_path / harness.STATE_FILE).write_text('{"epoch": ')
+    assert harness.read_state(tmp_path) is None
+    (tmp_path / harness.STATE_FILE).write_text('{"epoch": 3}')
+    assert harness.read_state(tmp_path) == {"epoch": 3}
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_replace_folder_copies_and_replaces_leaving_no_temporaries(tmp_path: Path) -> None:
+    source, target = tmp_path / "ckpt" / "policy", tmp_path / "out" / "policy"
+    (source / "sub").mkdir(parents=True)
+    (source / "model.bin").write_text("new")
+    (source / "sub" / "a.txt").write_text("a")
+    target.mkdir(parents=True)
+    (target / "model.bin").write_text("old")
+    (target / "stale.txt").write_text("from the previous export")
+    harness.replace_folder(source, target)
+    assert _tree(target) == {"model.bin": "new", "sub/a.txt": "a"}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["policy"]
+    harness.replace_folder(source, tmp_path / "out" / "fresh")  # no earlier folder
+    assert _tree(tmp_path / "out" / "fresh") == _tree(target)
+
+
+def test_a_crash_during_the_copy_leaves_the_old_export_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = tmp_path / "src", tmp_path / "policy"
+    source.mkdir()
+    for i in range(3):
+        (source / f"f{i}").write_text("new")
+    target.mkdir()
+    (target / "f0").write_text("old")
+
+    copytree, copy2 = shutil.copytree, shutil.copy2
+
+    def copy_then_crash(src: str, dst: str) -> None:
+        copy2(src, dst)
+        if Path(dst).name == "f1":
+            raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copytree", lambda s, d: copytree(s, d, copy_function=copy_then_crash))
+    with pytest.raises(shutil.Error):  # copytree collects the failed file
+        harness.replace_folder(source, target)
+    assert _tree(target) == {"f0": "old"}
+    monkeypatch.undo()
+    # the next export cleans up the half copy and succeeds
+    harness.replace_folder(source, target)
+    assert _tree(target) == {"f0": "new", "f1": "new", "f2": "new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy", "src"]
+
+
+def test_a_crash_between_the_renames_leaves_no_half_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = tmp_path / "src", tmp_path / "policy"
+    source.mkdir()
+    (source / "f").write_text("new")
+    target.mkdir()
+    (target / "f").write_text("old")
+    rename = Path.rename
+
+    def rename_then_crash(self: Path, dst: Path) -> Path:
+        if self.name == ".policy.partial":
+            raise OSError("killed")
+        return rename(self, dst)
+
+    monkeypatch.setattr(Path, "rename", rename_then_crash)
+    with pytest.raises(OSError, match="killed"):
+        harness.replace_folder(source, target)
+    assert not target.exists() and _tree(tmp_path / ".policy.old") == {"f": "old"}
+    monkeypatch.undo()
+    harness.replace_folder(source, target)
+    assert _tree(target) == {"f": "new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy", "src"]
+
+
+def test_a_new_run_resumes_from_the_newer_of_rays_record_and_storage(tmp_path: Path) -> None:
+    # Ray Train's records miss a checkpoint whose worker died while reporting it
+    recorded = _checkpoint(tmp_path, "checkpoint_a", {"epoch": 1}, BEST_FILE)
+    on_storage = _checkpoint(tmp_path, "checkpoint_b", {"epoch": 2}, BEST_FILE)
+    final = _checkpoint(tmp_path, "checkpoint_c", {"epoch": 3}, "identifier")  # not resumable
+    assert harness._older(recorded, on_storage, epoch_checkpoint_order)
+    assert not harness._older(on_storage, recorded, epoch_checkpoint_order)
+    assert harness._older(final, on_storage, epoch_checkpoint_order)
+    assert not harness._older(tmp_path / "remote", on_storage, epoch_checkpoint_order)
