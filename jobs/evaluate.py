@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.cluster import ray_session
-from jobs.common import add_config_args, config_from_args, run_module, stage_console
+from jobs.common import add_config_args, config_from_args, run_module
+from jobs.launch import launch
 from jobs.stages import evaluate_stage, load_evaluation_inputs
 from pipeline.evaluation.suite import EvaluationInputError
 from pipeline.layout import RunLayout
@@ -104,8 +104,11 @@ def main_args(args: argparse.Namespace) -> None:
         )  # before Ray: bad inputs fail at once
     except EvaluationInputError as exc:
         raise SystemExit(f"evaluation input error: {exc}") from None
-    with stage_console(args, layout) as terminal, ray_session(cfg.resources):
-        result = evaluate_stage(
+    launch(
+        args,
+        cfg,
+        layout,
+        lambda _: evaluate_stage(
             cfg,
             layout,
             inputs,
@@ -113,8 +116,9 @@ def main_args(args: argparse.Namespace) -> None:
             num_workers=args.num_workers,
             n_resamples=args.bootstrap_resamples,
             num_samples=args.samples,
-        )
-        terminal.write(f"{result.headline}\nreport: {result.outputs['report'].resolve()}\n")
+        ),
+        needs_data=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,14 +10,12 @@ Sweep:         not swept; PPO trials reuse the trained identifiers.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from actors.cluster import ray_session
-from jobs.common import add_config_args, config_from_args, run_layout, run_module, stage_console
+from jobs.common import add_config_args, config_from_args, run_layout, run_module
+from jobs.launch import launch
 from jobs.stages import identifiers_stage, label_stage
-from pipeline.data import DataError, prepare_datasets
 from pipeline.layout import RunLayout
 
 
@@ -38,27 +36,13 @@ def add_parser(sub: Any) -> None:
 def train_main(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     layout = run_layout(cfg, args.run_dir, "identifiers")
-    with stage_console(args, layout) as terminal:
-        try:
-            data = prepare_datasets(cfg.data)
-        except DataError as exc:
-            raise SystemExit(f"data error: {exc}") from None
-        with ray_session(cfg.resources):
-            result = identifiers_stage(cfg, layout, data, resume=not args.no_resume)
-        terminal.write(f"{result.headline}\n{json.dumps(result.summary(), indent=2, default=str)}\n")
+    launch(args, cfg, layout, lambda data: identifiers_stage(cfg, layout, data, resume=not args.no_resume))
 
 
 def label_main(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     layout = RunLayout(args.run_dir)
-    with stage_console(args, layout) as terminal:
-        try:
-            data = prepare_datasets(cfg.data)
-        except DataError as exc:
-            raise SystemExit(f"data error: {exc}") from None
-        with ray_session(cfg.resources):
-            result = label_stage(cfg, layout, data)
-        terminal.write(f"{result.headline}\n{json.dumps(result.summary(), indent=2, default=str)}\n")
+    launch(args, cfg, layout, lambda data: label_stage(cfg, layout, data))
 
 
 def main(argv: list[str] | None = None) -> None:

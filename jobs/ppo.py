@@ -10,13 +10,11 @@ Sweep:         emprl tune (reward weights and KL settings over these dotted keys
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from actors.cluster import ray_session
-from jobs.common import add_config_args, config_from_args, run_layout, run_module, stage_console
+from jobs.common import add_config_args, config_from_args, run_layout, run_module
+from jobs.launch import launch
 from jobs.stages import PPOInputError, check_ppo_inputs, ppo_stage
 
 
@@ -45,17 +43,18 @@ def add_parser(sub: Any) -> None:
 def main_args(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     layout = run_layout(cfg, args.run_dir, "ppo").moved(ppo=args.out)
-    with stage_console(args, layout):
-        try:
-            paths = {"policy": args.policy, "identifiers": args.identifiers, "prompts": args.prompts}
-            inputs = check_ppo_inputs(
-                layout, resume=args.resume, **paths
-            )  # before Ray: bad inputs fail at once
-            with ray_session(cfg.resources):
-                result = ppo_stage(cfg, layout, resume=args.resume, inputs=inputs)
-        except PPOInputError as exc:
-            raise SystemExit(f"PPO input error: {exc}") from None
-    sys.stdout.write(json.dumps(result.summary(), indent=2, default=str) + "\n")
+    paths = {"policy": args.policy, "identifiers": args.identifiers, "prompts": args.prompts}
+    try:
+        inputs = check_ppo_inputs(layout, resume=args.resume, **paths)  # before Ray: bad inputs fail at once
+    except PPOInputError as exc:
+        raise SystemExit(f"PPO input error: {exc}") from None
+    launch(
+        args,
+        cfg,
+        layout,
+        lambda _: ppo_stage(cfg, layout, resume=args.resume, inputs=inputs),
+        needs_data=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

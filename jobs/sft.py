@@ -9,15 +9,12 @@ Sweep:         for lr in 3e-5 1e-4 3e-4; do emprl sft --run-dir runs/sft-lr$lr s
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from actors.cluster import ray_session
-from actors.sft_trainer import ResumeError
-from jobs.common import add_config_args, config_from_args, run_layout, run_module, stage_console
+from jobs.common import add_config_args, config_from_args, run_layout, run_module
+from jobs.launch import launch
 from jobs.stages import sft_stage
-from pipeline.data import DataError, prepare_datasets
 
 
 def add_parser(sub: Any) -> None:
@@ -33,16 +30,7 @@ def add_parser(sub: Any) -> None:
 def main_args(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     layout = run_layout(cfg, args.run_dir, "sft")
-    with stage_console(args, layout) as terminal:
-        try:
-            data = prepare_datasets(cfg.data)
-            with ray_session(cfg.resources):
-                result = sft_stage(cfg, layout, data, resume=not args.no_resume)
-        except DataError as exc:
-            raise SystemExit(f"data error: {exc}") from None
-        except ResumeError as exc:
-            raise SystemExit(f"resume error: {exc}") from None
-        terminal.write(f"{result.headline}\n{json.dumps(result.summary(), indent=2, default=str)}\n")
+    launch(args, cfg, layout, lambda data: sft_stage(cfg, layout, data, resume=not args.no_resume))
 
 
 def main(argv: list[str] | None = None) -> None:
