@@ -225,8 +225,7 @@ class PPOController:
                 report = IterationReport(self.iteration, row, checkpoint)
                 for sink in self.sinks:
                     sink(report)
-        policy = self.out.policy
-        gather(self._learner().submit_all("export", str(policy)))
+        policy = self.export_policy(self.out.policy)
         return {
             "iterations": self.iteration,
             "samples": self.samples,
@@ -235,6 +234,12 @@ class PPOController:
             "learner_recoveries": self.learner_recoveries,
             "worker_restarts": {g.role: g.restarts for g in (self.rollout, self.reward, self.reference)},
         }
+
+    def export_policy(self, folder: Path) -> Path:
+        """Write the learner's current policy and value head to ``folder`` (a Hugging Face folder, as
+        ``ppo/policy``); a sink or hook can score the policy mid-run this way (a sweep's dev metric)."""
+        gather(self._learner().submit_all("export", str(folder)))
+        return folder
 
     def _learner(self) -> RoleGroup:
         if self.learner is None:

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.common import add_config_args, config_from_args, run_module
-from jobs.launch import launch
+from jobs.launch import launch, user_errors
 from jobs.stages import evaluate_stage, load_evaluation_inputs
-from pipeline.evaluation.suite import EvaluationInputError
 from pipeline.layout import RunLayout
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -94,16 +93,14 @@ def add_parser(sub: Any) -> None:
 def main_args(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     layout = RunLayout(args.run_dir).moved(evaluate=args.out)
-    try:
+    with user_errors():  # before Ray: bad inputs fail at once
         inputs = load_evaluation_inputs(
             layout,
             policies=args.policy,
             split=args.split,
             identifiers=args.identifiers,
             max_examples=args.max_examples,
-        )  # before Ray: bad inputs fail at once
-    except EvaluationInputError as exc:
-        raise SystemExit(f"evaluation input error: {exc}") from None
+        )
     launch(
         args,
         cfg,

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from actors.cluster import ray_session
 from actors.sft_trainer import ResumeError
 from jobs.common import stage_console
 from jobs.stages import PPOInputError, StageResult
+from jobs.stages.tune import SweepError
 from pipeline.config import Config
+from pipeline.config.search_space import SearchSpaceError
 from pipeline.data import DataError, PreparedData, prepare_datasets
 from pipeline.evaluation.suite import EvaluationInputError
 from pipeline.layout import RunLayout
@@ -24,7 +27,19 @@ USER_ERRORS: dict[type[Exception], str] = {
     ResumeError: "resume error",
     PPOInputError: "PPO input error",
     EvaluationInputError: "evaluation input error",
+    SearchSpaceError: "search space error",
+    SweepError: "sweep error",
 }
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the user errors of :data:`USER_ERRORS` into an exit with their message (no traceback)."""
+    try:
+        yield
+    except tuple(USER_ERRORS) as exc:
+        label = next(text for kind, text in USER_ERRORS.items() if isinstance(exc, kind))
+        raise SystemExit(f"{label}: {exc}") from None
 
 
 def launch(
@@ -38,12 +53,9 @@ def launch(
     """Run ``stage`` (given the prepared data when ``needs_data``) inside the run's console and a Ray
     session; print its headline and summary on the terminal."""
     with stage_console(args, layout) as terminal:
-        try:
+        with user_errors():
             data = prepare_datasets(cfg.data) if needs_data else None
             with ray_session(cfg.resources):
                 result = stage(data)
-        except tuple(USER_ERRORS) as exc:
-            label = next(text for kind, text in USER_ERRORS.items() if isinstance(exc, kind))
-            raise SystemExit(f"{label}: {exc}") from None
         terminal.write(f"{result.headline}\n{json.dumps(result.summary(), indent=2, default=str)}\n")
     return result

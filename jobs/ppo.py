@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.common import add_config_args, config_from_args, run_layout, run_module
-from jobs.launch import launch
-from jobs.stages import PPOInputError, check_ppo_inputs, ppo_stage
+from jobs.launch import launch, user_errors
+from jobs.stages import check_ppo_inputs, ppo_stage
 
 
 def add_parser(sub: Any) -> None:
@@ -44,10 +44,8 @@ def main_args(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     layout = run_layout(cfg, args.run_dir, "ppo").moved(ppo=args.out)
     paths = {"policy": args.policy, "identifiers": args.identifiers, "prompts": args.prompts}
-    try:
-        inputs = check_ppo_inputs(layout, resume=args.resume, **paths)  # before Ray: bad inputs fail at once
-    except PPOInputError as exc:
-        raise SystemExit(f"PPO input error: {exc}") from None
+    with user_errors():  # before Ray: bad inputs fail at once
+        inputs = check_ppo_inputs(layout, resume=args.resume, **paths)
     launch(
         args,
         cfg,

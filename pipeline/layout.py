@@ -145,6 +145,84 @@ class EvaluationDir(StageDir):
 
 
 @dataclass(frozen=True)
+class TrialDir:
+    """One sweep trial's folder: its PPO run, its evaluation and the policy its dev metric scores."""
+
+    path: Path
+
+    @property
+    def ppo(self) -> Path:
+        """The trial's PPO output (``layout.moved(ppo=...)``)."""
+        return self.path / "ppo"
+
+    @property
+    def evaluate(self) -> Path:
+        """The trial's final evaluation (``layout.moved(evaluate=...)``)."""
+        return self.path / "evaluate"
+
+    @property
+    def dev_policy(self) -> Path:
+        """The current policy, exported for the periodic dev metric (overwritten each time)."""
+        return self.path / "dev_policy"
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """``sweep/`` (or another folder): a Tune sweep's trials, results table, report and best policy."""
+
+    path: Path
+
+    @property
+    def space(self) -> Path:
+        """A copy of the search space the sweep ran with."""
+        return self.path / "space.yaml"
+
+    @property
+    def config(self) -> Path:
+        """The base config every trial overrides."""
+        return self.path / "config.yaml"
+
+    @property
+    def tune(self) -> Path:
+        """Ray Tune's storage (``storage_path``): results, checkpoints, experiment state."""
+        return self.path / "tune"
+
+    def trial(self, trial_id: str) -> TrialDir:
+        """The folder of trial ``trial_id``."""
+        return TrialDir(self.path / "trials" / trial_id)
+
+    @property
+    def trials(self) -> Path:
+        """One row per trial: its swept values, final metrics, iterations, wall time and status."""
+        return self.path / "trials.parquet"
+
+    @property
+    def report_md(self) -> Path:
+        """The trials table and the best trial with the command that reproduces it."""
+        return self.path / "report.md"
+
+    @property
+    def best(self) -> Path:
+        """The best trial's policy and resolved config."""
+        return self.path / "best"
+
+    @property
+    def best_policy(self) -> Path:
+        """The best trial's policy: a Hugging Face folder plus ``value_head.safetensors``."""
+        return self.best / "policy"
+
+    @property
+    def best_ppo(self) -> Path:
+        """Where the best trial's reproduction command writes its PPO run."""
+        return self.best / "ppo"
+
+    @property
+    def best_config(self) -> Path:
+        """The best trial's resolved config (loadable with ``--preset``)."""
+        return self.best / "config.yaml"
+
+
+@dataclass(frozen=True)
 class RunLayout:
     """Where each stage of one run reads and writes; ``moved`` sends a stage's output elsewhere."""
 
@@ -215,3 +293,7 @@ class RunLayout:
     def evaluate(self) -> EvaluationDir:
         """The evaluation metrics and report."""
         return EvaluationDir(self._folder("evaluate"))
+
+    def sweep(self, folder: Path | str | None = None) -> SweepDir:
+        """A Tune sweep's folder: ``folder``, by default ``sweep/`` of the run."""
+        return SweepDir(Path(folder) if folder is not None else self.root / "sweep")

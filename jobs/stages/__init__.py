@@ -12,6 +12,7 @@ from jobs.stages.identifiers import identifiers_stage, label_stage
 from jobs.stages.ppo import PPOInputError, check_ppo_inputs, load_ppo_inputs, ppo_stage
 from jobs.stages.result import StageResult
 from jobs.stages.sft import init_stage, sft_stage
+from jobs.stages.tune import tune_stage
 
 __all__ = [
     "DataResult",
@@ -28,4 +29,5 @@ __all__ = [
     "load_ppo_inputs",
     "ppo_stage",
     "sft_stage",
+    "tune_stage",
 ]

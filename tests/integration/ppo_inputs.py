@@ -12,6 +12,7 @@ import torch
 
 from pipeline.config import MECHANISMS, Config, DataConfig, IdentifiersConfig, ModelConfig, load_config
 from pipeline.data import prepare_datasets
+from pipeline.layout import RunLayout
 from pipeline.models import (
     build_identifier,
     build_policy,
@@ -30,8 +31,9 @@ POLICY = ModelConfig(
 )  # fmt: skip
 
 
-def build_run_dir(run_dir: Path, cache: Path, *, rows: int = 64, seed: int = 0) -> Path:
-    """``run_dir`` with ``sft/policy``, ``identifiers/{ER,IP,EX}`` and ``labeled/train.parquet`` (tiny, random)."""
+def build_run_dir(run_dir: Path, cache: Path, *, rows: int = 64, seed: int = 0, valid: bool = False) -> Path:
+    """``run_dir`` with ``sft/policy``, ``identifiers/{ER,IP,EX}`` and ``labeled/train.parquet`` (tiny, random);
+    with ``valid`` the same rows as ``labeled/valid.parquet`` too."""
     demo = prepare_datasets(DataConfig(cache_dir=str(cache)))
     train = demo.ed["train"]
     contexts, responses = list(train["context"])[:rows], list(train["response"])[:rows]
@@ -49,7 +51,21 @@ def build_run_dir(run_dir: Path, cache: Path, *, rows: int = 64, seed: int = 0) 
         table[f"{m.lower()}_level"] = rng.integers(0, 3, size=len(contexts))
     (run_dir / "labeled").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(table), run_dir / "labeled" / "train.parquet")
+    if valid:
+        pq.write_table(pa.table(table), run_dir / "labeled" / "valid.parquet")
     return run_dir
+
+
+def linked_run(inputs: Path, folder: Path) -> RunLayout:
+    """A new run folder ``folder/run`` whose SFT policy, identifiers and labelled splits are those of
+    ``inputs`` (linked), and whose PPO and evaluation outputs are its own."""
+    layout = RunLayout(folder / "run")
+    layout.root.mkdir()
+    source = RunLayout(inputs)
+    for mine, theirs in ((layout.sft, source.sft), (layout.identifiers, source.identifiers),
+                         (layout.labeled, source.labeled)):  # fmt: skip
+        mine.path.symlink_to(theirs.path)
+    return layout
 
 
 def tiny_overrides(**overrides: Any) -> list[str]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
-from ppo_inputs import build_run_dir, tiny_config
+from ppo_inputs import build_run_dir, linked_run, tiny_config
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -30,17 +29,9 @@ TRIAL_BUNDLE = {"CPU": 0.1}
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = build_run_dir(tmp_path_factory.mktemp("stage_inputs"), tmp_path_factory.mktemp("cache"), rows=32)
-    shutil.copy(run / "labeled" / "train.parquet", run / "labeled" / "valid.parquet")
-    return run
-
-
-def _fresh(inputs: Path, tmp_path: Path) -> RunLayout:
-    run = tmp_path / "run"
-    run.mkdir()
-    for sub in ("sft", "identifiers", "labeled"):
-        (run / sub).symlink_to(inputs / sub)
-    return RunLayout(run)
+    return build_run_dir(
+        tmp_path_factory.mktemp("stage_inputs"), tmp_path_factory.mktemp("cache"), rows=32, valid=True
+    )
 
 
 def _placements(controller: PPOController) -> dict[str, list[dict[str, Any]]]:
@@ -96,7 +87,7 @@ def test_ppo_and_evaluation_run_inside_the_callers_reservation_and_create_no_pla
     ray_cluster: None, inputs: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_config(rollout__num_workers=2, ppo__total_steps=2, ppo__save_every=1, rollout__batch_size=4)
-    layout = _fresh(inputs, tmp_path)
+    layout = linked_run(inputs, tmp_path)
     bundles = [TRIAL_BUNDLE, *(dict(b.resources) for b in ppo_bundles(cfg))]
     # evaluation with as many workers as rollout workers fits the PPO bundles it follows
     assert [dict(b.resources) for b in evaluation_bundles(cfg, 2)] == bundles[1:4]
@@ -131,7 +122,7 @@ def test_a_stage_reserves_exactly_its_bundle_list_and_releases_it(
     ray_cluster: None, inputs: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_config(reward__num_scorers=2, ppo__total_steps=1)
-    layout = _fresh(inputs, tmp_path)
+    layout = linked_run(inputs, tmp_path)
     seen: dict[str, Any] = {}
 
     def look(controller: PPOController, iteration: int, phase: str) -> None:
@@ -173,7 +164,7 @@ def test_a_reservation_that_cannot_hold_the_roles_fails_at_once_naming_requested
 def test_resume_takes_hyperparameters_from_the_config_in_force(
     ray_cluster: None, inputs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    layout = _fresh(inputs, tmp_path)
+    layout = linked_run(inputs, tmp_path)
     base = {"ppo__total_steps": 2, "ppo__save_every": 2, "ppo__lr_schedule": "constant"}
     first = ppo_stage(tiny_config(**base), layout).metrics
     state = json.loads(

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SPELLED = re.compile(
     r"/\s*f?[\"'](data|identifiers|labeled|init|sft|ppo|evaluate|policy|checkpoints|tensorboard|ray_train|"
     r"samples|figures|tokenizer|metrics\.jsonl?|summary\.json|run\.log|stats\.json|label_stats\.json|"
-    r"report\.(html|md)|responses\.parquet|config\.yaml)[\"']"
+    r"report\.(html|md)|responses\.parquet|config\.yaml|sweep|trials|trials\.parquet|best|tune|dev_policy|space\.yaml)[\"']"
 )
 
 ALLOWED = {
@@ -35,6 +35,11 @@ def test_every_stage_folder_is_under_the_run_folder() -> None:
     assert layout.log == Path("/runs/r1/run.log") and layout.summary == Path("/runs/r1/summary.json")
     for stage in STAGE_FOLDERS:
         assert getattr(layout, stage).path == Path("/runs/r1") / stage
+    sweep = layout.sweep()
+    assert sweep.trials == Path("/runs/r1/sweep/trials.parquet") and sweep.tune == Path("/runs/r1/sweep/tune")
+    assert sweep.best_policy == Path("/runs/r1/sweep/best/policy")
+    assert sweep.trial("t1").ppo == Path("/runs/r1/sweep/trials/t1/ppo")
+    assert layout.sweep("/elsewhere").report_md == Path("/elsewhere/report.md")
 
 
 def test_a_moved_stage_is_read_from_its_new_folder_by_every_later_stage() -> None:

@@ -1,0 +1,131 @@
+"""`emprl tune`: a Ray Tune sweep over PPO with tiny models. Trials complete (one after a crash,
+resuming PPO from its Tune checkpoint), each trial's roles sit in its own placement group, the
+results table, report and best policy are written, and a bad space fails before any trial."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from ppo_inputs import build_run_dir, linked_run, tiny_config, tiny_overrides
+
+from actors.controller import PPOController
+from jobs.stages.tune import tune_stage
+from jobs.tune import main as tune_main
+from pipeline.config.search_space import parse_search_space
+from pipeline.models import load_policy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_run_dir(
+        tmp_path_factory.mktemp("tune_inputs"), tmp_path_factory.mktemp("cache"), rows=32, valid=True
+    )
+
+
+def _record(controller: PPOController, iteration: int, phase: str) -> None:
+    """Runs in the trial: notes every phase, each role's placement group and the trial's own, and
+    crashes the trial with kl_coef 0.3 once, after its first (checkpointed, reported) iteration."""
+    trial = controller.out.path.parent
+    events = trial.parent / f"{trial.name}.events.jsonl"  # outside the trial folder: survives the restart
+    with events.open("a") as f:
+        f.write(json.dumps([iteration, phase]) + "\n")
+    if (iteration, phase) == (1, "update"):
+        groups = controller.groups()
+        refs = {role: [a.placement.remote() for a in g.actors] for role, g in groups.items()}
+        seen = {role: ray.get(r) for role, r in refs.items()}
+        seen["trial"] = [{"placement_group": ray.get_runtime_context().get_placement_group_id()}]
+        (trial.parent / f"{trial.name}.placements.json").write_text(json.dumps(seen))
+    crashed = trial.parent / f"{trial.name}.crashed"
+    if controller.cfg.ppo.kl_coef == 0.3 and (iteration, phase) == (2, "generate") and not crashed.exists():
+        crashed.write_text("1")
+        raise RuntimeError("injected trial crash")
+
+
+def test_two_trials_complete_and_the_best_policy_is_published(
+    ray_cluster: None, inputs: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(ppo__total_steps=2, ppo__save_every=1, ppo__kl_mode="fixed")
+    layout = linked_run(inputs, tmp_path)
+    space = parse_search_space(
+        {"ppo.kl_coef": {"grid": [0.05, 0.3]}, "reward.weights.ex": {"uniform": [0.5, 2.0]}}, cfg
+    )
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+    result = tune_stage(
+        cfg,
+        layout,
+        space,
+        num_samples=1,
+        max_concurrent_trials=2,
+        grace_period=2,  # both trials run to the end
+        dev_examples=8,
+        eval_examples=8,
+        hooks=[_record],
+    )
+    sweep = layout.sweep()
+    rows = pq.read_table(sweep.trials).to_pylist()
+    assert len(rows) == 2 and result.metrics["completed"] == 2, rows
+    assert sorted(r["ppo.kl_coef"] for r in rows) == [0.05, 0.3]
+    for r in rows:
+        assert r["status"] == "completed" and r["iteration"] == 2 and r["reports"] == 2, r
+        assert 0.5 <= r["reward.weights.ex"] <= 2.0
+        for key in ("eval/emp_f1", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity", "eval/dist2",
+                    "dev/emp_f1", "rollout/kl", "wall_s"):  # fmt: skip
+            assert r[key] == r[key], (key, r)  # not NaN
+
+    # the best trial's policy and resolved config; the report names it with the command
+    best = result.metrics["best"]
+    assert best["dev/emp_f1"] == max(r["dev/emp_f1"] for r in rows)
+    load_policy(sweep.best_policy)
+    assert (
+        "ppo:\n" in sweep.best_config.read_text()
+        and str(best["ppo.kl_coef"]) in sweep.best_config.read_text()
+    )
+    report = sweep.report_md.read_text()
+    assert f"**Best trial:** `{best['trial_id']}`" in report and f"--preset {sweep.best_config}" in report
+
+    for r in rows:
+        trial = sweep.trial(r["trial_id"])
+        # each trial's roles are in its own placement group, the one the trial function runs in
+        seen = json.loads((trial.path.parent / f"{r['trial_id']}.placements.json").read_text())
+        groups = {a["placement_group"] for actors in seen.values() for a in actors}
+        assert len(groups) == 1 and None not in groups, seen
+        assert set(seen) == {"trial", "rollout worker", "reward scorer", "reference policy", "learner"}
+        r["pg"] = groups.pop()
+        log = [
+            json.loads(line)["iteration"]
+            for line in trial.ppo.joinpath("metrics.jsonl").read_text().splitlines()
+        ]
+        assert log == [1, 2]
+    assert rows[0]["pg"] != rows[1]["pg"]
+
+    # the crashed trial came back from its Tune checkpoint: PPO went on with iteration 2, never redid 1
+    (crashed,) = [r for r in rows if r["ppo.kl_coef"] == 0.3]
+    events = [tuple(json.loads(line)) for line in sweep.trial(crashed["trial_id"]).path.parent.joinpath(
+        f"{crashed['trial_id']}.events.jsonl").read_text().splitlines()]  # fmt: skip
+    first_phases = [e for e in events if e[1] == "generate"]
+    assert first_phases == [(1, "generate"), (2, "generate"), (2, "generate")], events
+
+
+def test_a_bad_space_fails_before_any_trial_naming_the_key(inputs: Path, tmp_path: Path) -> None:
+    layout = linked_run(inputs, tmp_path)
+    base = ["--run-dir", str(layout.root), *tiny_overrides()]
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text("ppo.kl_targt: {uniform: [1.0, 6.0]}\n")
+    with pytest.raises(SystemExit, match=r"unknown config key 'ppo.kl_targt'.*did you mean 'ppo.kl_target'"):
+        tune_main(["--space", str(bad_key), *base])
+    zero = tmp_path / "zero.yaml"
+    zero.write_text("ppo.kl_target: {uniform: [0.0, 6.0]}\n")
+    with pytest.raises(SystemExit, match=r"ppo.kl_target=0.0 \(from uniform \[0.0, 6.0\]\).*must be > 0"):
+        tune_main(["--space", str(zero), *base])
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("ppo.kl_target: {uniform: [1.0, 6.0]}\n")
+    with pytest.raises(SystemExit, match=r"--metric eval/emp_f1.*Fix: use dev/emp_f1"):
+        tune_main(["--space", str(ok), "--metric", "eval/emp_f1", *base])
+    assert not layout.sweep().path.exists(), "nothing may start before the space is valid"

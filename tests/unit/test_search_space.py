@@ -1,0 +1,108 @@
+"""Sweep search spaces: dotted keys and sampling specs, rejected before any trial with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import CONFIGS_DIR, ConfigError, load_config
+from pipeline.config.search_space import Dimension, SearchSpaceError, load_search_space, parse_search_space
+
+BASE = load_config("local")
+
+
+def test_a_space_parses_into_typed_dimensions_in_file_order() -> None:
+    space = parse_search_space(
+        {
+            "reward.weights.ex": {"uniform": [0.5, 2.0]},
+            "ppo.kl_coef": {"loguniform": [0.05, 0.5]},
+            "ppo.kl_mode": {"choice": ["adaptive", "fixed"]},
+            "ppo.kl_target": {"grid": [3.0, 6.0]},
+            "ppo.ppo_epochs": {"randint": [1, 4]},
+        },
+        BASE,
+    )
+    assert space.keys == (
+        "reward.weights.ex",
+        "ppo.kl_coef",
+        "ppo.kl_mode",
+        "ppo.kl_target",
+        "ppo.ppo_epochs",
+    )
+    assert space.dimensions[1] == Dimension("ppo.kl_coef", "loguniform", (0.05, 0.5))
+    assert space.dimensions[4].probes == (1, 3)  # randint's upper end is exclusive
+    assert space.grid_size == 2
+    # every combination of probe values is a valid config
+    assert len(space.probe_configs(BASE)) == 2 * 2 * 2 * 2 * 2
+
+
+def test_every_shipped_space_is_valid_for_every_preset() -> None:
+    for space in sorted((CONFIGS_DIR / "sweeps").glob("*.yaml")):
+        for preset in ("local", "paper", "sweep_tiny"):
+            assert load_search_space(space, load_config(preset)).dimensions
+
+
+def test_an_unknown_key_is_named_with_the_closest_one() -> None:
+    with pytest.raises(
+        SearchSpaceError, match=r"unknown config key 'ppo.kl_coeff'.*did you mean 'ppo.kl_coef'"
+    ):
+        parse_search_space({"ppo.kl_coeff": {"uniform": [0.1, 0.2]}}, BASE)
+    with pytest.raises(SearchSpaceError, match=r"reward.weights is a config section.*reward.weights.er"):
+        parse_search_space({"reward.weights": {"uniform": [0.1, 0.2]}}, BASE)
+
+
+def test_a_range_the_config_rejects_fails_naming_the_key_value_and_rule() -> None:
+    with pytest.raises(
+        SearchSpaceError, match=r"ppo.kl_target=0 \(from uniform \[0, 6\]\).*must be > 0.*narrow"
+    ):
+        parse_search_space({"ppo.kl_target": {"uniform": [0, 6]}}, BASE)
+    with pytest.raises(SearchSpaceError, match=r"reward.weights.ex=-1.0 .*reward.weights.ex"):
+        parse_search_space({"reward.weights.ex": {"uniform": [-1.0, 1.0]}}, BASE)
+    with pytest.raises(SearchSpaceError, match=r"ppo.kl_horizon=0 \(from choice \[0, 100\]\)"):
+        parse_search_space({"ppo.kl_horizon": {"choice": [0, 100]}}, BASE)
+    assert issubclass(SearchSpaceError, ConfigError)
+
+
+def test_a_value_of_the_wrong_type_fails_naming_the_key() -> None:
+    with pytest.raises(SearchSpaceError, match=r"ppo.kl_mode=0.1 .*must be one of \['adaptive', 'fixed'\]"):
+        parse_search_space({"ppo.kl_mode": {"uniform": [0.1, 0.2]}}, BASE)
+    with pytest.raises(SearchSpaceError, match=r"ppo.ppo_epochs=1.5 .*expected an integer"):
+        parse_search_space({"ppo.ppo_epochs": {"uniform": [1.5, 3]}}, BASE)
+
+
+def test_combinations_that_break_a_cross_key_rule_are_caught() -> None:
+    # each value alone is valid with the base config, but a mini-batch of 16 does not divide 24
+    with pytest.raises(
+        SearchSpaceError, match=r"ppo.rollout_batch_size=24 .*ppo.mini_batch_size=16 .*must divide"
+    ):
+        parse_search_space(
+            {"ppo.rollout_batch_size": {"choice": [16, 24]}, "ppo.mini_batch_size": {"choice": [8, 16]}}, BASE
+        )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (0.1, r"is not a sampling spec.*\['uniform', 'loguniform', 'randint', 'choice', 'grid'\]"),
+        ({"normal": [0, 1]}, "is not a sampling spec"),
+        ({"uniform": [0.5]}, r"uniform takes \[LOW, HIGH\], two numbers"),
+        ({"uniform": [0.5, 0.1]}, "needs LOW < HIGH"),
+        ({"loguniform": [0, 0.5]}, "needs LOW > 0"),
+        ({"randint": [1.0, 3]}, "two integers"),
+        ({"choice": []}, "non-empty list"),
+    ],
+)
+def test_malformed_specs_fail_with_the_fix(spec: object, message: str) -> None:
+    with pytest.raises(SearchSpaceError, match=message) as info:
+        parse_search_space({"ppo.kl_coef": spec}, BASE)
+    assert "ppo.kl_coef" in str(info.value)
+
+
+def test_a_space_file_must_exist_and_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(SearchSpaceError, match="does not exist"):
+        load_search_space(tmp_path / "missing.yaml", BASE)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- ppo.kl_coef\n")
+    with pytest.raises(SearchSpaceError, match=r"bad.yaml: a search space is a non-empty mapping"):
+        load_search_space(bad, BASE)
