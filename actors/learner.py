@@ -185,10 +185,6 @@ class LearnerWorker(RoleProcess):
             group["lr"] = self.ppo.lr * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
-    def lr(self) -> float:
-        """The learning rate the next update uses."""
-        return float(self.engine.engine.get_lr()[0])
-
     def export(self, folder: str) -> str | None:
         """Rank 0 writes the policy and value head as a Hugging Face folder (:func:`save_policy`)."""
         state = self.engine.full_state_dict(rank=self.rank)

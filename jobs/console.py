@@ -25,6 +25,7 @@ HEADLINE_LOGGERS = ("jobs", "__main__")
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 TERMINAL_FORMAT = "%(asctime)s %(message)s"
+ALARM_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 
 
 class _Headlines(logging.Filter):
@@ -37,11 +38,14 @@ class _Headlines(logging.Filter):
 
 
 class _TerminalFormatter(logging.Formatter):
+    """``HH:MM:SS message``; warnings and errors also name their level."""
+
+    def __init__(self) -> None:
+        super().__init__(TERMINAL_FORMAT, datefmt="%H:%M:%S")
+        self._alarm = logging.Formatter(ALARM_FORMAT, datefmt="%H:%M:%S")
+
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if record.levelno >= logging.WARNING:
-            text = text.replace(record.getMessage(), f"{record.levelname}: {record.getMessage()}", 1)
-        return text
+        return self._alarm.format(record) if record.levelno >= logging.WARNING else super().format(record)
 
 
 def setup_logging(
@@ -53,7 +57,7 @@ def setup_logging(
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     else:
         handler.addFilter(_Headlines())
-        handler.setFormatter(_TerminalFormatter(TERMINAL_FORMAT, datefmt="%H:%M:%S"))
+        handler.setFormatter(_TerminalFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

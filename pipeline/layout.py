@@ -42,10 +42,6 @@ class StageDir:
         """TensorBoard event files."""
         return self.path / "tensorboard"
 
-    def exists(self) -> bool:
-        """Whether the folder is there."""
-        return self.path.is_dir()
-
 
 @dataclass(frozen=True)
 class DataDir(StageDir):
