@@ -36,6 +36,7 @@ from actors.sweep import (
     restore_checkpoint,
     trial_resources,
 )
+from actors.train_harness import replace_folder
 from jobs.stages.evaluate import evaluate_stage, load_evaluation_inputs
 from jobs.stages.ppo import load_ppo_inputs, ppo_stage
 from jobs.stages.result import StageResult
@@ -295,7 +296,7 @@ def tune_stage(
             "errors": errors,
             "metric": metric,
             "mode": mode,
-            "best": {k: v for k, v in best.items()} if best is not None else None,
+            "best": dict(best) if best is not None else None,
         },
         headline=headline,
         outputs=outputs,
@@ -348,8 +349,6 @@ def _table(rows: list[dict[str, Any]], space: SearchSpace) -> pa.Table:
 
 def _publish_best(best: dict[str, Any], space: SearchSpace, cfg: Config, sweep: SweepDir) -> None:
     source = PPODir(sweep.trial(str(best["trial_id"])).ppo).policy
-    if sweep.best.exists():
-        shutil.rmtree(sweep.best)
-    shutil.copytree(source, sweep.best_policy)
+    replace_folder(source, sweep.best_policy)
     save_config(cfg.with_overrides({k: best[k] for k in space.keys}), sweep.best_config)
     logger.info("best trial %s: policy copied to %s", best["trial_id"], sweep.best_policy)
