@@ -17,6 +17,7 @@ from jobs.common import stage_console
 from jobs.stages import PPOInputError, StageResult
 from jobs.stages.tune import SweepError
 from pipeline.config import Config
+from pipeline.config.objective import ObjectiveError
 from pipeline.config.search_space import SearchSpaceError
 from pipeline.data import DataError, PreparedData, prepare_datasets
 from pipeline.evaluation.suite import EvaluationInputError
@@ -29,6 +30,7 @@ USER_ERRORS: dict[type[Exception], str] = {
     EvaluationInputError: "evaluation input error",
     SearchSpaceError: "search space error",
     SweepError: "sweep error",
+    ObjectiveError: "sweep objective error",
 }
 
 

@@ -179,9 +179,19 @@ class SweepDir:
         return self.path / "config.yaml"
 
     @property
+    def settings(self) -> Path:
+        """The sweep's settings (scheduler, search, objective, counts): what ``--resume`` continues with."""
+        return self.path / "settings.json"
+
+    @property
     def tune(self) -> Path:
         """Ray Tune's storage (``storage_path``): results, checkpoints, experiment state."""
         return self.path / "tune"
+
+    @property
+    def experiment(self) -> Path:
+        """The Tune experiment under :attr:`tune` (its folder name is the experiment's name)."""
+        return self.tune / "ppo"
 
     def trial(self, trial_id: str) -> TrialDir:
         """The folder of trial ``trial_id``."""
@@ -193,9 +203,29 @@ class SweepDir:
         return self.path / "trials.parquet"
 
     @property
+    def history(self) -> Path:
+        """One row per report of every trial (PPO iteration, dev metrics, KL, reward): the learning curves."""
+        return self.path / "history.parquet"
+
+    @property
     def report_md(self) -> Path:
-        """The trials table and the best trial with the command that reproduces it."""
+        """The trials table, Pareto fronts, figures and the best trial with the command that reproduces it."""
         return self.path / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        """The same report as a web page."""
+        return self.path / "report.html"
+
+    @property
+    def pareto_figure(self) -> Path:
+        """Emp-F1 against KL and against perplexity, one point per trial, with the Pareto fronts."""
+        return self.path / "pareto.png"
+
+    @property
+    def curves_figure(self) -> Path:
+        """The trials' learning curves (dev Emp-F1, KL, reward per PPO iteration)."""
+        return self.path / "learning_curves.png"
 
     @property
     def best(self) -> Path:

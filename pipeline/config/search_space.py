@@ -78,6 +78,26 @@ class SearchSpace:
         """Trials per sample: the product of the grid dimensions' sizes (1 without grids)."""
         return math.prod(len(d.args) for d in self.dimensions if d.kind == "grid")
 
+    def clamp(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` pulled back into the space: a range's value clipped to ``[low, high]`` (``randint``
+        rounded to an integer below ``high``), an option outside the list replaced by the nearest one
+        in the list order (the first). Population Based Training perturbs a sampled value by a factor,
+        which can leave the range the space was checked over; this keeps every trial's config valid."""
+        out = dict(values)
+        for dim in self.dimensions:
+            if dim.key not in out:
+                continue
+            value = out[dim.key]
+            if dim.kind in RANGES:
+                low, high = dim.args
+                if dim.kind == "randint":
+                    out[dim.key] = int(min(max(round(float(value)), low), high - 1))
+                else:
+                    out[dim.key] = float(min(max(float(value), low), high))
+            elif value not in dim.args:
+                out[dim.key] = dim.args[0]
+        return out
+
     def probe_configs(self, base: Config) -> list[tuple[dict[str, Any], Config]]:
         """Every combination of probe values with its config (or each key alone for big spaces).
 

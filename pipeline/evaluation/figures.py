@@ -17,6 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from pipeline.evaluation.pareto import is_finite
+
 LEVEL_NAMES = ("none", "weak", "strong")
 """EPITOME levels 0, 1, 2."""
 
@@ -37,7 +39,7 @@ PPO_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 """PPO log panels: title and the ``metrics.jsonl`` keys drawn in it (absent keys are skipped)."""
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
     return path
@@ -68,7 +70,7 @@ def confusion_figure(per_mechanism: Mapping[str, Mapping[str, Any]], title: str,
     axes[0].set_ylabel("gold level")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def level_distribution_figure(
@@ -91,7 +93,7 @@ def level_distribution_figure(
     axes[-1].legend(fontsize=8)
     fig.suptitle("Empathy level distribution: gold vs generated")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def differences_figure(comparison: Mapping[str, Any], labels: Mapping[str, str], path: Path) -> Path:
@@ -124,7 +126,7 @@ def differences_figure(comparison: Mapping[str, Any], labels: Mapping[str, str],
         f"{comparison['policy']} − {comparison['baseline']}: difference and {level:.0f}% bootstrap CI"
     )
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sft_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -136,13 +138,13 @@ def sft_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> Path 
     fig = Figure(figsize=(9, 3.2))
     loss_ax, ppl_ax = fig.subplots(1, 2)
     for key in ("train_loss", "val_loss"):
-        points = [(e, h[key]) for e, h in zip(epochs, rows, strict=True) if _finite(h.get(key))]
+        points = [(e, h[key]) for e, h in zip(epochs, rows, strict=True) if is_finite(h.get(key))]
         if points:
             loss_ax.plot(*zip(*points, strict=True), marker="o", label=key)
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("token NLL")
     loss_ax.legend(fontsize=8)
-    points = [(e, h["val_ppl"]) for e, h in zip(epochs, rows, strict=True) if _finite(h.get("val_ppl"))]
+    points = [(e, h["val_ppl"]) for e, h in zip(epochs, rows, strict=True) if is_finite(h.get("val_ppl"))]
     if points:
         ppl_ax.plot(*zip(*points, strict=True), marker="o", color="tab:purple")
     ppl_ax.set_xlabel("epoch")
@@ -151,13 +153,13 @@ def sft_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> Path 
     ppl_ax.set_ylabel("validation perplexity")
     fig.suptitle("SFT training")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ppo_curves_figure(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     """The :data:`PPO_PANELS` present in the PPO log, against the iteration; ``None`` when none is."""
     panels = [
-        (title, [k for k in keys if any(_finite(r.get(k)) for r in rows)]) for title, keys in PPO_PANELS
+        (title, [k for k in keys if any(is_finite(r.get(k)) for r in rows)]) for title, keys in PPO_PANELS
     ]
     panels = [(title, keys) for title, keys in panels if keys]
     if not rows or not panels:
@@ -176,12 +178,12 @@ def ppo_curves_figure(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | N
         ax.set_visible(False)
     fig.suptitle("PPO training")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_series(ax: Axes, rows: Sequence[Mapping[str, Any]], keys: Sequence[str], *, legend: bool) -> None:
     for key in keys:
-        points = [(r.get("iteration", i + 1), r[key]) for i, r in enumerate(rows) if _finite(r.get(key))]
+        points = [(r.get("iteration", i + 1), r[key]) for i, r in enumerate(rows) if is_finite(r.get(key))]
         x, y = (np.asarray(v, dtype=np.float64) for v in zip(*points, strict=True))
         window = len(points) // 20
         if window < 3:
@@ -198,7 +200,3 @@ def _plot_series(ax: Axes, rows: Sequence[Mapping[str, Any]], keys: Sequence[str
         )
     if legend:
         ax.legend(fontsize=7)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

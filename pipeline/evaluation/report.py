@@ -216,7 +216,7 @@ def _sample_rows(row: Mapping[str, Any], policies: Sequence[str]) -> list[tuple[
     return out
 
 
-def _md_cell(text: str) -> str:
+def md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
@@ -230,9 +230,9 @@ def _markdown(
     policies: Sequence[str],
 ) -> str:
     lines = [f"# {title}", ""]
-    lines += [f"- **{k}**: {_md_cell(v)}" for k, v in info]
+    lines += [f"- **{k}**: {md_cell(v)}" for k, v in info]
     lines += ["", "## Metrics", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     lines += ["", NOTES, "", "## Figures", ""]
     for f in figures:
         lines += [f"![{f.caption}]({f.path})", "", f"*{f.caption}*", ""]
@@ -242,10 +242,10 @@ def _markdown(
             lines += [
                 f"### Example {i + 1}",
                 "",
-                "> " + "<br>".join(_md_cell(t) for t in _turns(str(row["context"]))),
+                "> " + "<br>".join(md_cell(t) for t in _turns(str(row["context"]))),
             ]
             lines += ["", "| | levels | response |", "|---|---|---|"]
-            lines += [f"| {who} | {lv} | {_md_cell(text)} |" for who, lv, text in _sample_rows(row, policies)]
+            lines += [f"| {who} | {lv} | {md_cell(text)} |" for who, lv, text in _sample_rows(row, policies)]
             lines.append("")
     return "\n".join(lines) + "\n"
 

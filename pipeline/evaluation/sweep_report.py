@@ -1,12 +1,34 @@
-"""A sweep's ``report.md``: one row per trial (swept values, final metrics, status) and the best trial
-with the command that reproduces it. Rows are the ``trials.parquet`` records."""
+"""A sweep's ``report.md`` and ``report.html``: one row per trial (swept values, final metrics, status),
+the best trial with the command that reproduces it, the Pareto fronts of Emp-F1 against KL and
+perplexity, and two figures (the fronts, the learning curves). Rows are the ``trials.parquet`` records,
+history the ``history.parquet`` ones (one per Tune report)."""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from pipeline.evaluation.report import format_value
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from pipeline.evaluation.figures import save_figure
+from pipeline.evaluation.pareto import (
+    AGAINST,
+    NAMES,
+    OBJECTIVE,
+    Front,
+    Mode,
+    is_finite,
+    metric_label,
+    pareto_fronts,
+)
+from pipeline.evaluation.report import STYLE, ReportFigure, format_value, md_cell
+from pipeline.layout import SweepDir
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("eval/emp_f1", "Emp-F1", 2),
@@ -23,6 +45,111 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
 )
 """Metric columns of the table: (row key, header, decimals)."""
 
+CURVES = ("dev/emp_f1", "rollout/kl", "reward/score")
+"""History metrics of the learning curves, one panel each."""
+
+STATUS_STYLE = {"completed": ("o", "tab:blue"), "stopped": ("s", "tab:orange"), "error": ("X", "tab:red")}
+"""Marker and colour of a trial in the Pareto figure, by status."""
+
+ARROWS: dict[str, str] = {"max": "↑", "min": "↓"}
+FRONT_NOTE = (
+    "Trials that no other trial beats on both metrics (↑ higher is better, ↓ lower is better), in order "
+    "of the second metric; a trial missing either value is left out."
+)
+CONSTRAINT_NOTE = "a trial that breaks one cannot be the best"
+PRE_STYLE = "pre { background: #f7f7f7; padding: 0.5em 1em; overflow-x: auto; }\n"
+CAPTIONS = {
+    "pareto": "Emp-F1 against KL and perplexity, one point per trial; step line: Pareto front; "
+    "star: best trial; hollow: breaks a constraint.",
+    "curves": "Learning curves per PPO iteration, one line per trial (the best one thicker).",
+}
+
+
+def pareto_figure(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    objective: tuple[str, Mode] = OBJECTIVE,
+    against: Sequence[tuple[str, Mode]] = AGAINST,
+    best_id: str | None = None,
+    path: Path,
+) -> Path | None:
+    """One panel per :func:`pareto_fronts` pair: every trial with both values (marker by status, hollow
+    when it breaks a constraint, labelled with its id's tail), the front as a step line and the best
+    trial as a star; ``None`` when no pair has a point."""
+    fronts = pareto_fronts(rows, objective=objective, against=against)
+    if not fronts:
+        return None
+    fig = Figure(figsize=(5.2 * len(fronts), 4.2))
+    axes = fig.subplots(1, len(fronts), squeeze=False)[0]
+    for ax, front in zip(axes, fronts, strict=True):
+        _draw_front(ax, rows, front, best_id)
+    plotted = [rows[i] for f in fronts for i in f.points]
+    handles = [
+        Line2D([], [], linestyle="", marker=marker, color=color, label=status)
+        for status, (marker, color) in STATUS_STYLE.items()
+        if any(r.get("status") == status for r in plotted)
+    ]
+    if not all(_feasible(r) for r in plotted):
+        handles.append(
+            Line2D([], [], linestyle="", marker="o", mfc="none", color="gray", label="breaks a constraint")
+        )
+    if any(r.get("trial_id") == best_id for r in plotted):
+        handles.append(Line2D([], [], linestyle="", marker="*", ms=12, mfc="gold", mec="black", label="best"))
+    handles.append(Line2D([], [], color="black", linewidth=1, label="Pareto front"))
+    axes[0].legend(handles=handles, fontsize=7)
+    fig.suptitle("Trade-offs across trials")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def learning_curves_figure(
+    history: Sequence[Mapping[str, Any]],
+    *,
+    metrics: Sequence[str] = CURVES,
+    best_id: str | None = None,
+    path: Path,
+) -> Path | None:
+    """One panel per metric with a value: one line per trial against the PPO iteration, the best trial's
+    thicker, one legend of trial labels; ``None`` when no metric has a value."""
+    trials: dict[str, list[Mapping[str, Any]]] = {}
+    for h in history:
+        trials.setdefault(str(h["trial_id"]), []).append(h)
+    panels = [
+        k for k in metrics if any(is_finite(h.get(k)) and is_finite(h.get("iteration")) for h in history)
+    ]
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.2 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colors = colormaps["tab20"]
+    legend: dict[str, Line2D] = {}
+    for ax, key in zip(axes, panels, strict=True):
+        for k, (trial_id, reports) in enumerate(trials.items()):
+            points = sorted(
+                (h["iteration"], h[key])
+                for h in reports
+                if is_finite(h.get(key)) and is_finite(h.get("iteration"))
+            )
+            if not points:
+                continue
+            best = trial_id == best_id
+            label = _short(trial_id) + (" (best)" if best else "")
+            (legend[label],) = ax.plot(
+                *zip(*points, strict=True), color="black" if best else colors(k % colors.N), marker=".",
+                markersize=4, linewidth=2.8 if best else 1.1, zorder=3 if best else 2, label=label,
+            )  # fmt: skip
+        _log_scale(ax, key, [float(h[key]) for h in history if is_finite(h.get(key))], "y")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("PPO iteration")
+        ax.set_ylabel(metric_label(key))
+    fig.legend(
+        list(legend.values()), list(legend), title="trial", fontsize=7, loc="center left",
+        bbox_to_anchor=(1.0, 0.5), ncol=1 + len(legend) // 25,
+    )  # fmt: skip
+    fig.suptitle("Learning curves")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
 
 def sweep_markdown(
     rows: Sequence[Mapping[str, Any]],
@@ -33,10 +160,15 @@ def sweep_markdown(
     best: Mapping[str, Any] | None,
     command: str | None,
     title: str = "Sweep",
+    constraints: Sequence[str] = (),
+    figures: Sequence[ReportFigure] = (),
 ) -> str:
     """The Markdown report of ``rows`` (each with ``trial_id``, ``status``, the swept ``keys`` and the
-    :data:`COLUMNS` metrics); ``best`` is the chosen row and ``command`` reproduces it."""
-    lines = [f"# {title}", "", f"{len(rows)} trial(s); best by `{metric}` ({mode}).", ""]
+    :data:`COLUMNS` metrics): ``best`` is the chosen row, ``command`` reproduces it, ``constraints`` are
+    shown as given and ``figures`` are linked."""
+    lines = [f"# {title}", "", f"{_counts(rows)}; best by `{metric}` ({mode}).", ""]
+    if constraints:
+        lines += ["Constraints: " + ", ".join(f"`{c}`" for c in constraints) + f" ({CONSTRAINT_NOTE}).", ""]
     if best is not None:
         swept = ", ".join(f"`{k}={_value(best.get(k))}`" for k in keys)
         lines += [
@@ -46,22 +178,227 @@ def sweep_markdown(
         if command:
             lines += ["Reproduce it:", "", "```bash", command, "```", ""]
     else:
-        lines += ["**No trial completed**: no best policy was chosen.", ""]
-    metric_columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
-    header = ["trial", "status", *keys, *(h for _, h, _ in metric_columns)]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for r in rows:
+        headline, rest = _no_best(rows, constraints)
+        lines += [f"**{headline}**: {rest}", ""]
+    lines += ["## Pareto front", "", FRONT_NOTE, ""]
+    for caption, header, cells in _front_tables(rows, best):
+        lines += [f"**{caption}**", "", *_md_table(header, cells), ""]
+    if figures:
+        lines += ["## Figures", ""]
+        for f in figures:
+            lines += [f"![{f.caption}]({f.path})", "", f"*{f.caption}*", ""]
+    lines += ["## Trials", "", *_md_table(*_trials_table(rows, keys, best)), ""]
+    return "\n".join(lines)
+
+
+def sweep_html(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    keys: Sequence[str],
+    metric: str,
+    mode: str,
+    best: Mapping[str, Any] | None,
+    command: str | None,
+    title: str = "Sweep",
+    constraints: Sequence[str] = (),
+    figures: Sequence[ReportFigure] = (),
+) -> str:
+    """The HTML twin of :func:`sweep_markdown`: inline styles, figures as relative links, every value
+    escaped."""
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title><style>{STYLE}{PRE_STYLE}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f"<p>{e(_counts(rows))}; best by <code>{e(metric)}</code> ({e(mode)}).</p>",
+    ]
+    if constraints:
+        shown = ", ".join(f"<code>{e(c)}</code>" for c in constraints)
+        parts.append(f"<p>Constraints: {shown} ({e(CONSTRAINT_NOTE)}).</p>")
+    if best is not None:
+        swept = ", ".join(f"<code>{e(f'{k}={_value(best.get(k))}')}</code>" for k in keys)
+        parts.append(
+            f"<p><b>Best trial:</b> <code>{e(str(best['trial_id']))}</code> ({swept}): "
+            f"<code>{e(metric)}</code> = {e(format_value(best.get(metric), 3))}.</p>"
+        )
+        if command:
+            parts += ["<p>Reproduce it:</p>", f"<pre>{e(command)}</pre>"]
+    else:
+        headline, rest = _no_best(rows, constraints)
+        parts.append(f"<p><b>{e(headline)}</b>: {e(rest)}</p>")
+    parts += ["<h2>Pareto front</h2>", f'<p class="note">{e(FRONT_NOTE)}</p>']
+    for caption, header, cells in _front_tables(rows, best):
+        parts += [f"<h3>{e(caption)}</h3>", _html_table(header, cells)]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        parts += [
+            f'<figure><img src="{e(f.path)}" alt="{e(f.caption)}"><figcaption>{e(f.caption)}</figcaption></figure>'
+            for f in figures
+        ]
+    parts += ["<h2>Trials</h2>", _html_table(*_trials_table(rows, keys, best)), "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def write_sweep_report(
+    rows: Sequence[Mapping[str, Any]],
+    history: Sequence[Mapping[str, Any]],
+    *,
+    keys: Sequence[str],
+    metric: str,
+    mode: str,
+    best: Mapping[str, Any] | None,
+    command: str | None,
+    sweep: SweepDir,
+    constraints: Sequence[str] = (),
+    title: str = "Sweep",
+) -> dict[str, Path]:
+    """Draws the Pareto and learning-curve figures and writes ``report.md`` and ``report.html`` into the
+    ``sweep`` folder; returns their paths as ``report_md``, ``report_html``, ``pareto`` and ``curves`` (a
+    figure only when drawn)."""
+    best_id = None if best is None else str(best["trial_id"])
+    drawn = {
+        "pareto": pareto_figure(rows, best_id=best_id, path=sweep.pareto_figure),
+        "curves": learning_curves_figure(history, best_id=best_id, path=sweep.curves_figure),
+    }
+    figures = {name: path for name, path in drawn.items() if path is not None}
+    content: dict[str, Any] = {
+        "keys": keys,
+        "metric": metric,
+        "mode": mode,
+        "best": best,
+        "command": command,
+        "title": title,
+        "constraints": constraints,
+        "figures": [ReportFigure(path.name, CAPTIONS[name]) for name, path in figures.items()],
+    }
+    sweep.path.mkdir(parents=True, exist_ok=True)
+    markdown, page = sweep.report_md, sweep.report_html
+    markdown.write_text(sweep_markdown(rows, **content), encoding="utf-8")
+    page.write_text(sweep_html(rows, **content), encoding="utf-8")
+    return {"report_md": markdown, "report_html": page, **figures}
+
+
+def _feasible(row: Mapping[str, Any]) -> bool:
+    return row.get("feasible", True) is not False  # rows of sweeps without constraints have no column
+
+
+def _short(trial_id: Any) -> str:
+    return str(trial_id)[-5:]  # Tune ids end in the trial's 5-digit counter
+
+
+def _draw_front(ax: Axes, rows: Sequence[Mapping[str, Any]], front: Front, best_id: str | None) -> None:
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i in front.points:
+        groups.setdefault((str(rows[i].get("status")), _feasible(rows[i])), []).append(i)
+    for (status, feasible), indices in groups.items():
+        marker, color = STATUS_STYLE.get(status, ("o", "tab:gray"))
+        ax.scatter(
+            [float(rows[i][front.x]) for i in indices], [float(rows[i][front.y]) for i in indices],
+            marker=marker, s=36, edgecolors=color, facecolors=color if feasible else "none", zorder=3,
+        )  # fmt: skip
+    for i in front.points:
+        point = (float(rows[i][front.x]), float(rows[i][front.y]))
+        ax.annotate(_short(rows[i]["trial_id"]), point, xytext=(4, 3), textcoords="offset points", fontsize=7)
+        if rows[i]["trial_id"] == best_id:
+            ax.scatter(*point, marker="*", s=240, c="gold", edgecolors="black", zorder=4)
+    xs, ys = zip(
+        *sorted((float(rows[i][front.x]), float(rows[i][front.y])) for i in front.front), strict=True
+    )
+    # the boundary of the dominated region: flat until the next front point along x
+    ax.step(xs, ys, where="post" if front.x_mode == "min" else "pre", color="black", linewidth=1, zorder=2)
+    _log_scale(ax, front.x, [float(rows[i][front.x]) for i in front.points], "x")
+    _log_scale(ax, front.y, [float(rows[i][front.y]) for i in front.points], "y")
+    ax.set_xlabel(f"{front.label(front.x)} {ARROWS[front.x_mode]}")
+    ax.set_ylabel(f"{front.label(front.y)} {ARROWS[front.y_mode]}")
+    ax.set_title(
+        f"{len(front.front)} on the front; {len(front.points)} trial(s) with both values", fontsize=9
+    )
+
+
+def _log_scale(ax: Axes, key: str, values: Sequence[float], axis: Literal["x", "y"]) -> None:
+    if key.endswith("/perplexity") and values and min(values) > 0 and max(values) > 10 * min(values):
+        scaled = ax.xaxis if axis == "x" else ax.yaxis
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        # plain numbers at 1-2-5 steps: the default 10^k labels say little over one or two decades
+        scaled.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        scaled.set_major_formatter(FormatStrFormatter("%g"))
+        scaled.set_minor_formatter(NullFormatter())
+
+
+def _counts(rows: Sequence[Mapping[str, Any]]) -> str:
+    counts = ", ".join(f"{sum(r.get('status') == s for r in rows)} {s}" for s in STATUS_STYLE)
+    return f"{len(rows)} trial(s): {counts}"
+
+
+def _no_best(rows: Sequence[Mapping[str, Any]], constraints: Sequence[str]) -> tuple[str, str]:
+    if constraints and any(r.get("status") == "completed" for r in rows):
+        return "No completed trial satisfies the constraints", "no best policy was chosen."
+    return "No trial completed", "no best policy was chosen."
+
+
+def _front_tables(
+    rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any] | None
+) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Caption, header and cells of each default front, in order of its second metric."""
+    tables = []
+    for f in pareto_fronts(rows):
+        caption = (
+            f"{f.label(f.y)} {ARROWS[f.y_mode]} vs {f.label(f.x)} {ARROWS[f.x_mode]}: "
+            f"{len(f.front)} of {len(f.points)} trial(s) on the front"
+        )
         cells = [
-            str(r["trial_id"])
-            + (" (best)" if best is not None and r["trial_id"] == best["trial_id"] else ""),
+            [
+                _trial_cell(rows[i], best) + ("" if _feasible(rows[i]) else " (infeasible)"),
+                str(rows[i].get("status", "")),
+                format_value(rows[i][f.y], _digits(f.y)),
+                format_value(rows[i][f.x], _digits(f.x)),
+            ]
+            for i in sorted(f.front, key=lambda i: float(rows[i][f.x]))
+        ]
+        tables.append((caption, ["trial", "status", f.label(f.y), f.label(f.x)], cells))
+    return tables
+
+
+def _trials_table(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], best: Mapping[str, Any] | None
+) -> tuple[list[str], list[list[str]]]:
+    metric_columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    constrained = not all(_feasible(r) for r in rows)
+    header = ["trial", "status", *(["feasible"] if constrained else []), *keys]
+    header += [h for _, h, _ in metric_columns]
+    cells = [
+        [
+            _trial_cell(r, best),
             str(r.get("status", "")),
+            *(["yes" if _feasible(r) else "no"] if constrained else []),
             *(_value(r.get(k)) for k in keys),
             *(format_value(r.get(key), digits) for key, _, digits in metric_columns),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    return "\n".join(lines)
+        for r in rows
+    ]
+    return header, cells
+
+
+def _trial_cell(row: Mapping[str, Any], best: Mapping[str, Any] | None) -> str:
+    is_best = best is not None and row["trial_id"] == best["trial_id"]
+    return str(row["trial_id"]) + (" (best)" if is_best else "")
+
+
+def _md_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in cells]
+
+
+def _html_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in cells)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _digits(key: str) -> int:
+    return NAMES.get(key.partition("/")[2], ("", 3))[1]
 
 
 def _value(value: Any) -> str:

@@ -7,14 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from processes import job_env, leftovers, processes_with
 
 from jobs.run import STAGE_NAMES
 from pipeline.config import load_config
@@ -92,50 +90,11 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir()), "no run folder may be created for an invalid config"
 
 
-def _processes_with(marker: str) -> list[str]:
-    """``pid cmdline`` of every live process whose environment holds ``marker`` (the job and every
-    process it started: Ray's GCS and raylet, workers, Train controllers, actors)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if marker.encode() not in (proc / "environ").read_bytes():
-                continue
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            state = next(
-                (line for line in (proc / "status").read_text().splitlines() if line.startswith("State:")), ""
-            )
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if "zombie" not in state:
-            found.append(f"{proc.name} {cmd[:120]}")
-    return found
-
-
-def _leftovers(marker: str, wait_s: float = 30.0) -> list[str]:
-    """Processes of the marked job still alive after up to ``wait_s`` seconds."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        alive = _processes_with(marker)
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.5)
-
-
-def _job_env(tmp_path: Path) -> tuple[dict[str, str], str]:
-    marker = f"EMPRL_TEST_JOB={uuid.uuid4().hex}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
-    env["EMPRL_TEST_JOB"] = marker.split("=", 1)[1]
-    return env, marker
-
-
 @pytest.mark.slow
 def test_cli_run_as_a_new_user_would(tmp_path: Path) -> None:
     """`python -m jobs.run` in a fresh process: a short terminal, Ray's and the libraries' output in the
     run's log, the report path last, and no process of the job left behind."""
-    env, marker = _job_env(tmp_path)
+    env, marker = job_env()
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.run", f"run.output_dir={tmp_path}", "run.name=cli",
          f"data.cache_dir={tmp_path / 'cache'}"],
@@ -160,14 +119,14 @@ def test_cli_run_as_a_new_user_would(tmp_path: Path) -> None:
         assert chatter in log and not any(chatter in line for line in terminal), chatter
     assert not any("Loading weights" in line or "PlacementGroupCleaner" in line for line in terminal)
     assert len(terminal) < 120, "\n".join(terminal)
-    assert _leftovers(marker) == []
+    assert leftovers(marker) == []
 
 
 @pytest.mark.slow
 def test_interrupted_or_failed_run_leaves_no_process(tmp_path: Path) -> None:
     """Ctrl-C during identifier training (Ray Train workers and controller running), and a stage that
     fails with its cluster up: the job exits and every process it started is gone."""
-    env, marker = _job_env(tmp_path)
+    env, marker = job_env()
     args = [
         sys.executable,
         "-m",
@@ -186,15 +145,15 @@ def test_interrupted_or_failed_run_leaves_no_process(tmp_path: Path) -> None:
         if "epoch 1/" in line:  # a Train worker is training
             break
     assert any("epoch 1/" in line for line in seen), "".join(seen)
-    train_processes = [p for p in _processes_with(marker) if "RayTrainWorker" in p or "TrainController" in p]
-    assert train_processes, _processes_with(marker)
+    train_processes = [p for p in processes_with(marker) if "RayTrainWorker" in p or "TrainController" in p]
+    assert train_processes, processes_with(marker)
     job.send_signal(signal.SIGINT)
     rest, _ = job.communicate(timeout=120)
     assert job.returncode != 0
     assert "KeyboardInterrupt" in rest, rest[-2000:]
-    assert _leftovers(marker) == []
+    assert leftovers(marker) == []
 
-    env, marker = _job_env(tmp_path)
+    env, marker = job_env()
     failed = subprocess.run(
         [*args, "run.name=failed", f"identifiers.encoder={tmp_path / 'no_such_encoder'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
@@ -202,4 +161,4 @@ def test_interrupted_or_failed_run_leaves_no_process(tmp_path: Path) -> None:
     assert failed.returncode != 0
     assert "no_such_encoder" in failed.stderr, failed.stderr[-3000:]
     assert "Traceback" in failed.stderr, "the error reaches the terminal in full"
-    assert _leftovers(marker) == []
+    assert leftovers(marker) == []

@@ -14,7 +14,7 @@ import ray
 from ppo_inputs import build_run_dir, linked_run, tiny_config, tiny_overrides
 
 from actors.controller import PPOController
-from jobs.stages.tune import tune_stage
+from jobs.stages.tune import SweepSettings, tune_stage
 from jobs.tune import main as tune_main
 from pipeline.config.search_space import parse_search_space
 from pipeline.models import load_policy
@@ -57,17 +57,8 @@ def test_two_trials_complete_and_the_best_policy_is_published(
         {"ppo.kl_coef": {"grid": [0.05, 0.3]}, "reward.weights.ex": {"uniform": [0.5, 2.0]}}, cfg
     )
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
-    result = tune_stage(
-        cfg,
-        layout,
-        space,
-        num_samples=1,
-        max_concurrent_trials=2,
-        grace_period=2,  # both trials run to the end
-        dev_examples=8,
-        eval_examples=8,
-        hooks=[_record],
-    )
+    settings = SweepSettings(max_concurrent_trials=2, grace_period=2, dev_examples=8, eval_examples=8)
+    result = tune_stage(cfg, layout, space, settings, hooks=[_record])  # grace 2: both trials run to the end
     sweep = layout.sweep()
     rows = pq.read_table(sweep.trials).to_pylist()
     assert len(rows) == 2 and result.metrics["completed"] == 2, rows
@@ -89,6 +80,11 @@ def test_two_trials_complete_and_the_best_policy_is_published(
     )
     report = sweep.report_md.read_text()
     assert f"**Best trial:** `{best['trial_id']}`" in report and f"--preset {sweep.best_config}" in report
+    assert sweep.report_html.is_file() and best["trial_id"] in sweep.report_html.read_text()
+    history = pq.read_table(sweep.history).to_pylist()  # every report of every trial: the learning curves
+    assert sorted((h["trial_id"], h["iteration"]) for h in history) == sorted(
+        (r["trial_id"], i) for r in rows for i in (1, 2)
+    ), history
 
     for r in rows:
         trial = sweep.trial(r["trial_id"])

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SPELLED = re.compile(
     r"/\s*f?[\"'](data|identifiers|labeled|init|sft|ppo|evaluate|policy|checkpoints|tensorboard|ray_train|"
     r"samples|figures|tokenizer|metrics\.jsonl?|summary\.json|run\.log|stats\.json|label_stats\.json|"
-    r"report\.(html|md)|responses\.parquet|config\.yaml|sweep|trials|trials\.parquet|best|tune|dev_policy|space\.yaml)[\"']"
+    r"report\.(html|md)|responses\.parquet|config\.yaml|sweep|trials|trials\.parquet|best|tune|dev_policy|space\.yaml|settings\.json|history\.parquet|pareto\.png|learning_curves\.png)[\"']"
 )
 
 ALLOWED = {

@@ -106,3 +106,24 @@ def test_a_space_file_must_exist_and_be_a_mapping(tmp_path: Path) -> None:
     bad.write_text("- ppo.kl_coef\n")
     with pytest.raises(SearchSpaceError, match=r"bad.yaml: a search space is a non-empty mapping"):
         load_search_space(bad, BASE)
+
+
+def test_clamp_pulls_perturbed_values_back_into_the_space() -> None:
+    """PBT scales a value by 0.8 / 1.2: the trial config must stay inside the checked space."""
+    space = parse_search_space(
+        {
+            "ppo.kl_coef": {"loguniform": [0.05, 0.5]},
+            "ppo.ppo_epochs": {"randint": [1, 4]},
+            "ppo.kl_mode": {"choice": ["adaptive", "fixed"]},
+        },
+        BASE,
+    )
+    assert space.clamp({"ppo.kl_coef": 0.6, "ppo.ppo_epochs": 3.6, "ppo.kl_mode": "fixed"}) == {
+        "ppo.kl_coef": 0.5,
+        "ppo.ppo_epochs": 3,  # randint's upper end is exclusive
+        "ppo.kl_mode": "fixed",
+    }
+    clamped = space.clamp({"ppo.kl_coef": 0.04, "ppo.ppo_epochs": 1.2, "ppo.kl_mode": "other", "run.seed": 7})
+    assert clamped == {"ppo.kl_coef": 0.05, "ppo.ppo_epochs": 1, "ppo.kl_mode": "adaptive", "run.seed": 7}
+    assert isinstance(clamped["ppo.ppo_epochs"], int)
+    BASE.with_overrides({k: v for k, v in clamped.items() if k != "run.seed"})  # a valid config
