@@ -34,7 +34,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from actors.controller import Hook, IterationReport, PPOController
-from actors.placement import Reservation, RoleBundle, check_cluster, ppo_bundles, total
+from actors.placement import Reservation, ReservationError, RoleBundle, check_cluster, ppo_bundles, total
 from actors.sweep import (
     DevEvaluator,
     dev_slice,
@@ -356,7 +356,7 @@ def tune_stage(
     fits = min(_trials_that_fit(probe, settings.trial_cpus) for probe in probes)
     if fits < settings.max_concurrent_trials:
         logger.warning(
-            "only %d trial(s) fit in the cluster at once (--max-concurrent %d): the others wait",
+            "only %d trial(s) fit in the cluster at once (--max-concurrent %d asks for more): the others wait",
             fits, settings.max_concurrent_trials,
         )  # fmt: skip
     load_ppo_inputs(layout)  # before any trial: missing inputs fail once, here
@@ -487,9 +487,18 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _trials_that_fit(cfg: Config, trial_cpus: float) -> int:
-    """How many trials of ``cfg`` the cluster holds at once; fails (requested vs available) below one."""
+    """How many trials of ``cfg`` the cluster holds at once.
+
+    Raises:
+        SweepError: not even one fits, with requested vs available.
+    """
     bundles = [RoleBundle("sweep trial", 0, {"CPU": trial_cpus}), *ppo_bundles(cfg)]
-    check_cluster("one sweep trial", bundles, fix="lower resources.*_cpus or the worker counts, or add nodes")
+    try:
+        check_cluster(
+            "one sweep trial", bundles, fix="lower resources.*_cpus or the worker counts, or add nodes"
+        )
+    except ReservationError as exc:
+        raise SweepError(f"no trial fits the cluster (0 at once): {exc}") from None
     have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     need = {k: v for k, v in total(bundles).items() if v > 0}
     return int(min(math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items()))

@@ -14,7 +14,7 @@ import ray
 from ppo_inputs import build_run_dir, linked_run, tiny_config, tiny_overrides
 
 from actors.controller import PPOController
-from jobs.stages.tune import SweepSettings, tune_stage
+from jobs.stages.tune import SweepError, SweepSettings, tune_stage
 from jobs.tune import main as tune_main
 from pipeline.config.search_space import parse_search_space
 from pipeline.models import load_policy
@@ -125,3 +125,16 @@ def test_a_bad_space_fails_before_any_trial_naming_the_key(inputs: Path, tmp_pat
     with pytest.raises(SystemExit, match=r"--metric eval/emp_f1.*Fix: use dev/emp_f1"):
         tune_main(["--space", str(ok), "--metric", "eval/emp_f1", *base])
     assert not layout.sweep().path.exists(), "nothing may start before the space is valid"
+
+
+def test_a_trial_too_big_for_the_cluster_fails_before_any_trial(
+    ray_cluster: None, inputs: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(resources__rollout_cpus=3.0)
+    layout = linked_run(inputs, tmp_path)
+    space = parse_search_space({"ppo.kl_coef": {"grid": [0.05, 0.3]}}, cfg)
+    with pytest.raises(
+        SweepError, match=r"no trial fits the cluster \(0 at once\).*rollout worker.*but the cluster has 2"
+    ):
+        tune_stage(cfg, layout, space, SweepSettings())
+    assert not layout.sweep().path.exists()
