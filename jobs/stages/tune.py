@@ -531,7 +531,8 @@ def _trial_row(result: Any, space: SearchSpace, cfg: Config, objective: Objectiv
         "status": status,
         **{k: config.get(k) for k in space.keys},
     }
-    for key in TABLE_METRICS:
+    extra = [c.key for c in objective.constraints] + [objective.ranked_metric]  # shown and judged too
+    for key in [*TABLE_METRICS, *(k for k in dict.fromkeys(extra) if k not in TABLE_METRICS)]:
         row[key] = float(metrics[key]) if _finite(metrics.get(key)) else math.nan
     row["iteration"] = int(metrics.get("iteration", 0))
     row["total_steps"] = cfg.with_overrides(config).ppo.total_steps if config else cfg.ppo.total_steps

@@ -90,12 +90,15 @@ def test_asha_stops_the_weaker_trial_after_its_first_report(
     # ranked on the (fixed) KL coefficient itself: the 0.3 trial is worse than the 0.05 one at every report
     space = parse_search_space({"ppo.kl_coef": {"grid": [0.05, 0.3]}}, cfg)
     settings = SweepSettings(
-        metric="rollout/kl_coef", mode="min", max_concurrent_trials=1, dev_examples=8, eval_examples=8
-    )
+        metric="rollout/kl_coef", mode="min", constraints=("rollout/kl_coef<=0.1",), max_concurrent_trials=1,
+        dev_examples=8, eval_examples=8,
+    )  # fmt: skip
     result = tune_stage(cfg, layout, space, settings)
     rows = {r["ppo.kl_coef"]: r for r in pq.read_table(layout.sweep().trials).to_pylist()}
     assert rows[0.05]["status"] == "completed" and rows[0.05]["iteration"] == 3, rows
     assert rows[0.3]["status"] == "stopped" and rows[0.3]["reports"] == 1 and rows[0.3]["iteration"] == 1, (
         rows
     )
+    assert rows[0.05]["feasible"] and not rows[0.3]["feasible"]
     assert result.metrics["best"]["trial_id"] == rows[0.05]["trial_id"]
+    assert "rollout/kl_coef <= 0.1" in layout.sweep().report_md.read_text()
