@@ -41,6 +41,8 @@ def test_every_shipped_space_is_valid_for_every_preset() -> None:
     for space in sorted((CONFIGS_DIR / "sweeps").glob("*.yaml")):
         for preset in ("local", "paper", "sweep_tiny"):
             assert load_search_space(space, load_config(preset)).dimensions
+        real = load_config("sweep_real", ["data.ed_path=ed", "data.epitome_path=epitome"])
+        assert load_search_space(space, real).dimensions
 
 
 def test_an_unknown_key_is_named_with_the_closest_one() -> None:
