@@ -156,6 +156,13 @@ class SweepSettings:
                         f"one; ppo.save_every={probe.ppo.save_every} does not divide --report-every "
                         f"{self.report_every}. Fix: ppo.save_every=1 (or a divisor of --report-every)."
                     )
+            shapes = {tuple(tuple(sorted(b.resources.items())) for b in ppo_bundles(p)) for p in probes}
+            if len(shapes) > 1:
+                raise SweepError(
+                    "--scheduler pbt: the space changes the PPO roles' resources (e.g. a worker count or "
+                    "resources.*), but an exploited trial keeps its reservation. Fix: sweep such keys with "
+                    "asha or fifo, or fix them in the config."
+                )
             if not 0 < self.quantile_fraction <= 0.5 or not 0 <= self.resample_probability <= 1:
                 raise SweepError(
                     f"--quantile-fraction {self.quantile_fraction} must be in (0, 0.5] and "
