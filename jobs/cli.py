@@ -7,6 +7,7 @@ emprl sft [--run-dir DIR] ...
 emprl ppo [--run-dir DIR] [--resume] ...
 emprl tune --run-dir DIR --space SPACE.yaml [--num-samples N] [--metric dev/emp_f1] [--max-concurrent 1] ...
 emprl evaluate --run-dir DIR [--policy NAME=FOLDER ...] [--split valid] [--decoding sample|greedy] ...
+emprl serve --run-dir DIR [--policy DIR] [--identifiers DIR] [KEY=VALUE ...]
 emprl config [--preset local] [PREFIX ...] [KEY=VALUE ...] [--yaml]
 """
 
@@ -25,9 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["config"]:  # printing the config needs none of the stages' Ray and torch imports (~5 s)
         config.add_parser(sub)
     else:
-        from jobs import data, evaluate, identifiers, ppo, run, sft, tune
+        from jobs import data, evaluate, identifiers, ppo, run, serve, sft, tune
 
-        for module in (run, data, identifiers, sft, ppo, tune, evaluate, config):
+        for module in (run, data, identifiers, sft, ppo, tune, evaluate, serve, config):
             module.add_parser(sub)
     args = parser.parse_args(argv)
     args.func(args)

@@ -2,17 +2,19 @@
 
 :func:`encode_prompts` tokenises contexts with the SFT source rule (keep the last tokens);
 :func:`sample_responses` runs batched ``generate`` with the KV cache under a fixed seed and returns
-token ids, the response mask, the sampler's log-probabilities and decoded text.
+token ids, the response mask, the sampler's log-probabilities and decoded text; :func:`sample_each`
+(serving) samples every row with its own settings and its own seeded generator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
+from transformers import Cache, PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from pipeline.config import RolloutConfig
 from pipeline.ppo.experience import IntArray, PromptBatch, Rollouts
@@ -108,3 +110,97 @@ def sample_responses(
         responses=tuple(t.strip() for t in texts),
         version=version,
     )
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How one request is sampled; ``seed`` seeds that request's own ``torch.Generator``."""
+
+    temperature: float
+    top_k: int
+    """0 disables top-k."""
+    top_p: float
+    min_new_tokens: int
+    max_new_tokens: int
+    seed: int
+
+
+def _warp(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    """(V,) logits -> (V,) probabilities after temperature, top-k, then top-p (Hugging Face's order)."""
+    logits = logits / s.temperature
+    if 0 < s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits)  # ascending
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cumulative <= 1 - s.top_p
+        drop[-1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+@torch.no_grad()
+def sample_each(
+    model: T5ForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[str],
+    settings: Sequence[SamplingSettings],
+    *,
+    max_source_len: int,
+) -> list[str]:
+    """One response per context, each sampled with its own settings and its own seeded generator.
+
+    Unlike :func:`sample_responses` the global RNG is never touched: row ``i`` draws from
+    ``torch.Generator().manual_seed(settings[i].seed)`` once per generated token, so a request's
+    response depends on its context, settings and seed only, not on the requests batched with it
+    (up to float rounding of padded batched matrix products). Encoder once, then the decoder token
+    by token with the KV cache; a row stops at ``</s>`` or ``max_new_tokens``.
+    """
+    if len(contexts) != len(settings):
+        raise ValueError(f"sample_each got {len(contexts)} contexts but {len(settings)} settings")
+    if not contexts:
+        return []
+    eos = cast(int, tokenizer.eos_token_id)
+    pad = cast(int, tokenizer.pad_token_id)
+    prompts = encode_prompts(
+        tokenizer, contexts, max_source_len=max_source_len, index=range(len(contexts)), gold_levels={}, seed=0
+    )
+    device = next(model.parameters()).device
+    ids, mask = prompts.prompt_ids.to(device), prompts.prompt_mask.to(device)
+    generators = [torch.Generator().manual_seed(s.seed) for s in settings]
+    encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True)
+    start = int(model.config.decoder_start_token_id)
+    n = len(contexts)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    done = [s.max_new_tokens < 1 for s in settings]
+    next_ids = torch.full((n, 1), start, dtype=torch.long, device=device)
+    past: Cache | None = None
+    for step in range(max(s.max_new_tokens for s in settings)):
+        out = model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=mask,
+            decoder_input_ids=next_ids,
+            cache=past,
+            use_cache=True,
+            return_dict=True,
+        )
+        past = out.cache
+        logits = out.logits[:, -1, :].float().cpu()
+        chosen = []
+        for i, s in enumerate(settings):
+            if done[i]:
+                chosen.append(pad)
+                continue
+            row = logits[i].clone()
+            if step < s.min_new_tokens:
+                row[eos] = float("-inf")
+            token = int(torch.multinomial(_warp(row, s), 1, generator=generators[i]))
+            tokens[i].append(token)
+            done[i] = token == eos or len(tokens[i]) >= s.max_new_tokens
+            chosen.append(token)
+        if all(done):
+            break
+        next_ids = torch.tensor(chosen, dtype=torch.long, device=device).unsqueeze(1)
+    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    return [t.strip() for t in texts]

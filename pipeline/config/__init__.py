@@ -23,6 +23,7 @@ from pipeline.config.schema import (
     RewardWeights,
     RolloutConfig,
     RunConfig,
+    ServeConfig,
     SFTConfig,
 )
 from pipeline.config.validation import validate
@@ -45,6 +46,7 @@ __all__ = [
     "RolloutConfig",
     "RunConfig",
     "SFTConfig",
+    "ServeConfig",
     "from_dict",
     "load_config",
     "preset_path",

@@ -371,6 +371,46 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """``emprl serve``: the HTTP service (Ray Serve) answering with a policy and scoring with the identifiers."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP proxy binds to (loopback; expose it through a reverse proxy, not here)."""
+    port: int = 8000
+    """HTTP port of the service."""
+    policy_replicas: int = 1
+    """Replicas of the policy deployment."""
+    identifier_replicas: int = 1
+    """Replicas of the identifier deployment (all three identifiers in each)."""
+    policy_cpus: float = 1.0
+    """CPUs reserved per policy replica."""
+    identifier_cpus: float = 1.0
+    """CPUs reserved per identifier replica."""
+    torch_threads: int = 1
+    """torch/OpenMP threads per replica; keep threads x replicas <= cores."""
+    max_batch_size: int = 8
+    """Requests generated (or scored) together in one ``@serve.batch`` call."""
+    batch_wait_timeout_s: float = 0.01
+    """Seconds a partial batch waits for more requests before it runs."""
+    max_ongoing_requests: int = 16
+    """Requests in flight per replica (Serve's option); must be >= ``max_batch_size`` or batches
+    never fill."""
+    max_queued_requests: int = 64
+    """Requests queued per caller before Serve answers 503 (-1: unbounded)."""
+    request_timeout_s: float = 30.0
+    """End-to-end HTTP timeout; a request running longer gets 408."""
+    max_body_bytes: int = 65536
+    """Largest request body accepted; larger bodies get 413 before they are parsed."""
+    max_turns: int = 32
+    """Most dialogue turns in one request."""
+    max_text_chars: int = 2000
+    """Most characters in one turn, response, emotion or situation."""
+    api_key_env: str = "EMPRL_API_KEY"
+    """Name of the environment variable holding an API key; when set and non-empty, every endpoint
+    but ``/healthz`` needs ``Authorization: Bearer <key>``. Keys never go into config files."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an EmpRL run."""
 
@@ -384,6 +424,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:
         from pipeline.config.validation import validate

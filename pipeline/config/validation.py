@@ -159,6 +159,7 @@ def validate(cfg: Config) -> None:
         _validate_optimizer(f"{sec}.optimizer", obj.optimizer)
     _validate_engines(cfg)
     _validate_sft(cfg)
+    _validate_serve(cfg)
     res = cfg.resources
     _check(res.torch_threads >= 1, "resources.torch_threads", res.torch_threads, "must be >= 1", "use 1")
     _check(
@@ -273,3 +274,59 @@ def _validate_sft(cfg: Config) -> None:
         "use 0 or a step count",
     )
     _check(s.num_samples >= 0, "sft.num_samples", s.num_samples, "must be >= 0", "use 5")
+
+
+def _validate_serve(cfg: Config) -> None:
+    s = cfg.serve
+    _check(1 <= s.port <= 65535, "serve.port", s.port, "must be a TCP port in 1..65535", "use 8000")
+    _check(bool(s.host), "serve.host", s.host, "must not be empty", "use 127.0.0.1")
+    for name, fix in (
+        ("policy_replicas", "use 1"),
+        ("identifier_replicas", "use 1"),
+        ("torch_threads", "use 1 (threads x replicas <= cores)"),
+        ("max_batch_size", "use 8"),
+        ("max_body_bytes", "use 65536"),
+        ("max_turns", "use 32"),
+        ("max_text_chars", "use 2000"),
+    ):
+        v = getattr(s, name)
+        _check(v >= 1, f"serve.{name}", v, "must be >= 1", fix)
+    for name in ("policy_cpus", "identifier_cpus"):
+        v = getattr(s, name)
+        _check(v >= 0, f"serve.{name}", v, "must be >= 0", "use a fraction like 0.5")
+    _check(
+        s.batch_wait_timeout_s >= 0,
+        "serve.batch_wait_timeout_s",
+        s.batch_wait_timeout_s,
+        "must be >= 0",
+        "use 0.01",
+    )
+    _check(
+        s.max_ongoing_requests >= s.max_batch_size,
+        "serve.max_ongoing_requests",
+        s.max_ongoing_requests,
+        f"must be >= serve.max_batch_size={s.max_batch_size} (a replica never batches more requests "
+        "than it has in flight)",
+        f"set serve.max_ongoing_requests={2 * s.max_batch_size} or lower serve.max_batch_size",
+    )
+    _check(
+        s.max_queued_requests == -1 or s.max_queued_requests >= 1,
+        "serve.max_queued_requests",
+        s.max_queued_requests,
+        "must be -1 (unbounded) or >= 1",
+        "use 64",
+    )
+    _check(
+        s.request_timeout_s > 0,
+        "serve.request_timeout_s",
+        s.request_timeout_s,
+        "must be > 0",
+        "use 30",
+    )
+    _check(
+        s.api_key_env.isidentifier(),
+        "serve.api_key_env",
+        s.api_key_env,
+        "must name an environment variable (letters, digits, '_'), not hold a key",
+        "use EMPRL_API_KEY and export the key in that variable",
+    )

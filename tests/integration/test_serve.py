@@ -1,0 +1,235 @@
+"""`emprl serve` for real: a Ray Serve application on 127.0.0.1 with tiny models, driven over HTTP.
+
+Round trips on every endpoint, seeded responses that survive batching, status codes of bad requests
+(and the service answering after a burst of them), and the API key on a second application.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ppo_inputs import build_run_dir, tiny_config
+
+from jobs.serve import served_folders
+from pipeline.config import Config
+from pipeline.serving import dialogue_context
+
+pytestmark = pytest.mark.integration
+
+TURNS = [
+    "I finally got the job I wanted!",
+    "That is great news, congratulations!",
+    "Thanks, I start on Monday.",
+]
+KEY_ENV = "EMPRL_TEST_SERVE_KEY"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def call(
+    url: str, body: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """(status, parsed JSON or text) of a GET (no body) or POST over loopback."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(
+        url, data=data, headers={"content-type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            status, text = reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+@pytest.fixture(scope="module")
+def service(
+    ray_cluster: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Config, Path]]:
+    from ray import serve
+
+    from actors.serving import build_app, start_serve
+
+    tmp = tmp_path_factory.mktemp("serve")
+    run = build_run_dir(tmp / "run", tmp / "cache")
+    cfg = tiny_config(
+        serve__port=free_port(),
+        serve__policy_cpus=0.25,
+        serve__identifier_cpus=0.25,
+        serve__max_batch_size=4,
+        serve__max_ongoing_requests=8,
+        serve__max_body_bytes=4096,
+        serve__max_turns=8,
+        serve__max_text_chars=200,
+        serve__api_key_env=KEY_ENV,
+    )
+    os.environ.pop(KEY_ENV, None)
+    policy, identifiers = served_folders(run, None, None)
+    assert policy == run / "sft" / "policy"
+    start_serve(cfg)
+    try:
+        serve.run(build_app(cfg, policy, identifiers), name="emprl", route_prefix="/")
+        yield f"http://127.0.0.1:{cfg.serve.port}", cfg, run
+    finally:
+        serve.shutdown()
+
+
+def respond(url: str, seed: int, turns: list[str] = TURNS, **sampling: Any) -> tuple[int, Any]:
+    return call(
+        f"{url}/v1/respond", {"turns": turns, "emotion": "excited", "sampling": {"seed": seed, **sampling}}
+    )
+
+
+def check_levels(levels: dict[str, Any]) -> None:
+    assert set(levels) == {"er", "ip", "ex"}
+    for level in levels.values():
+        assert level["level"] in (0, 1, 2)
+        assert len(level["probs"]) == 3 and abs(sum(level["probs"]) - 1) < 1e-4
+        assert level["level"] == max(range(3), key=lambda k: level["probs"][k])
+        assert level["label"] == ("none", "weak", "strong")[level["level"]]
+
+
+def test_respond_round_trip(service: tuple[str, Config, Path]) -> None:
+    url, cfg, _ = service
+    status, out = respond(url, 11, temperature=1.2, top_k=50)
+    assert status == 200, out
+    assert isinstance(out["response"], str)
+    check_levels(out["levels"])
+    assert out["context"] == dialogue_context(TURNS, "excited", cfg.data)
+    assert out["sampling"]["seed"] == 11 and out["sampling"]["top_k"] == 50
+    assert out["model"]["name"] == "run/sft" and len(out["model"]["version"]) == 12
+    # the identifiers give the same levels when asked directly about the same pair
+    status, scored = call(f"{url}/v1/score", {"context": out["context"], "response": out["response"]})
+    assert status == 200, scored
+    check_levels(scored["levels"])
+    for m in ("er", "ip", "ex"):
+        assert scored["levels"][m]["probs"] == pytest.approx(out["levels"][m]["probs"], abs=1e-5)
+
+
+def test_a_seed_reproduces_its_response_alone_and_in_a_batch(service: tuple[str, Config, Path]) -> None:
+    url, _, _ = service
+    first, second = respond(url, 5), respond(url, 5)
+    assert first[0] == second[0] == 200
+    assert first[1]["response"] == second[1]["response"]
+    # concurrent requests land in the same @serve.batch: seed 5 must still give the same response
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(
+            pool.map(
+                lambda s: respond(url, s, turns=TURNS if s in (5, 6, 8) else TURNS[-1:]), [5, 6, 7, 8, 9, 5]
+            )
+        )
+    assert all(status == 200 for status, _ in replies), replies
+    assert replies[0][1]["response"] == replies[-1][1]["response"] == first[1]["response"]
+    unseeded = [call(f"{url}/v1/respond", {"turns": TURNS})[1]["sampling"]["seed"] for _ in range(2)]
+    assert unseeded[0] != unseeded[1]  # a random seed is drawn and reported
+
+
+def test_score_models_and_health(service: tuple[str, Config, Path]) -> None:
+    url, cfg, _ = service
+    status, scored = call(
+        f"{url}/v1/score", {"context": "I lost my job.", "response": "I am so sorry. What happened?"}
+    )
+    assert status == 200, scored
+    check_levels(scored["levels"])
+    status, models = call(f"{url}/v1/models")
+    assert status == 200, models
+    assert models["mechanisms"] == ["ER", "IP", "EX"]
+    assert models["policy"]["name"] == "run/sft" and models["identifiers"]["name"] == "identifiers"
+    assert (
+        models["limits"]["max_turns"] == 8 and models["limits"]["max_new_tokens"] == cfg.model.max_target_len
+    )
+    assert call(f"{url}/healthz") == (200, {"status": "ok"})
+    status, docs = call(f"{url}/openapi.json")
+    assert status == 200 and "/v1/respond" in docs["paths"]
+
+
+def _fields(reply: tuple[int, Any]) -> set[str]:
+    status, body = reply
+    assert status == 422, reply
+    return {d["field"] for d in body["detail"]}
+
+
+def test_bad_requests_get_their_status_and_name_the_field(service: tuple[str, Config, Path]) -> None:
+    url, _, _ = service
+    endpoint = f"{url}/v1/respond"
+    status, body = call(endpoint, raw=b'{"turns": ["hi"')
+    assert status in (400, 422), body
+    assert _fields(call(endpoint, {"turns": "hello"})) == {"turns"}
+    assert _fields(call(endpoint, {"turns": ["hi"], "sampling": {"top_k": "many"}})) == {"sampling.top_k"}
+    assert _fields(call(endpoint, {"turns": []})) == {"turns"}
+    assert _fields(call(endpoint, {"turns": ["hi"], "persona": "doctor"})) == {"persona"}
+    assert _fields(call(endpoint, {"turns": ["hi"], "sampling": {"temperature": 3.0}})) == {
+        "sampling.temperature"
+    }
+    assert _fields(call(endpoint, {"turns": ["hi"], "sampling": {"max_new_tokens": 10_000}})) == {
+        "sampling.max_new_tokens"
+    }
+    assert _fields(call(endpoint, {"turns": ["x" * 201]})) == {"turns.0"}
+    assert _fields(call(f"{url}/v1/score", {"context": "hi"})) == {"response"}
+    status, body = call(endpoint, {"turns": ["x" * 5000]})
+    assert status == 413, body
+    assert "4096" in body["detail"]
+    assert call(f"{url}/v1/nothing")[0] == 404
+
+
+def test_service_still_answers_after_a_burst_of_bad_requests(service: tuple[str, Config, Path]) -> None:
+    url, _, _ = service
+    bad: list[dict[str, Any]] = [
+        {"raw": b"\x00\xff not json"},
+        {"body": {"turns": [1, 2]}},
+        {"body": {"turns": ["a"], "sampling": {"seed": -3}}},
+        {"raw": b"x" * 10_000},
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda k: call(f"{url}/v1/respond", **bad[k % len(bad)])[0], range(40)))
+    assert set(statuses) <= {400, 413, 422} and 413 in statuses and 422 in statuses
+    assert call(f"{url}/healthz")[0] == 200
+    status, out = respond(url, 3)
+    assert status == 200, out
+
+
+def test_api_key_guards_every_endpoint_but_healthz(
+    service: tuple[str, Config, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray import serve
+
+    from actors.serving import build_app
+
+    url, cfg, run = service
+    monkeypatch.setenv(KEY_ENV, "s3cret-key")
+    serve.run(
+        build_app(cfg, run / "sft" / "policy", run / "identifiers"), name="secured", route_prefix="/secured"
+    )
+    try:
+        base = f"{url}/secured"
+        good = {"authorization": "Bearer s3cret-key"}
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret-key"}):
+            status, body = call(f"{base}/v1/models", headers=headers)
+            assert status == 401, body
+            assert call(f"{base}/v1/respond", {"turns": ["hi"]}, headers=headers)[0] == 401
+            assert call(f"{base}/v1/score", {"context": "a", "response": "b"}, headers=headers)[0] == 401
+            assert call(f"{base}/docs", headers=headers)[0] == 401
+        assert call(f"{base}/healthz") == (200, {"status": "ok"})
+        assert call(f"{base}/v1/models", headers=good)[0] == 200
+        status, out = call(f"{base}/v1/respond", {"turns": ["hi"], "sampling": {"seed": 1}}, headers=good)
+        assert status == 200, out
+        check_levels(out["levels"])
+        assert call(f"{url}/v1/models")[0] == 200  # the first application keeps no key
+    finally:
+        serve.delete("secured")
