@@ -80,8 +80,8 @@ class SearchSpace:
 
     def clamp(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` pulled back into the space: a range's value clipped to ``[low, high]`` (``randint``
-        rounded to an integer below ``high``), an option outside the list replaced by the nearest one
-        in the list order (the first). Population Based Training perturbs a sampled value by a factor,
+        rounded to an integer below ``high``), an option outside the list replaced by the first option.
+        Population Based Training perturbs a sampled value by a factor,
         which can leave the range the space was checked over; this keeps every trial's config valid."""
         out = dict(values)
         for dim in self.dimensions:
