@@ -2,15 +2,16 @@
 
 :func:`encode_prompts` tokenises contexts with the SFT source rule (keep the last tokens);
 :func:`sample_responses` runs batched ``generate`` with the KV cache under a fixed seed and returns
-token ids, the response mask, the sampler's log-probabilities and decoded text; :func:`sample_each`
-(serving) samples every row with its own settings and its own seeded generator.
+token ids, the response mask, the sampler's log-probabilities and decoded text; :class:`StepSampler`
+(serving) samples every row token by token with its own settings and its own seeded generator, and
+:class:`TextDeltas` turns its tokens into streamed text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -140,7 +141,146 @@ def _warp(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class Sampled:
+    """One sampled response with what an API reports about it."""
+
+    text: str
+    prompt_tokens: int
+    """Context tokens the policy read (after truncation to ``max_source_len``, ``</s>`` included)."""
+    completion_tokens: int
+    """Tokens generated, ``</s>`` included when the response ended with it."""
+    finish_reason: Literal["stop", "length"]
+    """``stop``: the policy ended the response (``</s>``); ``length``: ``max_new_tokens`` cut it."""
+
+
+class StepSampler:
+    """Every row of a batch sampled token by token, each with its own settings and seeded generator.
+
+    Iterating yields, per decoding step, the token each row drew (``None`` for a row already done);
+    :meth:`results` then gives the finished responses. The global RNG is never touched: row ``i``
+    draws from ``torch.Generator().manual_seed(settings[i].seed)`` once per generated token, so a
+    request's response depends on its context, settings and seed only, not on the requests batched
+    with it (up to float rounding of padded batched matrix products). Encoder once, then the decoder
+    token by token with the KV cache; a row stops at ``</s>`` or ``max_new_tokens``.
+    """
+
+    def __init__(
+        self,
+        model: T5ForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        contexts: Sequence[str],
+        settings: Sequence[SamplingSettings],
+        *,
+        max_source_len: int,
+    ) -> None:
+        if len(contexts) != len(settings):
+            raise ValueError(f"sampling got {len(contexts)} contexts but {len(settings)} settings")
+        self.model, self.tokenizer, self.settings = model, tokenizer, list(settings)
+        self.contexts, self.max_source_len = list(contexts), max_source_len
+        self.eos = cast(int, tokenizer.eos_token_id)
+        self.tokens: list[list[int]] = [[] for _ in contexts]
+        self.done = [s.max_new_tokens < 1 for s in settings]
+        self.prompt_tokens: list[int] = []
+
+    @torch.no_grad()
+    def __iter__(self) -> Iterator[list[int | None]]:
+        if not self.contexts:
+            return
+        model, settings, eos = self.model, self.settings, self.eos
+        prompts = encode_prompts(
+            self.tokenizer, self.contexts, max_source_len=self.max_source_len,
+            index=range(len(self.contexts)), gold_levels={}, seed=0,
+        )  # fmt: skip
+        self.prompt_tokens = [int(n) for n in prompts.prompt_mask.sum(dim=1)]
+        device = next(model.parameters()).device
+        ids, mask = prompts.prompt_ids.to(device), prompts.prompt_mask.to(device)
+        generators = [torch.Generator().manual_seed(s.seed) for s in settings]
+        encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True)
+        pad = cast(int, self.tokenizer.pad_token_id)
+        next_ids = torch.full((len(settings), 1), int(model.config.decoder_start_token_id), device=device)
+        past: Cache | None = None
+        for step in range(max(s.max_new_tokens for s in settings)):
+            if all(self.done):
+                return
+            out = model(
+                encoder_outputs=encoder_outputs,
+                attention_mask=mask,
+                decoder_input_ids=next_ids,
+                cache=past,
+                use_cache=True,
+                return_dict=True,
+            )
+            past = out.cache
+            logits = out.logits[:, -1, :].float().cpu()
+            drawn: list[int | None] = []
+            for i, s in enumerate(settings):
+                if self.done[i]:
+                    drawn.append(None)
+                    continue
+                row = logits[i].clone()
+                if step < s.min_new_tokens:
+                    row[eos] = float("-inf")
+                token = int(torch.multinomial(_warp(row, s), 1, generator=generators[i]))
+                self.tokens[i].append(token)
+                self.done[i] = token == eos or len(self.tokens[i]) >= s.max_new_tokens
+                drawn.append(token)
+            yield drawn
+            next_ids = torch.tensor([pad if t is None else t for t in drawn], device=device).unsqueeze(1)
+
+    def text(self, i: int) -> str:
+        """Row ``i``'s response so far, decoded without special tokens and stripped."""
+        return str(self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)).strip()
+
+    def result(self, i: int) -> Sampled:
+        """Row ``i``'s response, once the row is done."""
+        tokens = self.tokens[i]
+        return Sampled(
+            text=self.text(i),
+            prompt_tokens=self.prompt_tokens[i] if self.prompt_tokens else 0,
+            completion_tokens=len(tokens),
+            finish_reason="stop" if tokens and tokens[-1] == self.eos else "length",
+        )
+
+    def results(self) -> list[Sampled]:
+        """The responses, once iteration is over."""
+        return [self.result(i) for i in range(len(self.tokens))]
+
+
+class TextDeltas:
+    """The text of a growing token sequence as deltas whose concatenation is the final stripped text.
+
+    SentencePiece decodes a prefix of tokens to a string that is not always a prefix of the longer
+    decoding (a trailing space is only known once the next piece comes); a delta is sent only while the
+    stripped decoding extends what was sent, so clients never see text taken back.
+    """
+
+    def __init__(self) -> None:
+        self.sent = ""
+
+    def update(self, text: str) -> str:
+        """The new text of ``text`` (the whole response so far, stripped) beyond what was sent."""
+        if not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent) :], text
+        return delta
+
+
+def generate_each(
+    model: T5ForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[str],
+    settings: Sequence[SamplingSettings],
+    *,
+    max_source_len: int,
+) -> list[Sampled]:
+    """One :class:`Sampled` per context (see :class:`StepSampler`)."""
+    sampler = StepSampler(model, tokenizer, contexts, settings, max_source_len=max_source_len)
+    for _ in sampler:
+        pass
+    return sampler.results()
+
+
 def sample_each(
     model: T5ForConditionalGeneration,
     tokenizer: PreTrainedTokenizerBase,
@@ -149,58 +289,8 @@ def sample_each(
     *,
     max_source_len: int,
 ) -> list[str]:
-    """One response per context, each sampled with its own settings and its own seeded generator.
-
-    Unlike :func:`sample_responses` the global RNG is never touched: row ``i`` draws from
-    ``torch.Generator().manual_seed(settings[i].seed)`` once per generated token, so a request's
-    response depends on its context, settings and seed only, not on the requests batched with it
-    (up to float rounding of padded batched matrix products). Encoder once, then the decoder token
-    by token with the KV cache; a row stops at ``</s>`` or ``max_new_tokens``.
-    """
-    if len(contexts) != len(settings):
-        raise ValueError(f"sample_each got {len(contexts)} contexts but {len(settings)} settings")
-    if not contexts:
-        return []
-    eos = cast(int, tokenizer.eos_token_id)
-    pad = cast(int, tokenizer.pad_token_id)
-    prompts = encode_prompts(
-        tokenizer, contexts, max_source_len=max_source_len, index=range(len(contexts)), gold_levels={}, seed=0
-    )
-    device = next(model.parameters()).device
-    ids, mask = prompts.prompt_ids.to(device), prompts.prompt_mask.to(device)
-    generators = [torch.Generator().manual_seed(s.seed) for s in settings]
-    encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True)
-    start = int(model.config.decoder_start_token_id)
-    n = len(contexts)
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    done = [s.max_new_tokens < 1 for s in settings]
-    next_ids = torch.full((n, 1), start, dtype=torch.long, device=device)
-    past: Cache | None = None
-    for step in range(max(s.max_new_tokens for s in settings)):
-        out = model(
-            encoder_outputs=encoder_outputs,
-            attention_mask=mask,
-            decoder_input_ids=next_ids,
-            cache=past,
-            use_cache=True,
-            return_dict=True,
-        )
-        past = out.cache
-        logits = out.logits[:, -1, :].float().cpu()
-        chosen = []
-        for i, s in enumerate(settings):
-            if done[i]:
-                chosen.append(pad)
-                continue
-            row = logits[i].clone()
-            if step < s.min_new_tokens:
-                row[eos] = float("-inf")
-            token = int(torch.multinomial(_warp(row, s), 1, generator=generators[i]))
-            tokens[i].append(token)
-            done[i] = token == eos or len(tokens[i]) >= s.max_new_tokens
-            chosen.append(token)
-        if all(done):
-            break
-        next_ids = torch.tensor(chosen, dtype=torch.long, device=device).unsqueeze(1)
-    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    return [t.strip() for t in texts]
+    """One response per context, each sampled with its own settings and its own seeded generator
+    (see :class:`StepSampler`)."""
+    return [
+        r.text for r in generate_each(model, tokenizer, contexts, settings, max_source_len=max_source_len)
+    ]

@@ -407,7 +407,31 @@ class ServeConfig:
     """Most characters in one turn, response, emotion or situation."""
     api_key_env: str = "EMPRL_API_KEY"
     """Name of the environment variable holding an API key; when set and non-empty, every endpoint
-    but ``/healthz`` needs ``Authorization: Bearer <key>``. Keys never go into config files."""
+    but ``/healthz`` and the chat page needs ``Authorization: Bearer <key>``. Keys never go into config
+    files."""
+    api_key_file: str = ""
+    """A file holding the API key (first line), used when the variable is unset; empty: none."""
+    max_candidates: int = 8
+    """Most candidates one request may sample (``n_candidates``, empathy-aware decoding)."""
+    max_choices: int = 4
+    """Most choices one ``/v1/chat/completions`` request may ask for (OpenAI's ``n``)."""
+    policy_gpus: float = 0.0
+    """GPUs per policy replica; > 0 loads the policy in bf16 on CUDA (T5 overflows in fp16)."""
+    identifier_gpus: float = 0.0
+    """GPUs per identifier replica; > 0 loads the identifiers in bf16 on CUDA."""
+    autoscaling: bool = False
+    """Scale the policy and identifier replicas with load (Serve autoscaling) between ``min_replicas``
+    and ``max_replicas``; the ``*_replicas`` fields are then the initial counts."""
+    min_replicas: int = 1
+    """Fewest replicas per deployment when autoscaling."""
+    max_replicas: int = 4
+    """Most replicas per deployment when autoscaling."""
+    target_ongoing_requests: float = 4.0
+    """Requests in flight per replica that autoscaling aims for."""
+    health_check_period_s: float = 10.0
+    """Seconds between health checks of a replica (a failing replica is replaced)."""
+    health_check_timeout_s: float = 30.0
+    """Seconds a health check may take before the replica counts as unhealthy."""
 
 
 @dataclass(frozen=True)

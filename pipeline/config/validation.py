@@ -288,10 +288,13 @@ def _validate_serve(cfg: Config) -> None:
         ("max_body_bytes", "use 65536"),
         ("max_turns", "use 32"),
         ("max_text_chars", "use 2000"),
+        ("max_candidates", "use 8"),
+        ("max_choices", "use 4"),
+        ("min_replicas", "use 1"),
     ):
         v = getattr(s, name)
         _check(v >= 1, f"serve.{name}", v, "must be >= 1", fix)
-    for name in ("policy_cpus", "identifier_cpus"):
+    for name in ("policy_cpus", "identifier_cpus", "policy_gpus", "identifier_gpus"):
         v = getattr(s, name)
         _check(v >= 0, f"serve.{name}", v, "must be >= 0", "use a fraction like 0.5")
     _check(
@@ -323,6 +326,31 @@ def _validate_serve(cfg: Config) -> None:
         "must be > 0",
         "use 30",
     )
+    _check(
+        s.max_replicas >= s.min_replicas,
+        "serve.max_replicas",
+        s.max_replicas,
+        f"must be >= serve.min_replicas={s.min_replicas}",
+        f"set serve.max_replicas={max(4, s.min_replicas)}",
+    )
+    if s.autoscaling:
+        for name in ("policy_replicas", "identifier_replicas"):
+            v = getattr(s, name)
+            _check(
+                s.min_replicas <= v <= s.max_replicas,
+                f"serve.{name}",
+                v,
+                f"must lie in serve.min_replicas..serve.max_replicas={s.min_replicas}..{s.max_replicas} "
+                "when serve.autoscaling (it is the initial count)",
+                f"set serve.{name}={s.min_replicas}",
+            )
+    for name, fix in (
+        ("target_ongoing_requests", "use 4"),
+        ("health_check_period_s", "use 10"),
+        ("health_check_timeout_s", "use 30"),
+    ):
+        v = getattr(s, name)
+        _check(v > 0, f"serve.{name}", v, "must be > 0", fix)
     _check(
         s.api_key_env.isidentifier(),
         "serve.api_key_env",

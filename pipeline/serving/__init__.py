@@ -5,6 +5,8 @@ Pure (pydantic, no Ray): :mod:`pipeline.serving.messages` holds the HTTP models,
 into the exact context string the policy was trained on.
 """
 
+from pathlib import Path
+
 from pipeline.serving.dialogue import dialogue_context, dialogue_turns, model_version
 from pipeline.serving.messages import (
     Dialogue,
@@ -21,7 +23,11 @@ from pipeline.serving.messages import (
     resolve_sampling,
 )
 
+CHAT_PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+"""The chat page served at ``/``: one HTML file with its script and style inline."""
+
 __all__ = [
+    "CHAT_PAGE",
     "Dialogue",
     "LevelsOut",
     "MechanismLevel",

@@ -11,7 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.config import ModelConfig, RolloutConfig, ServeConfig
 from pipeline.generation import SamplingSettings
@@ -58,10 +67,50 @@ class Dialogue(BaseModel):
     )
 
 
+class TargetLevels(BaseModel):
+    """Requested empathy levels (0 none, 1 weak, 2 strong) of any of the three mechanisms."""
+
+    model_config = _STRICT
+
+    er: int | None = Field(default=None, ge=0, le=2, description="Emotional reactions.")
+    ip: int | None = Field(default=None, ge=0, le=2, description="Interpretations.")
+    ex: int | None = Field(default=None, ge=0, le=2, description="Explorations.")
+
+    @model_validator(mode="after")
+    def _some(self) -> TargetLevels:
+        if self.er is None and self.ip is None and self.ex is None:
+            raise ValueError("give a target level (0, 1 or 2) for at least one of er, ip, ex")
+        return self
+
+    def by_mechanism(self) -> dict[str, int]:
+        """``ER``/``IP``/``EX`` -> target level, for the mechanisms given."""
+        return {m.upper(): v for m, v in (("er", self.er), ("ip", self.ip), ("ex", self.ex)) if v is not None}
+
+
+def _targets_for_candidates(targets: TargetLevels | None, info: ValidationInfo) -> TargetLevels | None:
+    if targets is None and info.data.get("n_candidates", 1) > 1:
+        raise ValueError("n_candidates > 1 chooses the candidate closest to target_levels: give them")
+    return targets
+
+
 class RespondRequest(Dialogue):
-    """``POST /v1/respond``: a dialogue and optional sampling settings."""
+    """``POST /v1/respond``: a dialogue, optional sampling settings and empathy-aware decoding."""
 
     sampling: Sampling = Field(default_factory=Sampling)
+    n_candidates: int = Field(
+        default=1,
+        ge=1,
+        description="Responses to sample (seeds seed, seed+1, ...); the one whose levels are closest to "
+        "`target_levels` is returned.",
+    )
+    target_levels: TargetLevels | None = Field(
+        default=None,
+        validate_default=True,
+        description="Empathy levels to aim for; needed when n_candidates > 1.",
+    )
+    return_candidates: bool = Field(default=False, description="Also return every candidate with its levels.")
+
+    _targets = field_validator("target_levels")(_targets_for_candidates)
 
 
 class ScoreRequest(BaseModel):
@@ -113,6 +162,16 @@ def request_models(serve: ServeConfig, model: ModelConfig) -> RequestModels:
             Field(default=None, description="The speaker's situation; not part of the policy's context."),
         ),
         sampling=(sampling, Field(default_factory=sampling)),
+        n_candidates=(
+            int,
+            Field(
+                default=1,
+                ge=1,
+                le=serve.max_candidates,
+                description=f"Responses to sample, 1 to {serve.max_candidates} (seeds seed, seed+1, ...); "
+                "the one whose levels are closest to `target_levels` is returned.",
+            ),
+        ),
     )
     score = create_model(
         "ScoreRequest",
@@ -179,6 +238,15 @@ class ModelInfo(BaseModel):
     version: str
 
 
+class CandidateOut(BaseModel):
+    """One sampled candidate of empathy-aware decoding."""
+
+    response: str
+    levels: LevelsOut
+    seed: int
+    distance: float | None = Field(description="Expected level distance to the targets (lower is closer).")
+
+
 class RespondOut(BaseModel):
     """``POST /v1/respond``'s answer."""
 
@@ -188,6 +256,16 @@ class RespondOut(BaseModel):
     sampling: dict[str, float | int] = Field(description="The settings used, seed included.")
     model: ModelInfo
     identifiers: ModelInfo
+    target_levels: dict[str, int] | None = Field(default=None, description="The targets aimed for.")
+    chosen: int = Field(default=0, description="Index of the returned response among the candidates.")
+    distance: float | None = Field(
+        default=None,
+        description="The returned response's expected level distance to the targets: the sum over the "
+        "targeted mechanisms of sum_k P(level k) * |k - target|.",
+    )
+    candidates: list[CandidateOut] | None = Field(
+        default=None, description="Every candidate, in sampling order (with return_candidates)."
+    )
 
 
 class ScoreOut(BaseModel):
@@ -197,9 +275,21 @@ class ScoreOut(BaseModel):
     identifiers: ModelInfo
 
 
-class ModelsOut(BaseModel):
-    """``GET /v1/models``: what is served and its request limits."""
+class ModelCard(BaseModel):
+    """A model in OpenAI's list format (``GET /v1/models`` of an OpenAI client)."""
 
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "emprl"
+
+
+class ModelsOut(BaseModel):
+    """``GET /v1/models``: what is served and its request limits; ``object``/``data`` make it OpenAI's
+    model list too."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
     policy: ModelInfo
     identifiers: ModelInfo
     mechanisms: list[str]

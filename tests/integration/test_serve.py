@@ -233,3 +233,110 @@ def test_api_key_guards_every_endpoint_but_healthz(
         assert call(f"{url}/v1/models")[0] == 200  # the first application keeps no key
     finally:
         serve.delete("secured")
+
+
+def test_candidates_closest_to_the_target_levels(service: tuple[str, Config, Path]) -> None:
+    url, _, _ = service
+    body = {"turns": TURNS, "emotion": "excited", "sampling": {"seed": 40}, "n_candidates": 4,
+            "target_levels": {"er": 2, "ex": 0}, "return_candidates": True}  # fmt: skip
+    status, out = call(f"{url}/v1/respond", body)
+    assert status == 200, out
+    candidates = out["candidates"]
+    assert [c["seed"] for c in candidates] == [40, 41, 42, 43]
+    for c in candidates:  # each candidate is the plain response of its seed, with its levels
+        check_levels(c["levels"])
+        expected = sum(
+            p * abs(k - t) for m, t in (("er", 2), ("ex", 0)) for k, p in enumerate(c["levels"][m]["probs"])
+        )
+        assert c["distance"] == pytest.approx(expected, abs=1e-6)
+    plain = respond(url, 42)[1]
+    assert candidates[2]["response"] == plain["response"]
+    best = min(range(4), key=lambda i: (candidates[i]["distance"], i))
+    assert out["chosen"] == best and out["distance"] == candidates[best]["distance"]
+    assert out["response"] == candidates[best]["response"] and out["sampling"]["seed"] == 40 + best
+    assert out["target_levels"] == {"er": 2, "ex": 0}
+    # without return_candidates the same choice comes back alone
+    status, lean = call(f"{url}/v1/respond", {**body, "return_candidates": False})
+    assert status == 200 and lean["candidates"] is None and lean["response"] == out["response"]
+    assert _fields(call(f"{url}/v1/respond", {**body, "target_levels": None})) == {"target_levels"}
+    assert _fields(call(f"{url}/v1/respond", {**body, "n_candidates": 99})) == {"n_candidates"}
+    assert _fields(call(f"{url}/v1/respond", {**body, "target_levels": {"er": 3}})) == {"target_levels.er"}
+
+
+MESSAGES = [
+    {"role": "system", "content": "You are a caring listener."},
+    {"role": "user", "content": TURNS[0]},
+    {"role": "assistant", "content": TURNS[1]},
+    {"role": "user", "content": TURNS[2]},
+]
+
+
+def test_openai_client_round_trip(service: tuple[str, Config, Path]) -> None:
+    import openai
+
+    url, _, _ = service
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list()] == ["run/sft"]
+    reply = client.chat.completions.create(
+        model="run/sft", messages=MESSAGES, seed=21, n=2, temperature=0.9, max_tokens=12,  # type: ignore[arg-type]
+        extra_body={"emotion": "excited"},
+    )  # fmt: skip
+    assert reply.object == "chat.completion" and reply.model == "run/sft" and reply.id.startswith("chatcmpl-")
+    for i, choice in enumerate(reply.choices):
+        # each choice is /v1/respond's answer to the same dialogue with seed 21 + i
+        native = respond(url, 21 + i, temperature=0.9, max_new_tokens=12)[1]
+        assert choice.index == i and choice.message.role == "assistant"
+        assert choice.message.content == native["response"]
+        assert choice.finish_reason in ("stop", "length")
+        empathy = (choice.model_extra or {})["empathy"]
+        check_levels(empathy)
+        assert empathy["er"]["probs"] == pytest.approx(native["levels"]["er"]["probs"], abs=1e-5)
+    usage = reply.usage
+    assert usage is not None and usage.prompt_tokens > 0 and 1 <= usage.completion_tokens <= 24
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    with pytest.raises(openai.NotFoundError, match="not served"):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    with pytest.raises(openai.UnprocessableEntityError, match="temperature"):
+        client.chat.completions.create(model="emprl", messages=MESSAGES, temperature=7)  # type: ignore[arg-type]
+    with pytest.raises(openai.UnprocessableEntityError, match="last message"):
+        client.chat.completions.create(model="emprl", messages=MESSAGES[:3])  # type: ignore[arg-type]
+
+
+def test_openai_client_streams_token_by_token(service: tuple[str, Config, Path]) -> None:
+    import openai
+
+    url, _, _ = service
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    whole = client.chat.completions.create(model="emprl", messages=MESSAGES, seed=8, max_tokens=16)  # type: ignore[arg-type]
+    chunks = list(
+        client.chat.completions.create(
+            model="emprl", messages=MESSAGES, seed=8, max_tokens=16, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(content) == whole.choices[0].message.content
+    assert len(content) > 1  # token by token, not one piece
+    assert chunks[0].choices[0].delta.role == "assistant"
+    last = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert last.choices[0].finish_reason == whole.choices[0].finish_reason
+    check_levels((last.choices[0].model_extra or {})["empathy"])
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+    assert len({c.id for c in chunks}) == 1
+    # two choices interleave on one stream, each ends with its own finish chunk
+    both = list(
+        client.chat.completions.create(
+            model="emprl",
+            messages=MESSAGES,
+            seed=8,
+            max_tokens=16,
+            n=2,
+            stream=True,  # type: ignore[arg-type]
+        )
+    )
+    texts = [
+        "".join(c.choices[0].delta.content or "" for c in both if c.choices[0].index == i) for i in (0, 1)
+    ]
+    assert texts[0] == whole.choices[0].message.content
+    assert sum(1 for c in both if c.choices[0].finish_reason) == 2
