@@ -7,6 +7,8 @@ Laptop:        emprl serve --run-dir runs/demo          (R/ppo/policy, else R/sf
 Cluster job:   ray job submit --working-dir . -- python -m jobs.serve --preset paper --run-dir /shared/runs/paper \
                    resources.address=auto serve.policy_replicas=2
 Sweep:         emprl serve --run-dir runs/demo --policy runs/tune/<best trial>/ppo/policy
+Serve CLI:     serve run configs/serve.yaml          (the same app from a Serve config file, foreground)
+               serve deploy configs/serve.yaml -a http://127.0.0.1:8265   (onto a running cluster)
 Ctrl-C shuts Serve and the local Ray cluster down. The API is documented at http://HOST:PORT/docs.
 """
 
@@ -16,14 +18,17 @@ import argparse
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.common import add_config_args, config_from_args, run_module
 from jobs.console import setup_logging
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError, load_config
 from pipeline.layout import RunLayout
 from pipeline.models import ModelSourceError
 from pipeline.scoring import identifier_folders
+
+if TYPE_CHECKING:
+    from ray.serve import Application
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +98,48 @@ def serve_forever(cfg: Config, policy: Path, identifiers: Path, stop: threading.
             logger.info("stopping")
         finally:
             serve.shutdown()  # type: ignore[no-untyped-call]
+
+
+APP_ARGS = frozenset({"run_dir", "preset", "overrides", "policy", "identifiers"})
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Serve's application builder, for ``serve run`` / ``serve deploy`` of ``configs/serve.yaml``
+    (``import_path: jobs.serve:app_builder``). ``args``: ``run_dir`` (required), ``preset`` (default:
+    the run's ``config.yaml``, else ``local``), ``overrides`` (a list of ``key=value``), ``policy`` and
+    ``identifiers`` (folders; default from the run as ``emprl serve`` picks them). The HTTP address and
+    timeout are the file's ``http_options``, not ``serve.host/port``.
+
+    Raises:
+        ValueError: unknown or missing args, a bad config or a missing model folder (Serve shows the
+            message in the application's status).
+    """
+    from actors.serving import build_app
+
+    unknown = sorted(set(args) - APP_ARGS)
+    if unknown:
+        raise ValueError(f"serve app args: unknown {unknown}; known: {sorted(APP_ARGS)}")
+    if not args.get("run_dir"):
+        raise ValueError("serve app args: give run_dir (the run folder holding the policy and identifiers/)")
+    run_dir = Path(str(args["run_dir"])).expanduser()
+    overrides = args.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ValueError(
+            f"serve app args: overrides must be a list of 'key=value' strings, got {overrides!r}"
+        )
+    saved = RunLayout(run_dir).config
+    preset = str(args.get("preset") or (saved if saved.is_file() else "local"))
+    try:
+        cfg = load_config(preset, overrides)
+        policy, identifiers = served_folders(
+            run_dir,
+            Path(str(args["policy"])) if args.get("policy") else None,
+            Path(str(args["identifiers"])) if args.get("identifiers") else None,
+        )
+    except (ConfigError, SystemExit) as exc:
+        raise ValueError(f"serve app: {exc}") from None
+    logger.info("serve app: %s and %s with preset %s", policy, identifiers, preset)
+    return build_app(cfg, policy, identifiers)
 
 
 def main_args(args: argparse.Namespace) -> None:

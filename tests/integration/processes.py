@@ -4,11 +4,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+BIN = Path(sys.executable).parent
+RAY = BIN / "ray"
 
 
 def processes_with(marker: str) -> list[str]:
@@ -59,3 +69,67 @@ def kill_all(marker: str) -> None:
             os.kill(int(line.split()[0]), signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
+    """A Ray head on loopback (``ray start --head --block``) in its own process group: its dashboard
+    address and the environment to talk to it with. Ended by signalling that group only (``ray stop``
+    would end every Ray process of the user)."""
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    env = {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("RAY_ADDRESS", None)
+    dashboard = free_port()
+    proc = subprocess.Popen(
+        [
+            str(RAY), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
+            "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+            # every listening port explicit: defaults (e.g. the agent's 52365) collide with other local clusters
+            *(f"--{name}={free_port()}" for name in (
+                "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+            )),
+        ],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(
+                        f"the Ray head at {address} did not come up (exit code {proc.poll()})"
+                    ) from None
+                time.sleep(1)
+        yield address, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # `ray start --block` can leave its GCS and monitor behind after SIGTERM
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)
