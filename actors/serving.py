@@ -99,6 +99,15 @@ def _device(gpus: float, role: str) -> torch.device:
     return torch.device("cuda")
 
 
+def _dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (T5 overflows in fp16), fp32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _runtime(device: torch.device, dtype: torch.dtype) -> str:
+    return f"{device.type} {str(dtype).removeprefix('torch.')}"
+
+
 class PolicyDeployment:
     """A policy answering contexts, each request sampled with its own settings and seed; whole
     responses (:meth:`generate`) or token by token (:meth:`stream`), both batched."""
@@ -108,11 +117,15 @@ class PolicyDeployment:
         torch.set_num_threads(cfg.serve.torch_threads)
         model, self.tokenizer = load_policy(policy_dir)
         self.device = _device(cfg.serve.policy_gpus, "policy")
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32  # T5 overflows in fp16
+        dtype = _dtype(self.device)
         self.model = cast(Any, model.policy).to(self.device, dtype=dtype)
         self.model.train(False)
         self.max_source_len = cfg.model.max_source_len
-        self.info = ModelInfo(name=model_name(policy_dir), version=model_version(policy_dir))
+        self.info = ModelInfo(
+            name=model_name(policy_dir),
+            version=model_version(policy_dir),
+            runtime=_runtime(self.device, dtype),
+        )
         batched: list[Any] = [self.generate, self._stream_batch]  # type: ignore[misc]
         for method in batched:
             method.set_max_batch_size(cfg.serve.max_batch_size)
@@ -195,10 +208,14 @@ class IdentifierDeployment:
         torch.set_num_threads(cfg.serve.torch_threads)
         device = _device(cfg.serve.identifier_gpus, "identifier")
         self.scorer = EmpathyScorer.from_config(identifiers_dir, cfg.identifiers, device=device)
-        if device.type == "cuda":
-            for model in self.scorer.identifiers.values():
-                model.to(dtype=torch.bfloat16)
-        self.info = ModelInfo(name=model_name(identifiers_dir), version=model_version(identifiers_dir))
+        dtype = _dtype(device)
+        for model in self.scorer.identifiers.values():
+            model.to(dtype=dtype)
+        self.info = ModelInfo(
+            name=model_name(identifiers_dir),
+            version=model_version(identifiers_dir),
+            runtime=_runtime(device, dtype),
+        )
         self.score.set_max_batch_size(cfg.serve.max_batch_size)  # type: ignore[attr-defined]
         self.score.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)  # type: ignore[attr-defined]
         logger.info(

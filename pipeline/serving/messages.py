@@ -236,6 +236,9 @@ class ModelInfo(BaseModel):
 
     name: str
     version: str
+    runtime: str = Field(
+        default="", description="Where and in what precision it runs (`cpu float32`, `cuda bfloat16`)."
+    )
 
 
 class CandidateOut(BaseModel):

@@ -20,7 +20,7 @@ import pytest
 from ppo_inputs import build_run_dir, tiny_config
 
 from jobs.serve import served_folders
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.serving import dialogue_context
 
 pytestmark = pytest.mark.integration
@@ -151,6 +151,8 @@ def test_score_models_and_health(service: tuple[str, Config, Path]) -> None:
     assert status == 200, models
     assert models["mechanisms"] == ["ER", "IP", "EX"]
     assert models["policy"]["name"] == "run/sft" and models["identifiers"]["name"] == "identifiers"
+    assert models["policy"]["runtime"] == models["identifiers"]["runtime"] == "cpu float32"
+    assert models["object"] == "list" and models["data"][0]["id"] == "run/sft"
     assert (
         models["limits"]["max_turns"] == 8 and models["limits"]["max_new_tokens"] == cfg.model.max_target_len
     )
@@ -340,3 +342,49 @@ def test_openai_client_streams_token_by_token(service: tuple[str, Config, Path])
     ]
     assert texts[0] == whole.choices[0].message.content
     assert sum(1 for c in both if c.choices[0].finish_reason) == 2
+
+
+def test_deployment_options_follow_the_config() -> None:
+    from actors.serving import deployment_options
+
+    fixed = deployment_options(
+        tiny_config(serve__policy_replicas=2, serve__policy_gpus=0.5).serve, "policy", {}
+    )
+    assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"]["num_gpus"] == 0.5
+    assert fixed["max_ongoing_requests"] == 16 and fixed["max_queued_requests"] == 64
+    assert fixed["health_check_period_s"] == 10.0
+    auto = deployment_options(
+        tiny_config(serve__autoscaling="true", serve__min_replicas=1, serve__max_replicas=3,
+                    serve__identifier_replicas=2, serve__target_ongoing_requests=2).serve,
+        "identifiers", {},
+    )  # fmt: skip
+    assert "num_replicas" not in auto
+    assert auto["autoscaling_config"] == {
+        "min_replicas": 1, "max_replicas": 3, "initial_replicas": 2, "target_ongoing_requests": 2.0
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="initial count"):
+        tiny_config(serve__autoscaling="true", serve__max_replicas=2, serve__policy_replicas=3)
+
+
+def test_api_key_from_the_variable_else_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors.serving import api_key
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    secret = tmp_path / "key"
+    secret.write_text("from-file\n")
+    assert api_key(tiny_config(serve__api_key_env=KEY_ENV).serve) == ""
+    assert (
+        api_key(tiny_config(serve__api_key_env=KEY_ENV, serve__api_key_file=str(secret)).serve) == "from-file"
+    )
+    monkeypatch.setenv(KEY_ENV, "from-env")
+    assert (
+        api_key(tiny_config(serve__api_key_env=KEY_ENV, serve__api_key_file=str(secret)).serve) == "from-env"
+    )
+    monkeypatch.delenv(KEY_ENV)
+    for content, words in (("", "is empty"), (None, "cannot read")):
+        path = tmp_path / f"bad{content}"
+        if content is not None:
+            path.write_text(content)
+        with pytest.raises(ConfigError, match=words):
+            api_key(tiny_config(serve__api_key_env=KEY_ENV, serve__api_key_file=str(path)).serve)
