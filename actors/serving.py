@@ -535,12 +535,14 @@ def build_api(ingress: ApiIngress, cfg: Config, *, key_digest: str | None) -> Fa
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
         targets = req.target_levels.by_mechanism() if req.target_levels else None
+        per_choice = [[dataclasses.replace(base, seed=seed) for seed in seeds[i * k : (i + 1) * k]]
+                      for i in range(req.n)]  # fmt: skip
+        # every choice's candidates at once, so they share the replicas' batches
+        drawn = await asyncio.gather(*(ingress.candidates(context, settings) for settings in per_choice))
         choices, completion_tokens, prompt_tokens = [], 0, 0
-        for i in range(req.n):
-            settings = [dataclasses.replace(base, seed=seed) for seed in seeds[i * k : (i + 1) * k]]
-            drawn = await ingress.candidates(context, settings)
-            best = closest([p for _, p in drawn], targets)[0] if targets else 0
-            sampled, probs = drawn[best]
+        for i, candidates in enumerate(drawn):
+            best = closest([p for _, p in candidates], targets)[0] if targets else 0
+            sampled, probs = candidates[best]
             choices.append(
                 ChatChoice(index=i, message=ChatAnswer(content=sampled.text),
                            finish_reason=sampled.finish_reason, empathy=LevelsOut.from_probs(probs))
