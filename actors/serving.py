@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -35,7 +36,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from actors.cluster import worker_env
 from pipeline.config import Config, ConfigError, ServeConfig
-from pipeline.generation import Sampled, SamplingSettings, StepSampler, TextDeltas, generate_each
+from pipeline.generation import Sampled, SamplingSettings, StepSampler, TextDeltas
 from pipeline.models import load_policy
 from pipeline.scoring import EmpathyScorer
 from pipeline.serving import (
@@ -126,7 +127,7 @@ class PolicyDeployment:
             version=model_version(policy_dir),
             runtime=_runtime(self.device, dtype),
         )
-        batched: list[Any] = [self.generate, self._stream_batch]  # type: ignore[misc]
+        batched: list[Any] = [self._generate_batch, self._stream_batch]  # type: ignore[misc]
         for method in batched:
             method.set_max_batch_size(cfg.serve.max_batch_size)
             method.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
@@ -148,15 +149,34 @@ class PolicyDeployment:
         ids = torch.tensor([[int(self.tokenizer.eos_token_id)]], device=self.device)
         self.model.get_encoder()(input_ids=ids, return_dict=True)
 
+    async def generate(self, request: tuple[str, SamplingSettings]) -> Sampled:
+        """The response to ``(context, settings)``, batched with concurrent ones (:meth:`_generate_batch`).
+        A caller that goes away (timeout, disconnect) stops its row, not the batch."""
+        gone = threading.Event()
+        batched: Any = self._generate_batch  # Serve types it as list -> list
+        try:
+            return cast(Sampled, await batched((*request, gone)))
+        except asyncio.CancelledError:
+            gone.set()
+            raise
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def generate(self, requests: list[tuple[str, SamplingSettings]]) -> list[Sampled]:
-        """One response per ``(context, settings)``; a thread runs the model so the replica's event
-        loop keeps answering health checks and filling the next batch."""
-        contexts = [c for c, _ in requests]
-        settings = [s for _, s in requests]
-        return await asyncio.to_thread(
-            generate_each, self.model, self.tokenizer, contexts, settings, max_source_len=self.max_source_len
-        )
+    async def _generate_batch(
+        self, requests: list[tuple[str, SamplingSettings, threading.Event]]
+    ) -> list[Sampled]:
+        """A thread runs the model so the replica's event loop keeps answering health checks, filling
+        the next batch and noticing callers that went away."""
+        sampler = StepSampler(
+            self.model, self.tokenizer, [c for c, _, _ in requests], [s for _, s, _ in requests],
+            max_source_len=self.max_source_len, abandoned=[gone.is_set for _, _, gone in requests],
+        )  # fmt: skip
+
+        def run() -> list[Sampled]:
+            for _ in sampler:
+                pass
+            return sampler.results()
+
+        return await asyncio.to_thread(run)
 
     async def stream(self, request: tuple[str, SamplingSettings]) -> AsyncIterator[dict[str, Any]]:
         """One request's events, token by token: ``{"delta": text}``, the last one also with ``text``,
@@ -164,19 +184,23 @@ class PolicyDeployment:
         ``handle.options(stream=True)``; concurrent streams are batched by :meth:`_stream_batch`."""
         # Serve's replica runs a plain method returning an async generator (what @serve.batch makes of
         # an async generator) in a thread and refuses it; this async generator wraps it.
+        gone = threading.Event()
         batched: Any = self._stream_batch  # type: ignore[misc]  # Serve types it as list -> list
-        async for event in batched(request):
-            yield event
+        try:
+            async for event in batched((*request, gone)):
+                yield event
+        finally:  # done, or the caller went away (cancelled, closed): stop its row either way
+            gone.set()
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # type: ignore[arg-type]
     async def _stream_batch(  # type: ignore[misc]
-        self, requests: list[tuple[str, SamplingSettings]]
+        self, requests: list[tuple[str, SamplingSettings, threading.Event]]
     ) -> AsyncIterator[list[Any]]:
         """Per decoding step, one event per request (see :meth:`stream`); a request already finished
         gets ``StopIteration``, which ends its stream."""
         sampler = StepSampler(
-            self.model, self.tokenizer, [c for c, _ in requests], [s for _, s in requests],
-            max_source_len=self.max_source_len,
+            self.model, self.tokenizer, [c for c, _, _ in requests], [s for _, s, _ in requests],
+            max_source_len=self.max_source_len, abandoned=[gone.is_set for _, _, gone in requests],
         )  # fmt: skip
         steps = iter(sampler)
         deltas = [TextDeltas() for _ in requests]
@@ -253,10 +277,15 @@ async def _send_error(send: Send, status: int, message: str, headers: list[tuple
 class Guard:
     """ASGI middleware run before any body is parsed: the API key (401 without it, but on
     :data:`OPEN_PATHS`), then the body size (413 over ``max_body_bytes``, by ``Content-Length`` or
-    while reading a body without one). The body read here is replayed to the app."""
+    while reading a body without one). The body read here is replayed to the app, which gets
+    ``timeout_s`` to answer: 408 past it (a stream already started is ended). Serve's proxy has the same
+    timeout, but a client can lift that one with its ``x-request-timeout-seconds`` header."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, key_digest: str | None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, key_digest: str | None, timeout_s: float | None = None
+    ) -> None:
         self.app, self.max_body_bytes, self.key_digest = app, max_body_bytes, key_digest
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -296,7 +325,22 @@ class Guard:
             replayed = True
             return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        await self.app(scope, replay, send)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.app(scope, replay, tracked)
+        except TimeoutError:
+            logger.warning("%s timed out after %s s", route, self.timeout_s)
+            if started:  # the status is sent: end the body
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                await _send_error(send, 408, f"request timed out after {self.timeout_s:g} s", [])
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         scheme, _, token = headers.get("authorization", "").partition(" ")
@@ -556,7 +600,12 @@ def build_api(ingress: ApiIngress, cfg: Config, *, key_digest: str | None) -> Fa
             system_fingerprint=head["system_fingerprint"], choices=choices, usage=usage,
         )  # fmt: skip
 
-    app.add_middleware(Guard, max_body_bytes=cfg.serve.max_body_bytes, key_digest=key_digest)
+    app.add_middleware(
+        Guard,
+        max_body_bytes=cfg.serve.max_body_bytes,
+        key_digest=key_digest,
+        timeout_s=cfg.serve.request_timeout_s,
+    )
     return app
 
 
@@ -666,6 +715,18 @@ def deployment_options(s: ServeConfig, role: str, env: dict[str, Any]) -> dict[s
     return options
 
 
+def ingress_options(s: ServeConfig, env: dict[str, Any]) -> dict[str, Any]:
+    """Serve options of the ingress: one replica, no CPU of its own (it runs no model, it awaits the
+    deployments), ``serve.ingress_max_ongoing_requests`` in flight."""
+    return {
+        "num_replicas": 1,
+        "ray_actor_options": {"num_cpus": 0.0, "runtime_env": env},
+        "max_ongoing_requests": s.ingress_max_ongoing_requests,
+        "max_queued_requests": s.max_queued_requests,
+        "backpressure_config": {"retry_after_s": 1},  # the proxy's own 503 says when to retry, as ours does
+    }
+
+
 def build_app(cfg: Config, policy_dir: str | Path, identifiers_dir: str | Path) -> Application:
     """The bound application: ingress -> policy, identifiers. The API key, if any, is read here
     (:func:`api_key`); only its SHA-256 reaches the replicas."""
@@ -677,13 +738,7 @@ def build_app(cfg: Config, policy_dir: str | Path, identifiers_dir: str | Path) 
     )
     key = api_key(s)
     digest = hashlib.sha256(key.encode()).hexdigest() if key else None
-    # The ingress runs no model: it needs no CPU of its own.
-    ingress = serve.deployment(name="ingress")(serve.ingress()(ApiIngress)).options(
-        num_replicas=1,
-        ray_actor_options={"num_cpus": 0.0, "runtime_env": env},
-        max_ongoing_requests=s.max_ongoing_requests,
-        max_queued_requests=s.max_queued_requests,
-    )
+    ingress = serve.deployment(name="ingress")(serve.ingress()(ApiIngress)).options(**ingress_options(s, env))
     return ingress.bind(
         policy.bind(str(Path(policy_dir).resolve()), cfg),
         identifiers.bind(str(Path(identifiers_dir).resolve()), cfg),

@@ -9,7 +9,7 @@ token ids, the response mask, the sampler's log-probabilities and decoded text; 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -173,9 +173,13 @@ class StepSampler:
         settings: Sequence[SamplingSettings],
         *,
         max_source_len: int,
+        abandoned: Sequence[Callable[[], bool]] | None = None,
     ) -> None:
+        """``abandoned[i]()`` true stops row ``i`` at the next step (its caller has gone: a timeout or
+        a disconnect), so a batch never computes for nobody."""
         if len(contexts) != len(settings):
             raise ValueError(f"sampling got {len(contexts)} contexts but {len(settings)} settings")
+        self.abandoned = list(abandoned) if abandoned is not None else []
         self.model, self.tokenizer, self.settings = model, tokenizer, list(settings)
         self.contexts, self.max_source_len = list(contexts), max_source_len
         self.eos = cast(int, tokenizer.eos_token_id)
@@ -201,6 +205,8 @@ class StepSampler:
         next_ids = torch.full((len(settings), 1), int(model.config.decoder_start_token_id), device=device)
         past: Cache | None = None
         for step in range(max(s.max_new_tokens for s in settings)):
+            for i, gone in enumerate(self.abandoned):
+                self.done[i] = self.done[i] or gone()
             if all(self.done):
                 return
             out = model(

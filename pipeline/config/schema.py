@@ -392,9 +392,13 @@ class ServeConfig:
     """Requests generated (or scored) together in one ``@serve.batch`` call."""
     batch_wait_timeout_s: float = 0.01
     """Seconds a partial batch waits for more requests before it runs."""
-    max_ongoing_requests: int = 16
-    """Requests in flight per replica (Serve's option); must be >= ``max_batch_size`` or batches
-    never fill."""
+    max_ongoing_requests: int = 64
+    """Requests in flight per model replica (Serve's option); must be >= ``max_batch_size`` or batches
+    never fill. Several batches' worth keeps the replica's batch queue full: requests waiting in
+    Serve's router instead (more clients than this) are retried with a back-off and stall."""
+    ingress_max_ongoing_requests: int = 256
+    """Requests the ingress holds at once (it runs no model, it awaits the deployments); the model
+    deployments' queues then bound the load (503 beyond ``max_queued_requests``)."""
     max_queued_requests: int = 64
     """Requests queued per caller before Serve answers 503 (-1: unbounded)."""
     request_timeout_s: float = 30.0

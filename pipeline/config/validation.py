@@ -313,6 +313,14 @@ def _validate_serve(cfg: Config) -> None:
         f"set serve.max_ongoing_requests={2 * s.max_batch_size} or lower serve.max_batch_size",
     )
     _check(
+        s.ingress_max_ongoing_requests >= s.max_ongoing_requests,
+        "serve.ingress_max_ongoing_requests",
+        s.ingress_max_ongoing_requests,
+        f"must be >= serve.max_ongoing_requests={s.max_ongoing_requests} (the ingress holds every request "
+        "a model replica works on)",
+        f"set serve.ingress_max_ongoing_requests={4 * s.max_ongoing_requests}",
+    )
+    _check(
         s.max_queued_requests == -1 or s.max_queued_requests >= 1,
         "serve.max_queued_requests",
         s.max_queued_requests,

@@ -352,7 +352,7 @@ def test_deployment_options_follow_the_config() -> None:
     )
     assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
     assert fixed["ray_actor_options"]["num_gpus"] == 0.5
-    assert fixed["max_ongoing_requests"] == 16 and fixed["max_queued_requests"] == 64
+    assert fixed["max_ongoing_requests"] == 64 and fixed["max_queued_requests"] == 64
     assert fixed["health_check_period_s"] == 10.0
     auto = deployment_options(
         tiny_config(serve__autoscaling="true", serve__min_replicas=1, serve__max_replicas=3,

@@ -95,3 +95,21 @@ def test_empty_batch_and_mismatched_settings(
     assert sample_each(model, tok, [], [], max_source_len=48) == []
     with pytest.raises(ValueError, match="settings"):
         sample_each(model, tok, TEXTS[:2], [settings(0)], max_source_len=48)
+
+
+def test_an_abandoned_row_stops_and_its_batch_mates_are_unchanged(
+    policy: tuple[T5ForConditionalGeneration, PreTrainedTokenizerBase],
+) -> None:
+    from pipeline.generation import StepSampler
+
+    model, tok = policy
+    alone = sample_each(model, tok, [TEXTS[1]], [settings(4, min_new_tokens=10)], max_source_len=48)[0]
+    steps = 0
+    sampler = StepSampler(
+        model, tok, [TEXTS[0], TEXTS[1]], [settings(3, min_new_tokens=10), settings(4, min_new_tokens=10)],
+        max_source_len=48, abandoned=[lambda: steps >= 2, lambda: False],
+    )  # fmt: skip
+    for _ in sampler:
+        steps += 1
+    assert len(sampler.tokens[0]) == 2  # stopped at the step after it was abandoned
+    assert sampler.results()[1].text == alone and len(sampler.tokens[1]) == 10
