@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR := cpu
 
-.PHONY: venv run test lint typecheck unit integration clean
+.PHONY: venv run test lint typecheck unit integration browser clean
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ integration: venv
 
 test: lint typecheck
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+# Debian's Chromium + ChromeDriver for the chat page's browser test (root; CI runs it)
+browser:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
