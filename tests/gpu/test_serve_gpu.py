@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import urllib.request
@@ -26,12 +25,6 @@ pytestmark = [
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(url: str, body: dict[str, Any]) -> Any:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as reply:
@@ -43,6 +36,7 @@ def _post(url: str, body: dict[str, Any]) -> Any:
 def gpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import ray
     from ppo_inputs import build_run_dir, tiny_config
+    from processes import free_port
     from ray import serve
 
     import jobs  # noqa: F401  (loopback-only Ray)
@@ -56,7 +50,7 @@ def gpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     init_ray(ResourcesConfig(num_cpus=4, use_gpu=True, object_store_memory=500_000_000))
     folder = tmp_path_factory.mktemp("gpu_serve")
     run = build_run_dir(folder / "run", folder / "cache")
-    cfg = tiny_config(serve__port=_port(), serve__policy_gpus=0.5, serve__identifier_gpus=0.25,
+    cfg = tiny_config(serve__port=free_port(), serve__policy_gpus=0.5, serve__identifier_gpus=0.25,
                       serve__policy_cpus=1, serve__identifier_cpus=1)  # fmt: skip
     start_serve(cfg)
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from ppo_inputs import build_run_dir, tiny_config
+from processes import free_port
 
 from jobs.serve import served_folders
 from pipeline.config import Config, ConfigError
@@ -31,12 +31,6 @@ TURNS = [
     "Thanks, I start on Monday.",
 ]
 KEY_ENV = "EMPRL_TEST_SERVE_KEY"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(

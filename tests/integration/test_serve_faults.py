@@ -9,7 +9,6 @@ takes seconds, served by two applications: ``slow`` with a one-request queue, ``
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 import torch
 from ppo_inputs import POLICY, build_run_dir, tiny_config
+from processes import free_port
 
 from pipeline.config import Config, DataConfig
 from pipeline.data import prepare_datasets
@@ -55,12 +55,6 @@ class Reply(NamedTuple):
     body: Any
     """Parsed JSON, else the text."""
     retry_after: str | None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(url: str, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
