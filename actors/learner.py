@@ -32,7 +32,6 @@ from pipeline.ppo.iteration import iteration_lr_lambda, ppo_loss, response_forwa
 logger = logging.getLogger(__name__)
 
 RNG_FILE = "rng_rank{rank}.pt"
-POLICY_PREFIX = "policy."
 
 
 class LearnerWorker(RoleProcess):
@@ -147,12 +146,12 @@ class LearnerWorker(RoleProcess):
         return stats
 
     def publish(self) -> list[Any] | None:
-        """Rank 0: ``[ref]`` to the T5 policy's weights (float32 CPU) put once in the object store."""
+        """Rank 0: ``[ref]`` to the policy's and value head's weights (float32 CPU) put once in the
+        object store (the rollout workers compute old log-probabilities and values as they sample)."""
         state = self.engine.full_state_dict(rank=self.rank)
         if state is None:
             return None
-        policy = {k[len(POLICY_PREFIX) :]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
-        return [ray.put(policy)]
+        return [ray.put(state)]
 
     def save(self, folder: str) -> None:
         """DeepSpeed checkpoint (model, optimizer, scheduler) plus this rank's RNG states."""

@@ -1,8 +1,10 @@
 """Rollout worker role: holds a copy of the policy and samples responses for prompt batches.
 
 Consumes :class:`~pipeline.ppo.experience.PromptBatch` shards and new weights (an object-store
-reference plus a policy version); produces :class:`~pipeline.ppo.experience.Rollouts` with token ids,
-masks, the sampler's log-probabilities, decoded text and the version. Resources:
+reference plus a policy version, the policy with its value head); produces
+:class:`~pipeline.ppo.experience.Rollouts` with token ids, masks, the sampler's log-probabilities and
+the value head's estimates (PPO's old log-probabilities and values when the versions match), decoded
+text and the version. Resources:
 ``resources.rollout_cpus`` CPUs (or one GPU) and ``resources.torch_threads`` threads.
 """
 
@@ -33,12 +35,12 @@ class RolloutWorker(RoleProcess):
     ) -> None:
         torch.set_num_threads(torch_threads)
         model, self.tokenizer = load_policy(policy_dir)
-        self.model = model.to(device).policy
+        self.model = model.to(device)
         self.model.train(False)
         self.cfg, self.device, self.version = cfg, device, 0
 
     def set_weights(self, weights: list[Any] | dict[str, torch.Tensor], version: int) -> int:
-        """Load the policy's state dict (or ``[ref]`` to it in the object store) and adopt ``version``."""
+        """Load the policy-with-value-head state dict (or ``[ref]`` to it in the object store) and adopt ``version``."""
         state = ray.get(weights[0]) if isinstance(weights, list) else weights
         self.model.load_state_dict(state)
         self.version = version

@@ -57,7 +57,7 @@ SHAPES: dict[str, list[str]] = {
         "model.vocab_size=8000", "model.d_model=256", "model.d_ff=1024", "model.d_kv=64", "model.num_layers=4",
         "model.num_decoder_layers=4", "model.num_heads=4", "model.max_source_len=200",
         "ppo.rollout_batch_size=32", "ppo.mini_batch_size=8", "ppo.ppo_epochs=4",
-        "rollout.batch_size=16", "rollout.min_new_tokens=5", "rollout.max_new_tokens=30",
+        "rollout.min_new_tokens=5", "rollout.max_new_tokens=30",
     ],
 }  # fmt: skip
 PHASES = (
@@ -103,17 +103,28 @@ def build_inputs(folder: Path, overrides: list[str], contexts: list[str], respon
 
 
 def run_one(
-    folder: Path, overrides: list[str], workers: int, precision: str, iterations: int, cpus: int
+    folder: Path,
+    overrides: list[str],
+    workers: int,
+    precision: str,
+    iterations: int,
+    cpus: int,
+    *,
+    extra: list[str] = (),  # type: ignore[assignment]
 ) -> list[dict[str, Any]]:
+    """The PPO stage on ``folder``'s inputs for ``iterations`` iterations; its metrics rows."""
     run_dir = folder / f"run_w{workers}_{precision}"
     run_dir.mkdir()
     for sub in ("sft", "identifiers", "labeled"):
         (run_dir / sub).symlink_to(folder / sub)
+    rollouts = load_config("local", overrides).ppo.rollout_batch_size
     cfg = load_config(
         "local",
         [
             *overrides,
             f"rollout.num_workers={workers}",
+            # one generation chunk per worker
+            f"rollout.batch_size={-(-rollouts // workers)}",
             f"ppo.total_steps={iterations}",
             f"ppo.save_every={iterations}",
             "identifiers.max_context_len=96",
@@ -124,8 +135,10 @@ def run_one(
             "resources.learner_cpus=0.4",
             f"resources.learner_threads={cpus}",
             f"resources.rollout_threads={max(1, cpus // workers)}",
+            f"resources.reference_threads={cpus}",
             f"learner.engine.precision={precision}",
             f"rollout.precision={precision}",
+            *extra,
         ],
     )
     layout = RunLayout(run_dir)

@@ -1,8 +1,9 @@
 """Prompt encoding and response sampling for a T5 policy (rollouts, evaluation, serving).
 
 :func:`encode_prompts` tokenises contexts with the SFT source rule (keep the last tokens);
-:func:`sample_responses` runs batched ``generate`` with the KV cache under a fixed seed and returns
-token ids, the response mask, the sampler's log-probabilities and decoded text; :class:`StepSampler`
+:func:`sample_responses` samples a batch token by token with the KV cache under a fixed seed and
+returns token ids, the response mask, the sampler's log-probabilities (and the value head's
+estimates) and decoded text; :class:`StepSampler`
 (serving) samples every row token by token with its own settings and its own seeded generator, and
 :class:`TextDeltas` turns its tokens into streamed text.
 """
@@ -18,6 +19,7 @@ import torch
 from transformers import Cache, PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from pipeline.config import RolloutConfig
+from pipeline.models.policy import PolicyWithValueHead, packed_encoder_states
 from pipeline.ppo.experience import IntArray, PromptBatch, Rollouts
 from pipeline.training.sft import truncate_source
 
@@ -66,7 +68,7 @@ def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_responses(
-    model: T5ForConditionalGeneration,
+    model: T5ForConditionalGeneration | PolicyWithValueHead,
     tokenizer: PreTrainedTokenizerBase,
     prompts: PromptBatch,
     cfg: RolloutConfig,
@@ -76,41 +78,102 @@ def sample_responses(
 ) -> Rollouts:
     """Sample one response per prompt with ``cfg``'s top-k / top-p / temperature and length bounds.
 
-    The global torch RNG is seeded with ``prompts.seed`` first, so a batch's responses depend only
-    on the weights, the prompts and the seed. ``greedy`` decodes the argmax instead (evaluation).
+    The same distribution as Hugging Face ``generate(do_sample=True)`` (``</s>`` barred until
+    ``min_new_tokens``, then temperature, top-k, top-p), drawn from a ``torch.Generator`` seeded
+    with ``prompts.seed``: a batch's responses depend only on the weights, the prompts and the seed,
+    never on the global RNG. ``greedy`` decodes the argmax instead (evaluation). The encoder runs
+    once on the prompts' real tokens (:func:`~pipeline.models.policy.packed_encoder_states`), then
+    the decoder token by token with the KV cache; top-k draws among the ``k`` kept tokens instead of
+    the whole vocabulary.
+
     Log-probabilities come from the model's raw logits (the distribution PPO optimises), not the
-    temperature/top-k-warped one that was sampled.
+    warped one that was sampled. Given a :class:`PolicyWithValueHead`, the rollouts also carry the
+    value head's estimate at every response position, from the same decoder states: with the log-
+    probabilities, what the PPO learner would otherwise recompute in a second forward pass.
     """
+    policy = model.policy if isinstance(model, PolicyWithValueHead) else model
     eos = cast(int, tokenizer.eos_token_id)
     pad = cast(int, tokenizer.pad_token_id)
-    torch.manual_seed(prompts.seed)
-    sampling = {} if greedy else {"top_k": cfg.top_k, "top_p": cfg.top_p, "temperature": cfg.temperature}
-    out = model.generate(
-        input_ids=prompts.prompt_ids,
-        attention_mask=prompts.prompt_mask,
-        do_sample=not greedy,
-        min_new_tokens=cfg.min_new_tokens,
-        max_new_tokens=cfg.max_new_tokens,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        output_logits=True,
-        return_dict_in_generate=True,
-        **sampling,
-    )
-    response_ids = out.sequences[:, 1:]  # drop the decoder start token
-    logits = torch.stack(out.logits, dim=1).float()  # (B, T_r, V), raw
-    mask = response_mask(response_ids, eos)
-    response_ids = response_ids.masked_fill(mask == 0, pad)
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) * mask
+    ids, mask = prompts.prompt_ids, prompts.prompt_mask
+    device = ids.device
+    generator = torch.Generator(device=device).manual_seed(prompts.seed)
+    with torch.no_grad():
+        encoded = packed_encoder_states(policy.get_encoder(), ids, mask)
+        next_ids = torch.full((len(prompts), 1), int(policy.config.decoder_start_token_id), device=device)
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        cache: Cache | None = None
+        tokens, logprobs, values = [], [], []
+        for step in range(cfg.max_new_tokens):
+            out = policy(
+                encoder_outputs=(encoded,),
+                attention_mask=mask,
+                decoder_input_ids=next_ids,
+                cache=cache,
+                use_cache=True,
+                output_hidden_states=isinstance(model, PolicyWithValueHead),
+                return_dict=True,
+            )
+            cache = out.cache
+            logits = out.logits[:, -1, :].float()  # (B, V) raw
+            if isinstance(model, PolicyWithValueHead):
+                values.append(model.value_head(out.decoder_hidden_states[-1][:, -1]).float())
+            token = _draw(logits, cfg, step=step, eos=eos, greedy=greedy, generator=generator)
+            token = token.masked_fill(done, pad)
+            logprobs.append(torch.log_softmax(logits, dim=-1).gather(-1, token.unsqueeze(-1)).squeeze(-1))
+            tokens.append(token)
+            done |= token == eos
+            if bool(done.all()):
+                break
+            next_ids = token.unsqueeze(-1)
+    response_ids = torch.stack(tokens, dim=1)
+    resp_mask = response_mask(response_ids, eos)
+    response_ids = response_ids.masked_fill(resp_mask == 0, pad)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
     return Rollouts(
         prompts=prompts,
         response_ids=response_ids,
-        response_mask=mask,
-        logprobs=logprobs,
+        response_mask=resp_mask,
+        logprobs=torch.stack(logprobs, dim=1) * resp_mask,
         responses=tuple(t.strip() for t in texts),
         version=version,
+        values=torch.stack(values, dim=1) * resp_mask if values else None,
     )
+
+
+def _draw(
+    logits: torch.Tensor, cfg: RolloutConfig, *, step: int, eos: int, greedy: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """(B, V) raw logits -> (B,) tokens drawn from :func:`sampling_distribution` (or the argmax)."""
+    if greedy:
+        if step < cfg.min_new_tokens:
+            logits = logits.clone()
+            logits[:, eos] = float("-inf")
+        return logits.argmax(dim=-1)
+    probs, index = sampling_distribution(logits, cfg, step=step, eos=eos)
+    return index.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
+
+
+def sampling_distribution(
+    logits: torch.Tensor, cfg: RolloutConfig, *, step: int, eos: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What Hugging Face ``generate(do_sample=True)`` samples from at decoding step ``step``: ``</s>``
+    barred before ``min_new_tokens``, then temperature, top-k, top-p (its order), as ``(probs,
+    index)`` (B, k) over the ``k`` tokens top-k keeps (every other token has probability 0), so a
+    draw costs ``k`` instead of the vocabulary."""
+    scores = logits / cfg.temperature
+    if step < cfg.min_new_tokens:
+        scores = scores.clone()
+        scores[:, eos] = float("-inf")
+    k = cfg.top_k if 0 < cfg.top_k < scores.shape[-1] else scores.shape[-1]
+    kept, index = torch.topk(scores, k, dim=-1)  # (B, k), descending
+    if cfg.top_p < 1.0:
+        # the nucleus over the kept tokens, ascending as Hugging Face does; the most likely stays
+        ascending = kept.flip(-1)
+        cumulative = torch.softmax(ascending, dim=-1).cumsum(-1)
+        drop = cumulative <= 1 - cfg.top_p
+        drop[:, -1] = False
+        kept = ascending.masked_fill(drop, float("-inf")).flip(-1)
+    return torch.softmax(kept, dim=-1), index
 
 
 @dataclass(frozen=True)

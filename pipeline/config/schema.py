@@ -298,6 +298,14 @@ class PPOConfig:
     """Horizon of the adaptive controller (paper: 10 000)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator: k1 = log π − log π_ref (paper), k2, k3 (Schulman 2020)."""
+    old_logprobs: Literal["auto", "rollout", "learner"] = "auto"
+    """Where PPO's old log-probabilities and values come from. ``rollout``: the rollout workers
+    compute them while sampling (the same weights as the learner's: the workers always sample with
+    the latest published version), saving the learner a forward pass over the batch; ``learner``:
+    the learner recomputes them (trl's way). Both are the same quantities up to float rounding; the
+    gap is logged as ``ppo/first_ratio_gap`` (the largest ``|π/π_old − 1|`` over the first mini-
+    batch, before any update). ``auto``: ``rollout`` when the sampler and the learner both run in
+    fp32, else ``learner``."""
     save_every: int = 100
     """Checkpoint every this many iterations (and after the last)."""
     keep_checkpoints: int = 2
@@ -352,6 +360,10 @@ class ResourcesConfig:
     learner_threads: int | None = None
     """torch threads per PPO learner rank (``None``: ``torch_threads``). The update phase runs
     alone, so a single rank may use every core of its node."""
+    reference_threads: int | None = None
+    """torch threads of the reference policy (``None``: ``torch_threads``). It runs beside the
+    reward scorers, whose tiny identifiers finish first: on a small node the reference may take
+    every core for the rest of that phase."""
     object_store_memory: int = 500_000_000
     """Object store bytes of a local cluster."""
 

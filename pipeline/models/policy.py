@@ -67,6 +67,8 @@ class PolicyWithValueHead(nn.Module):
         attention_mask: torch.Tensor,
         decoder_input_ids: torch.Tensor,
         decoder_attention_mask: torch.Tensor | None = None,
+        *,
+        pack: bool = False,
     ) -> PolicyOutput:
         """Teacher-forced pass over a prompt and a decoder sequence.
 
@@ -76,14 +78,20 @@ class PolicyWithValueHead(nn.Module):
             decoder_input_ids: (B, T) decoder inputs, starting with the decoder start token
                 (``<pad>`` for T5), i.e. the response shifted right.
             decoder_attention_mask: (B, T) 1 for real decoder positions; ``None`` attends to all.
+            pack: run the encoder on the prompts' real tokens only (:func:`packed_encoder_states`);
+                the same result up to float rounding, with no compute spent on padding.
 
         Returns:
             ``PolicyOutput(logits (B, T, V), values (B, T))``: position t predicts token t + 1 of
             ``decoder_input_ids`` and holds the value of the state after token t.
         """
+        encoder_outputs = None
+        if pack:
+            encoder_outputs = (packed_encoder_states(self.policy.get_encoder(), input_ids, attention_mask),)
         out = self.policy(
-            input_ids=input_ids,
+            input_ids=None if pack else input_ids,
             attention_mask=attention_mask,
+            encoder_outputs=encoder_outputs,
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             output_hidden_states=True,
@@ -108,6 +116,61 @@ class PolicyWithValueHead(nn.Module):
         """
         out = self.policy.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return out if isinstance(out, torch.Tensor) else cast(torch.Tensor, out.sequences)
+
+
+def packed_encoder_states(
+    encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, min_row_tokens: int = 128
+) -> torch.Tensor:
+    """The encoder's (B, T, d) last hidden states of padded prompts, computed without the padding.
+
+    The prompts' real tokens are packed back to back into ``R`` rows of at most
+    ``max(T, min_row_tokens)`` tokens, run through ``encoder`` with a block-diagonal attention mask
+    (a token attends only to its own prompt), and scattered back to the padded layout (zeros at
+    padding). T5's relative position bias depends only on the distance between two tokens, so each
+    prompt sees exactly what it sees alone: the result equals ``encoder(input_ids, attention_mask)``
+    up to float rounding, while the projections and feed-forward layers skip the padding (half the
+    tokens of a random mini-batch of ED contexts). Each prompt's tokens must be contiguous (right or
+    left padding).
+
+    Args:
+        encoder: a T5 encoder stack (``T5ForConditionalGeneration.get_encoder()``).
+        input_ids: (B, T) token ids.
+        attention_mask: (B, T) 1 for real tokens.
+        min_row_tokens: smallest packed row; rows never exceed ``max(T, min_row_tokens)``, so
+            attention never costs more per token than in the padded batch beyond that floor.
+    """
+    batch, width = input_ids.shape
+    lengths = attention_mask.sum(dim=1).tolist()
+    budget = max(width, min_row_tokens)
+    row_of, offset_of, fill = [], [], [0]
+    for n in lengths:  # first fit in prompt order: B is a mini-batch, a Python loop is cheap
+        if fill[-1] + n > budget and fill[-1] > 0:
+            fill.append(0)
+        row_of.append(len(fill) - 1)
+        offset_of.append(fill[-1])
+        fill[-1] += n
+    device = input_ids.device
+    src_b, src_t = attention_mask.nonzero(as_tuple=True)  # row-major: each prompt's tokens in order
+    counts = torch.tensor(lengths, device=device)
+    first = torch.cumsum(counts, 0) - counts  # index in src of each prompt's first token
+    rank = torch.arange(src_b.numel(), device=device) - first[src_b]
+    dst_r = torch.tensor(row_of, device=device)[src_b]
+    dst_p = torch.tensor(offset_of, device=device)[src_b] + rank
+    rows, packed_width = len(fill), max(max(fill), 1)
+    packed = input_ids.new_zeros(rows, packed_width)
+    packed[dst_r, dst_p] = input_ids[src_b, src_t]
+    segment = torch.full((rows, packed_width), -1, dtype=torch.long, device=device)
+    segment[dst_r, dst_p] = src_b
+    same = segment.unsqueeze(2) == segment.unsqueeze(1)  # (R, N, N)
+    real = segment >= 0
+    # padding queries attend to themselves only: no row of the mask is empty (NaN in softmax)
+    allowed = (same & real.unsqueeze(2)) | torch.eye(packed_width, dtype=torch.bool, device=device)
+    hidden = encoder(
+        input_ids=packed, attention_mask=allowed.unsqueeze(1), return_dict=True
+    ).last_hidden_state
+    out = hidden.new_zeros(batch, width, hidden.shape[-1])
+    out[src_b, src_t] = hidden[dst_r, dst_p]
+    return cast(torch.Tensor, out)
 
 
 def policy_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> T5Config:

@@ -69,6 +69,9 @@ class Rollouts:
     """Decoded response text (special tokens removed)."""
     version: int
     """Policy version that generated these responses."""
+    values: Tensor | None = None
+    """(B, T_r) the value head's estimate before each response token, from the sampler's decoder
+    states (0 under the mask), or ``None`` when the sampler had no value head."""
 
     def __len__(self) -> int:
         return len(self.responses)
@@ -99,6 +102,11 @@ class Rollouts:
             logprobs=pad_stack([p.logprobs for p in parts], value=0.0),
             responses=tuple(r for p in parts for r in p.responses),
             version=parts[0].version,
+            values=(
+                pad_stack([p.values for p in parts if p.values is not None], value=0.0)
+                if all(p.values is not None for p in parts)
+                else None
+            ),
         )
 
 

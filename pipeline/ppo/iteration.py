@@ -16,7 +16,7 @@ from pipeline.config import PPOConfig, RewardConfig
 from pipeline.models.policy import PolicyWithValueHead
 from pipeline.ppo.advantages import gae, masked_mean, masked_whiten
 from pipeline.ppo.experience import IntArray, RewardScores, Rollouts, TrainBatch
-from pipeline.ppo.losses import entropy_from_logits, explained_variance, policy_loss, value_loss
+from pipeline.ppo.losses import entropy_from_logprobs, explained_variance, policy_loss, value_loss
 from pipeline.ppo.rewards import RunningMoments, kl_shaped_rewards, normalize_scores
 
 
@@ -59,15 +59,19 @@ def response_forward(
     *,
     start_id: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher-forced pass: ``(logprobs, values, logits)`` of each response token.
+    """Teacher-forced pass: ``(logprobs, values, vocab_logprobs)`` of each response token.
 
     ``logprobs`` (B, T_r) ``log π(r_t | c, r_<t)`` in float32, ``values`` (B, T_r) the value of the
-    state before ``r_t`` and ``logits`` (B, T_r, V). No response mask is needed: the decoder is
-    causal and padding comes after each row's last token.
+    state before ``r_t`` and ``vocab_logprobs`` (B, T_r, V) the whole log-softmax. No response mask
+    is needed: the decoder is causal and padding comes after each row's last token. The encoder
+    skips the prompts' padding (``pack=True``, the same result up to float rounding).
     """
-    logits, values = model(prompt_ids, prompt_mask, decoder_inputs(response_ids, start_id=start_id))
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-    return logprobs, values.float(), logits
+    logits, values = model(
+        prompt_ids, prompt_mask, decoder_inputs(response_ids, start_id=start_id), pack=True
+    )
+    vocab_logprobs = torch.log_softmax(logits.float(), dim=-1)
+    logprobs = vocab_logprobs.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    return logprobs, values.float(), vocab_logprobs
 
 
 def build_train_batch(
@@ -171,7 +175,7 @@ def ppo_loss(
     ``n_r / global_tokens · world_size``, so the gradient average over ranks equals the
     single-process gradient of the whole mini-batch.
     """
-    logprobs, values, logits = response_forward(
+    logprobs, values, vocab_logprobs = response_forward(
         model, shard.prompt_ids, shard.prompt_mask, shard.response_ids, start_id=start_id
     )
     mask = shard.response_mask
@@ -183,13 +187,15 @@ def ppo_loss(
     local_tokens = float(mask.sum())
     scaled = loss * (local_tokens / global_tokens * world_size)
     with torch.no_grad():
+        ratio = torch.exp(logprobs - shard.old_logprobs)
         stats = {
             "ppo/loss": float(loss),
             "ppo/policy_loss": float(pg_loss),
             "ppo/value_loss": float(vf_loss),
-            "ppo/entropy": float(entropy_from_logits(logits.float(), mask)),
+            "ppo/entropy": float(entropy_from_logprobs(vocab_logprobs, mask)),
             **{f"ppo/{k}": float(v) for k, v in {**pg_stats, **vf_stats}.items()},
-            "ppo/ratio_mean": float(masked_mean(torch.exp(logprobs - shard.old_logprobs), mask)),
+            "ppo/ratio_mean": float(masked_mean(ratio, mask)),
+            "ppo/ratio_max_dev": float(((ratio - 1).abs() * mask).max()) if mask.any() else 0.0,
             "ppo/tokens": local_tokens,
         }
     return scaled, stats

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline.config import ModelConfig, PPOConfig, RewardConfig, RolloutConfig
-from pipeline.generation import encode_prompts, response_mask, sample_responses
+from pipeline.generation import encode_prompts, response_mask, sample_responses, sampling_distribution
 from pipeline.models import PolicyWithValueHead, build_policy, train_tokenizer
+from pipeline.models.policy import packed_encoder_states
 from pipeline.ppo.advantages import gae, masked_whiten
 from pipeline.ppo.experience import RewardScores, Rollouts, TrainBatch, pad_stack, split_evenly
 from pipeline.ppo.iteration import (
@@ -104,9 +105,11 @@ def test_sampling_depends_only_on_weights_prompts_and_seed(
     assert bool((a.response_ids[a.response_mask == 0] == tokenizer.pad_token_id).all())  # type: ignore[attr-defined]
 
 
-def test_sampler_logprobs_equal_teacher_forced_logprobs(policy: tuple[PolicyWithValueHead, object]) -> None:
+def test_sampler_logprobs_and_values_equal_the_teacher_forced_pass(
+    policy: tuple[PolicyWithValueHead, object],
+) -> None:
     model, tokenizer = policy
-    rollouts = sample_responses(model.policy, tokenizer, _prompts(tokenizer, [3, 4]), ROLLOUT)  # type: ignore[arg-type]
+    rollouts = sample_responses(model, tokenizer, _prompts(tokenizer, [3, 4, 0]), ROLLOUT)  # type: ignore[arg-type]
     with torch.no_grad():
         logprobs, values, _ = response_forward(
             model,
@@ -116,8 +119,74 @@ def test_sampler_logprobs_equal_teacher_forced_logprobs(policy: tuple[PolicyWith
             start_id=model.config.decoder_start_token_id,
         )
     m = rollouts.response_mask.bool()
+    # what PPO's learner would recompute: the same numbers from the sampler's own decoder states
+    assert rollouts.values is not None and rollouts.values.shape == rollouts.response_ids.shape
     torch.testing.assert_close(logprobs[m], rollouts.logprobs[m], atol=1e-5, rtol=1e-5)
-    assert values.shape == rollouts.response_ids.shape
+    torch.testing.assert_close(values[m], rollouts.values[m], atol=1e-5, rtol=1e-5)
+    assert bool((rollouts.values[~m] == 0).all()) and bool((rollouts.logprobs[~m] == 0).all())
+    # a bare T5 (evaluation) samples the same responses, without values
+    bare = sample_responses(model.policy, tokenizer, _prompts(tokenizer, [3, 4, 0]), ROLLOUT)  # type: ignore[arg-type]
+    assert bare.values is None and torch.equal(bare.response_ids, rollouts.response_ids)
+
+
+def test_packed_encoder_equals_the_padded_encoder(policy: tuple[PolicyWithValueHead, object]) -> None:
+    model, tokenizer = policy
+    encoder = model.policy.get_encoder()
+    prompts = _prompts(tokenizer, [0, 1, 2, 3, 4, 5])
+    ids, mask = prompts.prompt_ids, prompts.prompt_mask
+    lengths = mask.sum(1)
+    assert int(lengths.min()) < ids.shape[1]  # some padding to skip
+    with torch.no_grad():
+        padded = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        for min_row_tokens in (1, 16, 1000):  # one prompt per row ... all prompts in one row
+            packed = packed_encoder_states(encoder, ids, mask, min_row_tokens=min_row_tokens)
+            real = mask.bool()
+            torch.testing.assert_close(packed[real], padded[real], atol=1e-5, rtol=1e-5)
+            assert bool((packed[~real] == 0).all())
+        # left padding: each prompt's tokens are still contiguous
+        left_ids = torch.stack(
+            [torch.roll(r, int(ids.shape[1] - n)) for r, n in zip(ids, lengths, strict=True)]
+        )
+        left_mask = torch.stack(
+            [torch.roll(r, int(ids.shape[1] - n)) for r, n in zip(mask, lengths, strict=True)]
+        )
+        left = packed_encoder_states(encoder, left_ids, left_mask, min_row_tokens=16)
+        torch.testing.assert_close(left[left_mask.bool()], padded[real], atol=1e-5, rtol=1e-5)
+    # gradients flow through the packing to every real position
+    model.zero_grad()
+    packed_encoder_states(encoder, ids, mask).sum().backward()
+    assert model.policy.shared.weight.grad is not None and bool(
+        model.policy.shared.weight.grad.abs().sum() > 0
+    )
+    model.zero_grad()
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "step"), [(20, 1.0, 0), (20, 1.0, 5), (5, 0.8, 3), (0, 0.9, 3), (0, 1.0, 0)]
+)
+def test_sampling_distribution_is_hugging_faces(top_k: int, top_p: float, step: int) -> None:
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    cfg = RolloutConfig(top_k=top_k, top_p=top_p, temperature=0.9, min_new_tokens=2, max_new_tokens=8)
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(4, 50)
+    logits[1, 1] = 20.0  # eos most likely: barred before min_new_tokens
+    hf = LogitsProcessorList([MinNewTokensLengthLogitsProcessor(1, cfg.min_new_tokens, eos_token_id=1)])
+    hf.append(TemperatureLogitsWarper(cfg.temperature))
+    if top_k:
+        hf.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        hf.append(TopPLogitsWarper(top_p))
+    expected = torch.softmax(hf(torch.zeros(4, 1 + step, dtype=torch.long), logits.clone()), dim=-1)
+    probs, index = sampling_distribution(logits, cfg, step=step, eos=1)
+    ours = torch.zeros_like(expected).scatter(-1, index, probs)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
 
 
 def test_concat_repads_and_keeps_row_order(policy: tuple[PolicyWithValueHead, object]) -> None:
