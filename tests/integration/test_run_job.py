@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from processes import job_env, leftovers, processes_with
+from processes import BIN, RAY, job_env, leftovers, processes_with, ray_head
 
 from jobs.run import STAGE_NAMES
 from pipeline.config import load_config
@@ -29,19 +31,40 @@ def test_local_cluster_stays_on_loopback(ray_cluster: None) -> None:
     assert ray.util.get_node_ip_address() == "127.0.0.1"
 
 
-def test_run_writes_every_stage_into_one_folder(ray_cluster: None, tmp_path: Path) -> None:
+@pytest.fixture
+def head() -> Iterator[tuple[str, dict[str, str]]]:
+    with ray_head() as started:
+        yield started
+
+
+@pytest.mark.slow
+def test_emprl_run_through_ray_job_submit_writes_every_stage_into_one_folder(
+    head: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """`ray job submit ... -- emprl run` on the demo data against a head on loopback, as on a cluster
+    (README: Running on a cluster): every stage's output in the run folder, and the report."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from jobs.common import make_run_dir
-    from jobs.run import run
-
-    cfg = load_config(
-        "local", [f"run.output_dir={tmp_path}", "run.name=r1", f"data.cache_dir={tmp_path / 'cache'}"]
-    )
-    run_dir = make_run_dir(cfg, "run")
-    returned = run(cfg, RunLayout(run_dir))
+    address, env = head
+    overrides = [
+        f"run.output_dir={tmp_path}", "run.name=r1", f"data.cache_dir={tmp_path / 'cache'}",
+        "resources.address=auto",
+    ]  # fmt: skip
+    command = [
+        str(RAY), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+        str(BIN / "emprl"), "run", "--preset", "local", *overrides,
+    ]  # fmt: skip
+    for _ in range(15):  # the head's job agent starts a few seconds after the dashboard answers
+        submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        output = submit.stdout + submit.stderr
+        if "No available agent" not in output:
+            break
+        time.sleep(2)
+    assert submit.returncode == 0, output[-4000:]
+    assert "succeeded" in output
+    cfg = load_config("local", overrides)
+    run_dir = tmp_path / "r1"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary == json.loads(json.dumps(returned))
     assert sorted(STAGE_NAMES) == sorted(k for k in summary if k != "total_seconds")
     assert summary["data"]["ed"]["train"]["examples"] >= 200
     assert sum(summary["data"]["epitome_pairs"].values()) >= 150
@@ -64,6 +87,9 @@ def test_run_writes_every_stage_into_one_folder(ray_cluster: None, tmp_path: Pat
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     assert model.config.d_model == cfg.model.d_model
     assert len(tokenizer) == summary["init"]["policy_vocab"]
+    # PPO ran its iterations on the cluster's roles
+    ppo = json.loads((run_dir / "ppo" / "metrics.json").read_text())
+    assert ppo["iterations"] == cfg.ppo.total_steps and ppo["version"] == cfg.ppo.total_steps
     # the run ends with SFT and PPO side by side on valid; SFT's gold perplexity is its validation perplexity
     evaluation = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     assert evaluation["policy_order"] == ["sft", "ppo"] and len(evaluation["comparisons"]) == 1

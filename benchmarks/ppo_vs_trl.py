@@ -1,0 +1,282 @@
+"""PPO side by side with the paper's own stack: trl 0.9.6 ``PPOTrainer`` against this pipeline, one run.
+
+    python benchmarks/ppo_vs_trl.py [--shapes local d256] [--iterations 6] [--warmup 2] [--cpus 2]
+        [--precision fp32 bf16] [--trl-venv benchmarks/trl_baseline/.venv] [--out FILE.json]
+
+For each shape it builds one random-initialised policy, three tiny identifiers and the ED prompts
+(``benchmarks/ppo_throughput.py``), then runs on them, one right after the other on this machine:
+
+- **trl 0.9.6** (``benchmarks/trl_baseline/ppo_step.py``, in its own pinned virtual environment,
+  created here on first use): ``AutoModelForSeq2SeqLMWithValueHead``, ``PPOTrainer`` with the
+  paper's ``PPOConfig``, generation per mini-batch of 8 prompts as the official code does, the
+  three identifiers scoring each batch, ``ppo_trainer.step``; one process, all ``--cpus`` threads;
+- **ours**: the real PPO stage on Ray (rollout worker, reward scorers, reference policy, one-rank
+  DeepSpeed learner) with the same settings, prompts and starting weights.
+
+Both sides generate exactly ``--length`` tokens per response (a random-initialised policy almost
+never samples ``</s>``; barring it until the last step makes the token counts equal by
+construction), so the ratio compares equal work. The table gives the median seconds per phase over
+the timed iterations (generation, identifier scoring, old log-probabilities/values and reference,
+the PPO update, weight publishing), samples/s and our/trl ratio. Run it on an otherwise idle
+machine: the load average is checked before and printed after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jobs  # noqa: F401  (first: loopback-only Ray, quiet libraries, CPU DeepSpeed)
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks.ppo_throughput import SHAPES, TINY_IDENTIFIER, build_inputs, prompts, run_one
+from pipeline.config import ResourcesConfig, load_config
+from pipeline.generation import encode_prompts
+from pipeline.models import load_tokenizer
+
+HERE = Path(__file__).resolve().parent
+TRL_DIR = HERE / "trl_baseline"
+TRL_VENV = TRL_DIR / ".venv"
+TRL_GENERATION_BATCH = 8
+"""The official EmpRL code generates one mini-batch of 8 prompts at a time."""
+
+
+def ensure_trl_venv(venv: Path, trl_dir: Path = TRL_DIR) -> Path:
+    """The trl 0.9.6 environment's python, created from ``trl_baseline/requirements.txt`` if missing."""
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    requirements = trl_dir / "requirements.txt"
+    if marker.is_file() and marker.read_text() == requirements.read_text():
+        return python
+    print(f"creating the trl 0.9.6 environment in {venv} (about 30 s) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    # one pip command with torch pinned inside: pip takes the local CPU build, not a CUDA one
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True)
+    marker.write_text(requirements.read_text())
+    return python
+
+
+def legacy_tokenizer_json(src: Path, dst: Path) -> None:
+    """A ``tokenizer.json`` that ``tokenizers`` 0.19 (trl's pin) reads: BPE merges as ``"a b"`` strings,
+    without the newer ``ignore_merges`` key (both spellings mean the same tokenizer)."""
+    data = json.loads(src.read_text())
+    model = data["model"]
+    if "merges" in model:
+        model["merges"] = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    model.pop("ignore_merges", None)
+    dst.write_text(json.dumps(data))
+
+
+def trl_inputs(folder: Path, overrides: list[str], contexts: list[str], length: int, seed: int) -> Path:
+    """The trl program's inputs from the shape's folder: the same policy, prompts and settings."""
+    cfg = load_config("local", overrides)
+    out = folder / "trl"
+    out.mkdir()
+    (out / "policy").symlink_to(folder / "sft" / "policy")
+    legacy_tokenizer_json(folder / "sft" / "policy" / "tokenizer.json", out / "policy_tokenizer.json")
+    legacy_tokenizer_json(folder / "identifiers" / "ER" / "tokenizer.json", out / "identifier_tokenizer.json")
+    tokenizer = load_tokenizer(str(folder / "sft" / "policy"), key="benchmark policy")
+    encoded = encode_prompts(
+        tokenizer, contexts, max_source_len=cfg.model.max_source_len, index=range(len(contexts)),
+        gold_levels={}, seed=0,
+    )  # fmt: skip
+    ids = [
+        row[mask.bool()].tolist() for row, mask in zip(encoded.prompt_ids, encoded.prompt_mask, strict=True)
+    ]
+    (out / "prompts.json").write_text(json.dumps({"contexts": contexts, "policy_ids": ids}))
+    ppo, ident = cfg.ppo, TINY_IDENTIFIER
+    settings = {
+        "seed": seed,
+        "batch_size": ppo.rollout_batch_size,
+        "mini_batch_size": ppo.mini_batch_size,
+        "ppo_epochs": ppo.ppo_epochs,
+        "learning_rate": ppo.lr,
+        "init_kl_coef": ppo.kl_coef,
+        "target": ppo.kl_target,
+        "horizon": ppo.kl_horizon,
+        "cliprange": ppo.clip_ratio,
+        "cliprange_value": ppo.value_clip,
+        "vf_coef": ppo.vf_coef,
+        "gamma": ppo.gamma,
+        "lam": ppo.lam,
+        "max_grad_norm": ppo.max_grad_norm,
+        "generation": {
+            "top_k": cfg.rollout.top_k,
+            "top_p": cfg.rollout.top_p,
+            "temperature": cfg.rollout.temperature,
+            "min_new_tokens": length,
+            "max_new_tokens": length,
+            "batch_size": TRL_GENERATION_BATCH,
+        },
+        "identifier": {
+            "d_model": ident.d_model,
+            "d_ff": ident.d_ff,
+            "num_layers": ident.num_layers,
+            "num_heads": ident.num_heads,
+            "vocab_size": ident.vocab_size,
+            "dropout": ident.dropout,
+            "max_context_len": IDENTIFIER_CONTEXT_LEN,
+            "max_response_len": IDENTIFIER_RESPONSE_LEN,
+            "pad_id": int(tokenizer.pad_token_id),
+            "eos_id": int(tokenizer.eos_token_id),
+        },
+        "reward_weights": [cfg.reward.weights.er, cfg.reward.weights.ip, cfg.reward.weights.ex],
+    }
+    (out / "settings.json").write_text(json.dumps(settings, indent=1))
+    return out
+
+
+IDENTIFIER_CONTEXT_LEN = 96
+IDENTIFIER_RESPONSE_LEN = 48
+"""The identifiers' truncation on both sides (``run_one`` sets the same for ours)."""
+
+
+def run_trl(
+    python: Path, inputs: Path, iterations: int, warmup: int, threads: int, trl_dir: Path = TRL_DIR
+) -> list[dict[str, Any]]:
+    """The timed (non-warm-up) per-step rows of the trl program."""
+    result = inputs / "result.json"
+    command = [
+        str(python), str(trl_dir / "ppo_step.py"), "--inputs", str(inputs), "--out", str(result),
+        "--iterations", str(iterations), "--warmup", str(warmup), "--threads", str(threads),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env.pop("PYTHONPATH", None)
+    subprocess.run(command, check=True, env=env)
+    data = json.loads(result.read_text())
+    print(f"trl side: {data['versions']}")
+    return [r for r in data["rows"] if not r.get("warmup")]
+
+
+def ours_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians of our metrics rows in the table's terms."""
+
+    def med(key: str) -> float:
+        return statistics.median(float(r[key]) for r in rows)
+
+    return {
+        "generate": med("time/generate"),
+        "score": med("time/score"),
+        "reference/values": max(med("time/reference"), med("time/values")),
+        "evaluate (wall)": med("time/evaluate"),
+        "update": med("time/update"),
+        "publish": med("time/publish"),
+        "iteration": med("time/iteration"),
+        "samples/s": med("perf/samples_per_s"),
+        "tokens/sample": statistics.median(r["rollout/response_len"] for r in rows),
+    }
+
+
+def trl_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians of the trl program's rows in the table's terms (no weight publishing: one process)."""
+
+    def med(key: str) -> float:
+        return statistics.median(float(r[key]) for r in rows)
+
+    return {
+        "generate": med("generate_s"),
+        "score": med("score_s"),
+        "reference/values": med("forward_pass_s"),
+        "evaluate (wall)": med("score_s") + med("forward_pass_s"),
+        "update": med("optimize_s"),
+        "publish": 0.0,
+        "iteration": med("iteration_s"),
+        "samples/s": statistics.median(r["samples"] / r["iteration_s"] for r in rows),
+        "tokens/sample": statistics.median(r["response_tokens"] / r["samples"] for r in rows),
+    }
+
+
+def print_table(results: dict[str, dict[str, dict[str, float]]]) -> None:
+    keys = ["generate", "score", "reference/values", "evaluate (wall)", "update", "publish", "iteration"]
+    print("\nmedian seconds per PPO step (trl: one process; ours: Ray roles, evaluate = score || reference)")
+    print(
+        f"{'shape':<6} {'side':<12} "
+        + " ".join(f"{k:>16}" for k in keys)
+        + f" {'tok/sample':>10} {'samples/s':>9}"
+    )
+    for shape, sides in results.items():
+        for side, m in sides.items():
+            cells = " ".join(f"{m[k]:>16.3f}" for k in keys)
+            print(f"{shape:<6} {side:<12} {cells} {m['tokens/sample']:>10.1f} {m['samples/s']:>9.2f}")
+    print()
+    for shape, sides in results.items():
+        trl = sides["trl 0.9.6"]
+        for side, m in sides.items():
+            if side != "trl 0.9.6":
+                print(
+                    f"{shape} {side}: {m['samples/s']:.2f} samples/s vs trl {trl['samples/s']:.2f} -> "
+                    f"{m['samples/s'] / trl['samples/s']:.2f}x  (update {trl['update'] / m['update']:.2f}x, "
+                    f"generation {trl['generate'] / m['generate']:.2f}x)"
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["local", "d256"], choices=sorted(SHAPES))
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--iterations", type=int, default=6, help="timed PPO steps per side")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per side")
+    parser.add_argument("--length", type=int, default=30, help="tokens per response on both sides")
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--trl-venv", type=Path, default=TRL_VENV)
+    parser.add_argument("--trl-dir", type=Path, default=TRL_DIR, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ed",
+        type=Path,
+        default=Path(os.environ.get("EMPRL_SHARED_DATA", "../shared/data")) / "empatheticdialogues",
+    )
+    parser.add_argument("--out", type=Path, help="write the medians as JSON")
+    args = parser.parse_args()
+
+    python = ensure_trl_venv(args.trl_venv, args.trl_dir)
+    load = os.getloadavg()
+    idle = load[0] < 0.5 * args.cpus
+    print(f"load average before: {load} ({'idle' if idle else 'NOT idle: figures will be noisy'})")
+    from actors.cluster import init_ray, shutdown_ray
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="ppo_vs_trl") as tmp:
+        contexts, responses = prompts(args.ed, Path(tmp) / "cache")
+        for shape in args.shapes:
+            folder = Path(tmp) / shape
+            overrides = [
+                *SHAPES[shape],
+                f"rollout.min_new_tokens={args.length}",
+                f"rollout.max_new_tokens={args.length}",
+            ]
+            build_inputs(folder, overrides, contexts, responses)
+            seed = load_config("local", overrides).run.seed
+            inputs = trl_inputs(folder, overrides, contexts, args.length, seed)
+            start = time.perf_counter()
+            results[shape] = {
+                "trl 0.9.6": trl_rows(
+                    run_trl(python, inputs, args.iterations, args.warmup, args.cpus, args.trl_dir)
+                )
+            }
+            print(f"trl {shape}: {time.perf_counter() - start:.0f} s")
+            init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=500_000_000))
+            try:
+                for precision in args.precision:
+                    rows = run_one(folder, overrides, 1, precision, args.warmup + args.iterations, args.cpus)
+                    results[shape][f"ours {precision}"] = ours_rows(rows[args.warmup :])
+            finally:
+                shutdown_ray()
+    print(f"load average after: {os.getloadavg()}")
+    print_table(results)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
