@@ -270,7 +270,11 @@ class PPOController:
                     "score", [(r.prompts.contexts, r.responses, r.prompts.gold_levels) for r in parts]
                 ),
                 self.reference.submit(
-                    "logprobs", [(r.prompts.prompt_ids, r.prompts.prompt_mask, r.response_ids) for r in parts]
+                    "logprobs",
+                    [
+                        (r.prompts.prompt_ids, r.prompts.prompt_mask, r.response_ids, r.response_mask)
+                        for r in parts
+                    ],
                 ),
             ]
             if not from_rollout:
@@ -278,7 +282,15 @@ class PPOController:
                 pending.append(
                     learner.submit(
                         "evaluate",
-                        [(p.prompt_ids[s], p.prompt_mask[s], rollouts.response_ids[s]) for s in shards],
+                        [
+                            (
+                                p.prompt_ids[s],
+                                p.prompt_mask[s],
+                                rollouts.response_ids[s],
+                                rollouts.response_mask[s],
+                            )
+                            for s in shards
+                        ],
                     )
                 )
             scores, ref_parts, *value_parts = gather(*pending)

@@ -113,12 +113,18 @@ class LearnerWorker(RoleProcess):
 
     @torch.no_grad()
     def evaluate(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(old_logprobs, values)`` ``(B_k, T_r)`` of this rank's shard under the current weights."""
-        p, pm, r = self._batch(prompt_ids, prompt_mask, response_ids)
+        p, pm, r, rm = self._batch(prompt_ids, prompt_mask, response_ids, response_mask)
         with self._autocast():
-            logprobs, values, _ = response_forward(self.engine.model, p, pm, r, start_id=self.start_id)
+            logprobs, values, _ = response_forward(
+                self.engine.model, p, pm, r, start_id=self.start_id, response_mask=rm
+            )
         return logprobs.float().cpu(), values.float().cpu()
 
     def update(

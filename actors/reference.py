@@ -28,11 +28,18 @@ class ReferenceWorker(RoleProcess):
 
     @torch.no_grad()
     def logprobs(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T_r) reference log-probabilities of ``response_ids`` given the prompts."""
+        """(B, T_r) reference log-probabilities of ``response_ids`` given the prompts (0 past
+        ``response_mask``, which skips computing there)."""
         d = self.device
+        mask = response_mask.to(d) if response_mask is not None else None
         logprobs, _, _ = response_forward(
-            self.model, prompt_ids.to(d), prompt_mask.to(d), response_ids.to(d), start_id=self.start_id
-        )
+            self.model, prompt_ids.to(d), prompt_mask.to(d), response_ids.to(d), start_id=self.start_id,
+            response_mask=mask,
+        )  # fmt: skip
         return logprobs.cpu()

@@ -34,6 +34,124 @@ class PolicyOutput(NamedTuple):
     """(B, T) value estimate at every decoder position."""
 
 
+class Packing:
+    """Where the real tokens of a padded (B, T) batch go in a packed (R, N) layout, and back."""
+
+    def __init__(self, mask: torch.Tensor, row_of: list[int], width: int) -> None:
+        """``mask`` (B, T) marks real tokens (contiguous per row); ``row_of[i]`` is row ``i``'s packed
+        row; rows take their sequences back to back in order, ``width`` tokens at most."""
+        device = mask.device
+        self.batch, self.padded_width = mask.shape
+        lengths = mask.sum(dim=1)
+        self.src_b, self.src_t = mask.nonzero(as_tuple=True)  # row-major: each row's tokens in order
+        first = torch.cumsum(lengths, 0) - lengths  # index in src of each row's first token
+        rank = torch.arange(self.src_b.numel(), device=device) - first[self.src_b]
+        rows = torch.tensor(row_of, device=device, dtype=torch.long)
+        # offset of each sequence in its packed row: the lengths of the earlier sequences of that row
+        same_row_before = (rows.unsqueeze(0) == rows.unsqueeze(1)).tril(-1)  # [i, j]: j < i, same row
+        offsets = (same_row_before.long() * lengths.unsqueeze(0)).sum(dim=1)
+        self.dst_r = rows[self.src_b]
+        self.dst_p = offsets[self.src_b] + rank
+        self.rows = int(max(row_of)) + 1 if row_of else 1
+        self.width = max(width, 1)
+        self.segment = torch.full((self.rows, self.width), -1, dtype=torch.long, device=device)
+        self.segment[self.dst_r, self.dst_p] = self.src_b
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (R, N, ...), zeros where no token is."""
+        out = x.new_zeros((self.rows, self.width, *x.shape[2:]))
+        out[self.dst_r, self.dst_p] = x[self.src_b, self.src_t]
+        return out
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, N, ...) -> (B, T, ...), zeros at padding (differentiable)."""
+        out = x.new_zeros((self.batch, self.padded_width, *x.shape[2:]))
+        out[self.src_b, self.src_t] = x[self.dst_r, self.dst_p]
+        return out
+
+    def block_mask(self, *, causal: bool = False) -> torch.Tensor:
+        """(R, 1, N, N) bool: a token attends to its own sequence (earlier tokens only if ``causal``);
+        an empty slot attends to itself, so no softmax row is empty."""
+        real = self.segment >= 0
+        allowed = (self.segment.unsqueeze(2) == self.segment.unsqueeze(1)) & real.unsqueeze(2)
+        if causal:
+            allowed = allowed.tril()
+        eye = torch.eye(self.width, dtype=torch.bool, device=self.segment.device)
+        return (allowed | eye).unsqueeze(1)
+
+
+def balanced_rows(lengths: list[int], budget: int) -> list[int]:
+    """Row of each sequence: ``ceil(Σ lengths / budget)`` rows (more if one would overflow), filled
+    longest first into the emptiest row, so rows end up nearly equal and padding to the longest
+    row wastes little. ``budget`` must be at least the longest sequence."""
+    total = sum(lengths)
+    rows = max(1, -(-total // budget))
+    while True:
+        fill = [0] * rows
+        row_of = [0] * len(lengths)
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            r = min(range(rows), key=fill.__getitem__)
+            row_of[i] = r
+            fill[r] += lengths[i]
+        if max(fill) <= budget or rows >= len(lengths):
+            return row_of
+        rows += 1
+
+
+class PackPlan:
+    """(prompt, response) pairs packed for one teacher-forced pass.
+
+    The encoder runs on the prompts packed by prompt length (``encoder``); the decoder on the
+    responses packed by response length (``decoder``), each decoder row cross-attending to the
+    prompts of its own pairs, packed the same way (``memory``: the encoder states re-laid out).
+    """
+
+    def __init__(self, encoder: Packing, decoder: Packing, memory: Packing) -> None:
+        self.encoder, self.decoder, self.memory = encoder, decoder, memory
+
+    @classmethod
+    def pairs(
+        cls, encoder_mask: torch.Tensor, decoder_mask: torch.Tensor, *, min_row_tokens: int = 128
+    ) -> PackPlan:
+        """Rows of at most ``max(T, min_row_tokens)`` tokens per layout (:func:`balanced_rows`), so a
+        packed row never costs more attention per token than the padded batch beyond that floor."""
+        enc_len = encoder_mask.sum(dim=1).tolist()
+        dec_len = decoder_mask.sum(dim=1).tolist()
+        enc_rows = balanced_rows(enc_len, max(encoder_mask.shape[1], min_row_tokens))
+        dec_rows = balanced_rows(dec_len, max(decoder_mask.shape[1], min_row_tokens))
+        return cls(
+            Packing(encoder_mask, enc_rows, _widest(enc_len, enc_rows)),
+            Packing(decoder_mask, dec_rows, _widest(dec_len, dec_rows)),
+            Packing(encoder_mask, dec_rows, _widest(enc_len, dec_rows)),
+        )
+
+    def cross_mask(self) -> torch.Tensor:
+        """(R, 1, N_dec, N_mem) bool: a decoder token attends to its own pair's prompt; an empty
+        decoder slot to the row's first memory slot."""
+        dec, mem = self.decoder.segment, self.memory.segment
+        allowed = (dec.unsqueeze(2) == mem.unsqueeze(1)) & (dec >= 0).unsqueeze(2)
+        allowed[:, :, 0] |= dec < 0
+        return allowed.unsqueeze(1)
+
+
+def _widest(lengths: list[int], row_of: list[int]) -> int:
+    fill: dict[int, int] = {}
+    for n, r in zip(lengths, row_of, strict=True):
+        fill[r] = fill.get(r, 0) + n
+    return max(fill.values(), default=1)
+
+
+class PackedOutput(NamedTuple):
+    """Output of :meth:`PolicyWithValueHead.packed`."""
+
+    logits: torch.Tensor
+    """(R, N, V) next-token logits at every packed decoder slot."""
+    values: torch.Tensor
+    """(R, N) value estimate at every packed decoder slot."""
+    layout: Packing
+    """The decoder layout: ``layout.unpack`` moves (R, N) tensors back to (B, T)."""
+
+
 class ValueHead(nn.Module):
     """Dropout then ``Linear(d_model, 1)``: (B, T, d_model) hidden states -> (B, T) values."""
 
@@ -67,8 +185,6 @@ class PolicyWithValueHead(nn.Module):
         attention_mask: torch.Tensor,
         decoder_input_ids: torch.Tensor,
         decoder_attention_mask: torch.Tensor | None = None,
-        *,
-        pack: bool = False,
     ) -> PolicyOutput:
         """Teacher-forced pass over a prompt and a decoder sequence.
 
@@ -78,20 +194,14 @@ class PolicyWithValueHead(nn.Module):
             decoder_input_ids: (B, T) decoder inputs, starting with the decoder start token
                 (``<pad>`` for T5), i.e. the response shifted right.
             decoder_attention_mask: (B, T) 1 for real decoder positions; ``None`` attends to all.
-            pack: run the encoder on the prompts' real tokens only (:func:`packed_encoder_states`);
-                the same result up to float rounding, with no compute spent on padding.
 
         Returns:
             ``PolicyOutput(logits (B, T, V), values (B, T))``: position t predicts token t + 1 of
             ``decoder_input_ids`` and holds the value of the state after token t.
         """
-        encoder_outputs = None
-        if pack:
-            encoder_outputs = (packed_encoder_states(self.policy.get_encoder(), input_ids, attention_mask),)
         out = self.policy(
-            input_ids=None if pack else input_ids,
+            input_ids=input_ids,
             attention_mask=attention_mask,
-            encoder_outputs=encoder_outputs,
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             output_hidden_states=True,
@@ -101,6 +211,56 @@ class PolicyWithValueHead(nn.Module):
         # The last entry is the decoder output after the final layer norm, the input of lm_head.
         hidden = cast(torch.Tensor, out.decoder_hidden_states[-1])
         return PolicyOutput(cast(torch.Tensor, out.logits), self.value_head(hidden))
+
+    def packed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        decoder_lengths: torch.Tensor,
+        *,
+        min_row_tokens: int = 128,
+    ) -> PackedOutput:
+        """:meth:`forward` without computing on padding: (prompt, response) pairs packed into rows.
+
+        Each pair's prompt tokens go into an encoder row and its ``decoder_lengths[i]`` first
+        decoder positions into the same decoder row, back to back with other pairs; block masks keep
+        every token to its own pair (encoder: its prompt; decoder: causal within its response;
+        cross-attention: its prompt). T5's relative position bias depends only on the distance of two
+        tokens, so each pair sees exactly what it sees alone: the same numbers as :meth:`forward` up to
+        float rounding, while the projections, feed-forward layers and the vocabulary projection
+        skip all padding. Each prompt's tokens must be contiguous (right or left padding).
+
+        Args:
+            input_ids: (B, T_p) prompt token ids; attention_mask: (B, T_p) their mask.
+            decoder_input_ids: (B, T) decoder inputs (start token, then the response shifted right).
+            decoder_lengths: (B,) decoder positions of each pair that count (its response length).
+            min_row_tokens: see :meth:`PackPlan.pairs`.
+
+        Returns:
+            :class:`PackedOutput`: logits (R, N, V) and values (R, N) in the packed layout, and the
+            layout to move per-token tensors between (B, T) and (R, N).
+        """
+        width = decoder_input_ids.shape[1]
+        decoder_mask = torch.arange(width, device=decoder_input_ids.device) < decoder_lengths.unsqueeze(1)
+        plan = PackPlan.pairs(attention_mask, decoder_mask.long(), min_row_tokens=min_row_tokens)
+        encoder = plan.encoder
+        hidden = self.policy.get_encoder()(
+            input_ids=encoder.pack(input_ids), attention_mask=encoder.block_mask(), return_dict=True
+        ).last_hidden_state
+        decoder = plan.decoder
+        memory = plan.memory.pack(encoder.unpack(hidden))  # each decoder row's own prompts
+        out = self.policy(
+            encoder_outputs=(memory,),
+            attention_mask=plan.cross_mask(),
+            decoder_input_ids=decoder.pack(decoder_input_ids),
+            decoder_attention_mask=decoder.block_mask(causal=True),
+            output_hidden_states=True,
+            use_cache=False,
+            return_dict=True,
+        )
+        states = cast(torch.Tensor, out.decoder_hidden_states[-1])
+        return PackedOutput(cast(torch.Tensor, out.logits), self.value_head(states), decoder)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -123,54 +283,17 @@ def packed_encoder_states(
 ) -> torch.Tensor:
     """The encoder's (B, T, d) last hidden states of padded prompts, computed without the padding.
 
-    The prompts' real tokens are packed back to back into ``R`` rows of at most
-    ``max(T, min_row_tokens)`` tokens, run through ``encoder`` with a block-diagonal attention mask
-    (a token attends only to its own prompt), and scattered back to the padded layout (zeros at
-    padding). T5's relative position bias depends only on the distance between two tokens, so each
-    prompt sees exactly what it sees alone: the result equals ``encoder(input_ids, attention_mask)``
-    up to float rounding, while the projections and feed-forward layers skip the padding (half the
-    tokens of a random mini-batch of ED contexts). Each prompt's tokens must be contiguous (right or
-    left padding).
-
-    Args:
-        encoder: a T5 encoder stack (``T5ForConditionalGeneration.get_encoder()``).
-        input_ids: (B, T) token ids.
-        attention_mask: (B, T) 1 for real tokens.
-        min_row_tokens: smallest packed row; rows never exceed ``max(T, min_row_tokens)``, so
-            attention never costs more per token than in the padded batch beyond that floor.
+    The prompts' real tokens are packed back to back into rows of at most ``max(T, min_row_tokens)``
+    tokens (:class:`Packing`), run through ``encoder`` with a block-diagonal attention mask, and
+    scattered back to the padded layout (zeros at padding): the same as ``encoder(input_ids,
+    attention_mask)`` up to float rounding (T5's relative position bias depends only on distances).
     """
-    batch, width = input_ids.shape
-    lengths = attention_mask.sum(dim=1).tolist()
-    budget = max(width, min_row_tokens)
-    row_of, offset_of, fill = [], [], [0]
-    for n in lengths:  # first fit in prompt order: B is a mini-batch, a Python loop is cheap
-        if fill[-1] + n > budget and fill[-1] > 0:
-            fill.append(0)
-        row_of.append(len(fill) - 1)
-        offset_of.append(fill[-1])
-        fill[-1] += n
-    device = input_ids.device
-    src_b, src_t = attention_mask.nonzero(as_tuple=True)  # row-major: each prompt's tokens in order
-    counts = torch.tensor(lengths, device=device)
-    first = torch.cumsum(counts, 0) - counts  # index in src of each prompt's first token
-    rank = torch.arange(src_b.numel(), device=device) - first[src_b]
-    dst_r = torch.tensor(row_of, device=device)[src_b]
-    dst_p = torch.tensor(offset_of, device=device)[src_b] + rank
-    rows, packed_width = len(fill), max(max(fill), 1)
-    packed = input_ids.new_zeros(rows, packed_width)
-    packed[dst_r, dst_p] = input_ids[src_b, src_t]
-    segment = torch.full((rows, packed_width), -1, dtype=torch.long, device=device)
-    segment[dst_r, dst_p] = src_b
-    same = segment.unsqueeze(2) == segment.unsqueeze(1)  # (R, N, N)
-    real = segment >= 0
-    # padding queries attend to themselves only: no row of the mask is empty (NaN in softmax)
-    allowed = (same & real.unsqueeze(2)) | torch.eye(packed_width, dtype=torch.bool, device=device)
+    plan = PackPlan.pairs(attention_mask, attention_mask, min_row_tokens=min_row_tokens)
+    packing = plan.encoder
     hidden = encoder(
-        input_ids=packed, attention_mask=allowed.unsqueeze(1), return_dict=True
+        input_ids=packing.pack(input_ids), attention_mask=packing.block_mask(), return_dict=True
     ).last_hidden_state
-    out = hidden.new_zeros(batch, width, hidden.shape[-1])
-    out[src_b, src_t] = hidden[dst_r, dst_p]
-    return cast(torch.Tensor, out)
+    return packing.unpack(hidden)
 
 
 def policy_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> T5Config:

@@ -7,16 +7,17 @@ gradient norm is clipped on every update.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pipeline.config import PPOConfig, RewardConfig
-from pipeline.models.policy import PolicyWithValueHead
+from pipeline.models.policy import PackedOutput, PolicyWithValueHead
 from pipeline.ppo.advantages import gae, masked_mean, masked_whiten
 from pipeline.ppo.experience import IntArray, RewardScores, Rollouts, TrainBatch
-from pipeline.ppo.losses import entropy_from_logprobs, explained_variance, policy_loss, value_loss
+from pipeline.ppo.losses import explained_variance, policy_loss, value_loss
 from pipeline.ppo.rewards import RunningMoments, kl_shaped_rewards, normalize_scores
 
 
@@ -58,20 +59,32 @@ def response_forward(
     response_ids: Tensor,
     *,
     start_id: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher-forced pass: ``(logprobs, values, vocab_logprobs)`` of each response token.
+    response_mask: Tensor | None = None,
+    entropy: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Teacher-forced pass: ``(logprobs, values, entropy)`` of each response token, each (B, T_r).
 
-    ``logprobs`` (B, T_r) ``log π(r_t | c, r_<t)`` in float32, ``values`` (B, T_r) the value of the
-    state before ``r_t`` and ``vocab_logprobs`` (B, T_r, V) the whole log-softmax. No response mask
-    is needed: the decoder is causal and padding comes after each row's last token. The encoder
-    skips the prompts' padding (``pack=True``, the same result up to float rounding).
+    ``logprobs`` is ``log π(r_t | c, r_<t)`` in float32, ``values`` the value of the state before
+    ``r_t``, ``entropy`` (only when asked, without gradient) the policy's entropy at that state. The
+    pass runs on (prompt, response) pairs packed without padding (:meth:`PolicyWithValueHead.packed`,
+    the same numbers up to float rounding); positions past a row's ``response_mask`` are 0 (all
+    ``T_r`` positions count when it is ``None``).
     """
-    logits, values = model(
-        prompt_ids, prompt_mask, decoder_inputs(response_ids, start_id=start_id), pack=True
-    )
-    vocab_logprobs = torch.log_softmax(logits.float(), dim=-1)
-    logprobs = vocab_logprobs.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-    return logprobs, values.float(), vocab_logprobs
+    if response_mask is None:
+        lengths = torch.full((response_ids.shape[0],), response_ids.shape[1], device=response_ids.device)
+    else:
+        lengths = response_mask.sum(dim=1)
+    packed = cast(Callable[..., PackedOutput], model.packed)  # also through a DeepSpeed engine
+    out = packed(prompt_ids, prompt_mask, decoder_inputs(response_ids, start_id=start_id), lengths)
+    layout = out.layout
+    vocab_logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # (R, N, V)
+    targets = layout.pack(response_ids)
+    logprobs = layout.unpack(vocab_logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
+    token_entropy = None
+    if entropy:
+        with torch.no_grad():
+            token_entropy = layout.unpack(-(vocab_logprobs.exp() * vocab_logprobs).sum(dim=-1))
+    return logprobs, layout.unpack(out.values.float()), token_entropy
 
 
 def build_train_batch(
@@ -175,10 +188,12 @@ def ppo_loss(
     ``n_r / global_tokens · world_size``, so the gradient average over ranks equals the
     single-process gradient of the whole mini-batch.
     """
-    logprobs, values, vocab_logprobs = response_forward(
-        model, shard.prompt_ids, shard.prompt_mask, shard.response_ids, start_id=start_id
-    )
     mask = shard.response_mask
+    logprobs, values, entropy = response_forward(
+        model, shard.prompt_ids, shard.prompt_mask, shard.response_ids, start_id=start_id,
+        response_mask=mask, entropy=True,
+    )  # fmt: skip
+    assert entropy is not None
     pg_loss, pg_stats = policy_loss(
         logprobs, shard.old_logprobs, shard.advantages, mask, clip_ratio=cfg.clip_ratio
     )
@@ -192,7 +207,7 @@ def ppo_loss(
             "ppo/loss": float(loss),
             "ppo/policy_loss": float(pg_loss),
             "ppo/value_loss": float(vf_loss),
-            "ppo/entropy": float(entropy_from_logprobs(vocab_logprobs, mask)),
+            "ppo/entropy": float(masked_mean(entropy, mask)),
             **{f"ppo/{k}": float(v) for k, v in {**pg_stats, **vf_stats}.items()},
             "ppo/ratio_mean": float(masked_mean(ratio, mask)),
             "ppo/ratio_max_dev": float(((ratio - 1).abs() * mask).max()) if mask.any() else 0.0,

@@ -63,12 +63,6 @@ def entropy_from_logits(logits: Tensor, mask: Tensor) -> Tensor:
     return masked_mean(entropy, mask)
 
 
-def entropy_from_logprobs(logprobs: Tensor, mask: Tensor) -> Tensor:
-    """:func:`entropy_from_logits` from an already computed log-softmax ``(B, T_r, V)``:
-    ``H_t = −Σ_v p_{t,v} log p_{t,v}``, masked mean (scalar)."""
-    return masked_mean(-(logprobs.exp() * logprobs).sum(dim=-1), mask)
-
-
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """``1 − Var_m(R − V) / Var_m(R)`` over masked tokens (``(B, T_r)`` each; scalar out).
 

@@ -161,6 +161,51 @@ def test_packed_encoder_equals_the_padded_encoder(policy: tuple[PolicyWithValueH
     model.zero_grad()
 
 
+@pytest.mark.parametrize("min_row_tokens", [1, 24, 1000])
+def test_packed_pairs_equal_the_padded_forward_values_and_gradients(
+    policy: tuple[PolicyWithValueHead, object], min_row_tokens: int
+) -> None:
+    model, tokenizer = policy
+    prompts = _prompts(tokenizer, [0, 1, 2, 3, 4, 5])
+    torch.manual_seed(1)
+    responses = torch.randint(5, MODEL.vocab_size, (6, 7))
+    lengths = torch.tensor([7, 3, 5, 1, 7, 2])
+    mask = (torch.arange(7) < lengths.unsqueeze(1)).long()
+    start = int(model.config.decoder_start_token_id)
+    decoder = torch.cat([torch.full((6, 1), start), responses[:, :-1]], dim=1)
+
+    def padded() -> tuple[torch.Tensor, torch.Tensor]:
+        logits, values = model(prompts.prompt_ids, prompts.prompt_mask, decoder)
+        logprobs = torch.log_softmax(logits, -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+        return logprobs * mask, values * mask
+
+    def packed() -> tuple[torch.Tensor, torch.Tensor]:
+        out = model.packed(
+            prompts.prompt_ids, prompts.prompt_mask, decoder, lengths, min_row_tokens=min_row_tokens
+        )
+        logprobs = (
+            torch.log_softmax(out.logits, -1).gather(-1, out.layout.pack(responses).unsqueeze(-1)).squeeze(-1)
+        )
+        return out.layout.unpack(logprobs), out.layout.unpack(out.values)
+
+    grads = []
+    for run in (padded, packed):
+        model.zero_grad()
+        logprobs, values = run()
+        (logprobs.sum() + values.sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        if run is padded:
+            expected = (logprobs.detach(), values.detach())
+        else:
+            torch.testing.assert_close(logprobs.detach(), expected[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(values.detach(), expected[1], atol=1e-5, rtol=1e-5)
+            assert bool((logprobs[mask == 0] == 0).all())
+    model.zero_grad()
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize(
     ("top_k", "top_p", "step"), [(20, 1.0, 0), (20, 1.0, 5), (5, 0.8, 3), (0, 0.9, 3), (0, 1.0, 0)]
 )
