@@ -148,7 +148,13 @@ class PPOController:
         reward = self._group(
             "reward scorer",
             RewardWorker,
-            (str(inp.identifiers_dir), cfg.identifiers, cfg.reward, res.torch_threads, device),
+            (
+                str(inp.identifiers_dir),
+                cfg.identifiers,
+                cfg.reward,
+                res.reward_threads or res.torch_threads,
+                device,
+            ),
             max_restarts=restarts,
         )
         reference = self._group(
@@ -265,10 +271,12 @@ class PPOController:
         from_rollout = self.old_logprobs_from_rollout(rollouts)
         with t("evaluate"):  # identifiers, reference policy (and learner values) run concurrently
             p = rollouts.prompts
+            scored = self.reward.submit(
+                "score", [(r.prompts.contexts, r.responses, r.prompts.gold_levels) for r in parts]
+            )
+            # side by side, or the scorers alone first so that the rest then has every core
+            scores = None if cfg.resources.overlap_evaluate else gather(scored)[0]
             pending = [
-                self.reward.submit(
-                    "score", [(r.prompts.contexts, r.responses, r.prompts.gold_levels) for r in parts]
-                ),
                 self.reference.submit(
                     "logprobs",
                     [
@@ -293,8 +301,11 @@ class PPOController:
                         ],
                     )
                 )
-            scores, ref_parts, *value_parts = gather(*pending)
-        for name, done in zip(("score", "reference", "values"), pending, strict=False):
+            if scores is None:
+                scores, ref_parts, *value_parts = gather(scored, *pending)
+            else:
+                ref_parts, *value_parts = gather(*pending)
+        for name, done in zip(("score", "reference", "values"), [scored, *pending], strict=False):
             t.seconds[f"time/{name}"] = (done.finished or done.started) - done.started
         if from_rollout:
             assert rollouts.values is not None

@@ -54,22 +54,26 @@ class TrainEngine(Protocol):
         """Whether parameters are sharded across ranks (ZeRO-3): ``module`` alone cannot run forward."""
         ...
 
-    def full_state_dict(self, *, rank: int) -> dict[str, torch.Tensor] | None:
+    def full_state_dict(self, *, rank: int, copy: bool = True) -> dict[str, torch.Tensor] | None:
         """The whole model's weights as float32 CPU tensors on rank 0, ``None`` elsewhere.
 
-        Every rank must call it (ZeRO-3 gathers the shards collectively).
+        Every rank must call it (ZeRO-3 gathers the shards collectively). ``copy=False``: see
+        :func:`cpu_state_dict` (the caller serialises the tensors before the next update).
         """
         ...
 
 
-def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached float32 CPU copies of ``module.state_dict()``; tied weights stay one shared tensor."""
+def cpu_state_dict(module: nn.Module, *, copy: bool = True) -> dict[str, torch.Tensor]:
+    """Detached float32 CPU copies of ``module.state_dict()``; tied weights stay one shared tensor.
+
+    ``copy=False`` returns the live tensors themselves where they already are float32 on CPU (for a
+    caller that serialises them at once, such as ``ray.put``)."""
     copies: dict[tuple[int, torch.dtype], torch.Tensor] = {}
     out = {}
     for name, tensor in module.state_dict().items():
         key = (tensor.data_ptr(), tensor.dtype)
         if key not in copies:
-            t = tensor.detach().to("cpu", copy=True)
+            t = tensor.detach().to("cpu", copy=copy)
             copies[key] = t.float() if t.is_floating_point() else t
         out[name] = copies[key]
     return out
@@ -133,8 +137,8 @@ class DDPEngine:
     def partitioned(self) -> bool:
         return False
 
-    def full_state_dict(self, *, rank: int) -> dict[str, torch.Tensor] | None:
-        return cpu_state_dict(self.module) if rank == 0 else None
+    def full_state_dict(self, *, rank: int, copy: bool = True) -> dict[str, torch.Tensor] | None:
+        return cpu_state_dict(self.module, copy=copy) if rank == 0 else None
 
 
 class DeepSpeedEngine:
@@ -229,9 +233,9 @@ class DeepSpeedEngine:
     def partitioned(self) -> bool:
         return self.zero_stage == 3
 
-    def full_state_dict(self, *, rank: int) -> dict[str, torch.Tensor] | None:
+    def full_state_dict(self, *, rank: int, copy: bool = True) -> dict[str, torch.Tensor] | None:
         if not self.partitioned:
-            return cpu_state_dict(self.module) if rank == 0 else None
+            return cpu_state_dict(self.module, copy=copy) if rank == 0 else None
         import deepspeed
 
         # every rank takes part in the all-gather; only rank 0 keeps a copy

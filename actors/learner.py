@@ -154,7 +154,7 @@ class LearnerWorker(RoleProcess):
     def publish(self) -> list[Any] | None:
         """Rank 0: ``[ref]`` to the policy's and value head's weights (float32 CPU) put once in the
         object store (the rollout workers compute old log-probabilities and values as they sample)."""
-        state = self.engine.full_state_dict(rank=self.rank)
+        state = self.engine.full_state_dict(rank=self.rank, copy=False)  # ray.put copies
         if state is None:
             return None
         return [ray.put(state)]

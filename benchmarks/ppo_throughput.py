@@ -1,17 +1,20 @@
-"""PPO iteration throughput on Ray: time per phase, samples/s, weight-publish latency, 1 vs 2 rollout workers.
+"""PPO throughput on Ray: time per phase, samples/s and its scaling, weight-publish latency per policy size.
 
-    python benchmarks/ppo_throughput.py [--shapes local d256] [--workers 1 2] [--iterations 6] [--warmup 2]
+    python benchmarks/ppo_throughput.py [--shapes local d256] [--workers 1 2 4] [--ranks 1 2]
+        [--precision fp32 bf16] [--iterations 6] [--warmup 2] [--publish-shapes local d256 t5-small t5-base]
         [--ed ../shared/data/empatheticdialogues] [--cpus 2]
 
 For each policy shape (``local``: the local preset's tiny T5 with its PPO settings; ``d256``: DESIGN.md's
 performance shape, d_model 256, d_ff 1024, 4+4 layers, 4 heads, vocab 8000, contexts <= 200 tokens, with
-the paper's PPO settings: 32 rollouts, mini-batch 8, 4 epochs, 5-30 tokens) and each rollout worker
-count, runs the real PPO stage (rollout workers, three reward identifiers on tiny T5 encoders, the
-reference policy and a one-rank DeepSpeed learner on all ``--cpus`` threads) on ED prompts (the demo
-set when the ED folder is absent) with random gold levels, and prints the median over the timed
-iterations of each phase, samples/s and the publish latency, plus the trl 0.9.6 reference figure
-(6.8 samples/s for d256 on this 2-core CPU). Run it on an otherwise idle machine: the load average
-is printed before and after.
+the paper's PPO settings: 32 rollouts, mini-batch 8, 4 epochs, 5-30 tokens), runs the real PPO stage
+(rollout workers, three reward identifiers on tiny T5 encoders, the reference policy, a DeepSpeed
+learner) on ED prompts (the demo set when the ED folder is absent) with random gold levels, with 1, 2, 4
+rollout workers (one learner rank) and with 1 and 2 learner ranks (one worker), sharing ``--cpus``
+cores; it prints the median over the timed iterations of each phase, samples/s and its ratio to the
+1-worker 1-rank run. Then it times one weight publish (a real learner's gather and ``ray.put``, a
+rollout worker's load) for policies from the local shape to T5-base. Run it on an otherwise idle
+machine: the load average is printed before and after. The side-by-side comparison with the paper's
+trl 0.9.6 step is ``benchmarks/ppo_vs_trl.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import json
 import os
 import statistics
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +52,6 @@ from pipeline.models import (
     save_identifier,
     save_policy,
 )
-
-TRL_D256_SAMPLES_PER_S = 6.8
-"""DESIGN.md: trl 0.9.6 PPOTrainer, d256 shape, paper settings, idle 2-core CPU (4.7 s per 32-sample step)."""
 
 SHAPES: dict[str, list[str]] = {
     "local": [],
@@ -110,14 +112,16 @@ def run_one(
     iterations: int,
     cpus: int,
     *,
-    extra: list[str] = (),  # type: ignore[assignment]
+    extra: Sequence[str] = (),
+    tag: str = "",
 ) -> list[dict[str, Any]]:
     """The PPO stage on ``folder``'s inputs for ``iterations`` iterations; its metrics rows."""
-    run_dir = folder / f"run_w{workers}_{precision}"
+    run_dir = folder / f"run_w{workers}_{precision}{tag}"
     run_dir.mkdir()
     for sub in ("sft", "identifiers", "labeled"):
         (run_dir / sub).symlink_to(folder / sub)
     rollouts = load_config("local", overrides).ppo.rollout_batch_size
+    ranks = load_config("local", [*overrides, *extra]).learner.num_ranks
     cfg = load_config(
         "local",
         [
@@ -129,12 +133,16 @@ def run_one(
             f"ppo.save_every={iterations}",
             "identifiers.max_context_len=96",
             "identifiers.max_response_len=48",
-            "resources.rollout_cpus=0.4",
+            # the roles' CPU shares add up to 2 whatever the counts (they run one phase at a time)
+            f"resources.rollout_cpus={0.8 / workers}",
             "resources.reward_cpus=0.4",
             "resources.reference_cpus=0.2",
-            "resources.learner_cpus=0.4",
+            f"resources.learner_cpus={0.6 / ranks}",
             f"resources.learner_threads={cpus}",
             f"resources.rollout_threads={max(1, cpus // workers)}",
+            # scorers, then reference, each with every core (they share the node's cores)
+            "resources.overlap_evaluate=false",
+            f"resources.reward_threads={cpus}",
             f"resources.reference_threads={cpus}",
             f"learner.engine.precision={precision}",
             f"rollout.precision={precision}",
@@ -151,13 +159,70 @@ def median(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+PUBLISH_SHAPES: dict[str, list[str]] = {
+    **SHAPES,
+    "t5-small": [
+        "model.vocab_size=32128", "model.d_model=512", "model.d_ff=2048", "model.d_kv=64", "model.num_layers=6",
+        "model.num_decoder_layers=6", "model.num_heads=8",
+    ],
+    "t5-base": [
+        "model.vocab_size=32128", "model.d_model=768", "model.d_ff=3072", "model.d_kv=64", "model.num_layers=12",
+        "model.num_decoder_layers=12", "model.num_heads=12",
+    ],
+}  # fmt: skip
+"""Policy sizes of the publish-latency sweep: the PPO shapes and T5-small/base (random weights)."""
+
+
+def publish_latency(folder: Path, overrides: list[str], workers: int, repeats: int) -> tuple[float, float]:
+    """``(parameters in millions, median seconds)`` of one weight publish at a policy size: a real
+    one-rank learner (gather, ``ray.put`` once) and ``workers`` rollout workers loading the reference."""
+    import ray  # noqa: TID251  (a benchmark drives the roles itself, like jobs/)
+
+    from actors.learner import LearnerWorker
+    from actors.rollout import RolloutWorker
+    from pipeline.models import load_tokenizer
+
+    cfg = load_config("local", overrides)
+    texts = ["a short text to train a tokenizer on"] * 50
+    tokenizer = build_policy_tokenizer(cfg.model, texts)
+    model = build_policy(cfg.model, tokenizer)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    save_policy(model, tokenizer, folder)
+    del model
+    load_tokenizer(str(folder), key="publish benchmark")
+    options = {"num_cpus": 0.1}
+    learner = ray.remote(LearnerWorker).options(**options).remote(0, 1, str(folder), cfg.ppo, cfg.learner, 1)
+    host, port = ray.get(learner.address.remote())
+    ray.get(learner.setup.remote(host, port, 0))
+    rollouts = [
+        ray.remote(RolloutWorker).options(**options).remote(str(folder), cfg.rollout, 1)
+        for _ in range(workers)
+    ]
+    times = []
+    try:
+        for version in range(repeats + 1):
+            start = time.perf_counter()
+            refs = ray.get(learner.publish.remote())
+            ray.get([w.set_weights.remote(refs, version) for w in rollouts])
+            times.append(time.perf_counter() - start)
+    finally:
+        for actor in (learner, *rollouts):
+            ray.kill(actor)
+    return params, statistics.median(times[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["local", "d256"], choices=sorted(SHAPES))
-    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4], help="rollout worker counts")
+    parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2], help="learner rank counts")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--iterations", type=int, default=6, help="timed iterations per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first iterations")
+    parser.add_argument(
+        "--publish-shapes", nargs="*", default=["local", "d256", "t5-small", "t5-base"], choices=sorted(PUBLISH_SHAPES),
+        help="policy sizes of the weight-publish latency sweep (none: skip it)",
+    )  # fmt: skip
     parser.add_argument(
         "--ed",
         type=Path,
@@ -167,8 +232,9 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"load average before: {os.getloadavg()}")
-    init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=500_000_000))
-    results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=2_000_000_000))
+    results: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
+    publish: dict[str, tuple[float, float]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="ppo_bench") as tmp:
             contexts, responses = prompts(args.ed, Path(tmp) / "cache")
@@ -176,39 +242,38 @@ def main() -> None:
                 folder = Path(tmp) / shape
                 build_inputs(folder, SHAPES[shape], contexts, responses)
                 for precision in args.precision:
-                    for workers in args.workers:
-                        iterations = args.warmup + args.iterations
-                        rows = run_one(folder, SHAPES[shape], workers, precision, iterations, args.cpus)
-                        results[(shape, workers, precision)] = rows[args.warmup :]
+                    # rollout workers scale with learner ranks fixed at 1, and ranks with one worker
+                    setups = [(w, 1) for w in args.workers] + [(1, r) for r in args.ranks if r != 1]
+                    for workers, ranks in setups:
+                        rows = run_one(
+                            folder, SHAPES[shape], workers, precision, args.warmup + args.iterations, args.cpus,
+                            extra=[f"learner.num_ranks={ranks}",
+                                   f"resources.learner_threads={max(1, args.cpus // ranks)}"],
+                            tag=f"r{ranks}",
+                        )  # fmt: skip
+                        results[(shape, precision, workers, ranks)] = rows[args.warmup :]
+            for shape in args.publish_shapes:
+                publish[shape] = publish_latency(Path(tmp) / f"publish_{shape}", PUBLISH_SHAPES[shape], 1, 5)
     finally:
         shutdown_ray()
     print(f"load average after: {os.getloadavg()}")
 
-    header = f"{'shape':<6} {'learner':>7} {'workers':>7} " + " ".join(f"{p:>10}" for p in PHASES)
+    header = f"{'shape':<6} {'prec':>5} {'workers':>7} {'ranks':>5} " + " ".join(f"{p:>10}" for p in PHASES)
     print("\nmedian seconds per phase (evaluate = score || reference || values, run concurrently)")
-    print(header + f" {'samples/s':>10}")
-    for (shape, workers, precision), rows in results.items():
+    print(header + f" {'samples/s':>10} {'vs 1/1':>7}")
+    for (shape, precision, workers, ranks), rows in results.items():
         phases = " ".join(f"{median(rows, f'time/{p}'):>10.3f}" for p in PHASES)
-        print(f"{shape:<6} {precision:>7} {workers:>7} {phases} {median(rows, 'perf/samples_per_s'):>10.2f}")
-    print(
-        "\nweight publish latency (learner gather + ray.put once + load on every rollout worker), median ms"
-    )
-    for (shape, workers, precision), rows in results.items():
-        print(f"{shape:<6} {precision:>5} {workers} worker(s): {1000 * median(rows, 'time/publish'):.1f}")
-    print()
-    for shape in args.shapes:
-        for precision in args.precision:
-            one, two = results.get((shape, 1, precision)), results.get((shape, 2, precision))
-            if one and two:
-                ratio = median(two, "perf/samples_per_s") / median(one, "perf/samples_per_s")
-                print(f"{shape} {precision}: samples/s with 2 rollout workers / 1 = {ratio:.2f}")
-    for (shape, workers, precision), rows in results.items():
-        if shape == "d256":
-            ours = median(rows, "perf/samples_per_s")
-            print(
-                f"d256 {precision}, {workers} rollout worker(s): {ours:.2f} samples/s vs trl 0.9.6 fp32 "
-                f"{TRL_D256_SAMPLES_PER_S} -> {ours / TRL_D256_SAMPLES_PER_S:.2f}x (target >= 1.5x)"
-            )
+        base = results.get((shape, precision, 1, 1))
+        speed = median(rows, "perf/samples_per_s")
+        ratio = speed / median(base, "perf/samples_per_s") if base else float("nan")
+        print(f"{shape:<6} {precision:>5} {workers:>7} {ranks:>5} {phases} {speed:>10.2f} {ratio:>6.2f}x")
+    if publish:
+        print(
+            "\nweight publish latency per policy size (learner gather + ray.put once + load on the rollout worker)"
+        )
+        for shape, (params, seconds) in publish.items():
+            print(f"{shape:<9} {params:>7.1f} M parameters: {1000 * seconds:>8.1f} ms")
+    print("\nside by side with trl 0.9.6 on the same shapes: python benchmarks/ppo_vs_trl.py")
 
 
 if __name__ == "__main__":

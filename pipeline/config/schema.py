@@ -360,6 +360,13 @@ class ResourcesConfig:
     learner_threads: int | None = None
     """torch threads per PPO learner rank (``None``: ``torch_threads``). The update phase runs
     alone, so a single rank may use every core of its node."""
+    reward_threads: int | None = None
+    """torch threads per reward scorer (``None``: ``torch_threads``)."""
+    overlap_evaluate: bool = True
+    """Run the reward scorers and the reference policy side by side (with the learner's values when
+    it computes them). ``false`` runs the scorers first, then the rest: on a node whose cores they
+    share, each then has every core to itself instead of oversubscribing them (set
+    ``reward_threads`` and ``reference_threads`` to the node's cores)."""
     reference_threads: int | None = None
     """torch threads of the reference policy (``None``: ``torch_threads``). It runs beside the
     reward scorers, whose tiny identifiers finish first: on a small node the reference may take

@@ -169,7 +169,7 @@ def validate(cfg: Config) -> None:
         "must be in (0, 1]",
         "use 1 or e.g. 0.25",
     )
-    for name in ("rollout_threads", "learner_threads", "reference_threads"):
+    for name in ("rollout_threads", "learner_threads", "reference_threads", "reward_threads"):
         value = getattr(res, name)
         _check(
             value is None or value >= 1,

@@ -73,6 +73,11 @@ def baseline(ray_cluster: None, inputs: Path, tmp_path_factory: pytest.TempPathF
     cfg = tiny_config(rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2)
     summary = ppo_stage(cfg, RunLayout(run_dir)).metrics
     assert summary["iterations"] == 3 and summary["samples"] == 24
+    # fp32: the rollout workers' log-probs and values are PPO's old ones, and they equal the
+    # learner's own forward pass before its first step (ratio 1 up to float rounding)
+    for row in _rows(run_dir):
+        assert row["rollout/old_logprobs_from_rollout"] == 1.0 and row["time/values"] == 0.0
+        assert row["ppo/first_ratio_gap"] < 1e-4, row["iteration"]
     return run_dir
 
 
@@ -80,14 +85,20 @@ def test_one_iteration_with_two_rollout_workers_and_two_learner_ranks(
     ray_cluster: None, inputs: Path, tmp_path: Path
 ) -> None:
     run_dir = _fresh(inputs, tmp_path, "run")
-    cfg = tiny_config(rollout__num_workers=2, learner__num_ranks=2, learner__engine__zero_stage=2)
+    # the learner recomputes the old log-probs and values (trl's way), after the scorers ran alone
+    cfg = tiny_config(
+        rollout__num_workers=2, learner__num_ranks=2, learner__engine__zero_stage=2,
+        ppo__old_logprobs="learner", resources__overlap_evaluate=False,
+    )  # fmt: skip
     summary = ppo_stage(cfg, RunLayout(run_dir)).metrics
 
     assert summary["version"] == 1 and summary["iterations"] == 1 and summary["samples"] == 8
     (row,) = _rows(run_dir)
     assert row["rollout/version"] == 0 and row["version"] == 1
+    assert row["rollout/old_logprobs_from_rollout"] == 0.0 and row["time/values"] > 0.0
     # the learner's teacher-forced log-probs reproduce the sampler's (same weights, dropout off)
     assert row["rollout/sampler_logprob_gap"] < 1e-4
+    assert row["ppo/first_ratio_gap"] < 1e-4
     # the update logged every diagnostic, each a number
     for key in (
         "ppo/policy_loss",
