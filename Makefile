@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR := cpu
 
-.PHONY: venv run test lint typecheck unit integration browser clean
+.PHONY: venv run test lint typecheck unit integration browser bench-trl clean
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ integration: venv
 
 test: lint typecheck
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+# PPO side by side with the paper's trl 0.9.6 step (creates benchmarks/trl_baseline/.venv once)
+bench-trl: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ppo_vs_trl.py $(ARGS)
 
 # Debian's Chromium + ChromeDriver for the chat page's browser test (root; CI runs it)
 browser:

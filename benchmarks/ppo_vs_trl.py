@@ -39,7 +39,10 @@ import jobs  # noqa: F401  (first: loopback-only Ray, quiet libraries, CPU DeepS
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.ppo_throughput import SHAPES, TINY_IDENTIFIER, build_inputs, prompts, run_one
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python benchmarks/ppo_vs_trl.py` from anywhere
+
+from ppo_throughput import SHAPES, TINY_IDENTIFIER, build_inputs, prompts, run_one
+
 from pipeline.config import ResourcesConfig, load_config
 from pipeline.generation import encode_prompts
 from pipeline.models import load_tokenizer
