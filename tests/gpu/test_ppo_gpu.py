@@ -57,3 +57,7 @@ def test_one_ppo_iteration_on_one_gpu(gpu_cluster: None, tmp_path: Path, precisi
     assert len(rows) == 2
     gap = rows[0]["rollout/sampler_logprob_gap"]
     assert gap < (1e-3 if precision == "fp32" else 0.5)
+    # fp32: old log-probs from the rollout worker (auto); bf16: the learner recomputes them. Either
+    # way the learner's first forward pass reproduces them (ratio 1 up to rounding)
+    assert rows[0]["rollout/old_logprobs_from_rollout"] == (1.0 if precision == "fp32" else 0.0)
+    assert rows[0]["ppo/first_ratio_gap"] < (1e-3 if precision == "fp32" else 0.05)
