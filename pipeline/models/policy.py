@@ -288,8 +288,9 @@ def packed_encoder_states(
     scattered back to the padded layout (zeros at padding): the same as ``encoder(input_ids,
     attention_mask)`` up to float rounding (T5's relative position bias depends only on distances).
     """
-    plan = PackPlan.pairs(attention_mask, attention_mask, min_row_tokens=min_row_tokens)
-    packing = plan.encoder
+    lengths = attention_mask.sum(dim=1).tolist()
+    rows = balanced_rows(lengths, max(attention_mask.shape[1], min_row_tokens))
+    packing = Packing(attention_mask, rows, _widest(lengths, rows))
     hidden = encoder(
         input_ids=packing.pack(input_ids), attention_mask=packing.block_mask(), return_dict=True
     ).last_hidden_state
