@@ -100,7 +100,7 @@ def init_ray(res: ResourcesConfig) -> bool:
             logger.info("starting a local Ray cluster on 127.0.0.1 (%s CPUs)", res.num_cpus or "all")
             ray.init(
                 num_cpus=res.num_cpus,
-                num_gpus=None if res.use_gpu else 0,
+                num_gpus=res.num_gpus if res.use_gpu else 0,
                 object_store_memory=res.object_store_memory,
                 include_dashboard=False,
                 runtime_env=runtime_env,

@@ -2,8 +2,9 @@
 
 Each iteration: sample prompts → rollout workers generate → reward scorers, reference policy and
 learner values run concurrently → KL-shaped rewards and GAE (pure functions) → learner PPO epochs
-→ weights published to the rollout workers with a new version. Every phase is timed. Owns the
-groups, the KL controller, the running score statistics, checkpoints and the metrics log.
+→ weights published to the rollout workers with a new version (object store, or a broadcast over
+their own process group: ``learner.weight_sync``). Every phase is timed. Owns the groups, the weight
+sync, the KL controller, the running score statistics, checkpoints and the metrics log.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from actors.placement import Placement, Reservation, ppo_bundles
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
+from actors.weight_sync import WeightSync, make_weight_sync
 from pipeline.config import Config
 from pipeline.config.diff import config_changes
 from pipeline.generation import encode_prompts
@@ -112,10 +114,15 @@ class PPOController:
         self.moments = RunningMoments()
         self.learner: RoleGroup | None = None
         self.writer: Any = None
+        self.sync: WeightSync = make_weight_sync(cfg)
         self.reservation = reservation or Reservation.create("PPO", ppo_bundles(cfg))
         try:
             self.placement: Placement = self.reservation.place("PPO", ppo_bundles(cfg))
             self.rollout, self.reward, self.reference = self._make_workers()
+            # a replaced rollout worker gets the current weights before its shards run again
+            self.rollout.on_replace = lambda rank: self.sync.replaced(
+                self._learner(), self.rollout, self.version
+            )
         except BaseException:
             self.reservation.release()
             raise
@@ -154,13 +161,14 @@ class PPOController:
                 cfg.reward,
                 res.reward_threads or res.torch_threads,
                 device,
+                res.frozen_weights,
             ),
             max_restarts=restarts,
         )
         reference = self._group(
             "reference policy",
             ReferenceWorker,
-            (str(inp.policy_dir), res.reference_threads or res.torch_threads, device),
+            (str(inp.policy_dir), res.reference_threads or res.torch_threads, device, res.frozen_weights),
             max_restarts=restarts,
         )
         return rollout, reward, reference
@@ -183,6 +191,7 @@ class PPOController:
         if self.learner is not None:
             self.learner.kill()
             self.learner = None
+            self.sync.invalidate()  # learner rank 0 belongs to the weight-sync group
 
     def groups(self) -> dict[str, RoleGroup]:
         """Every role group that is running, by role."""
@@ -403,11 +412,16 @@ class PPOController:
         return chunks
 
     def publish(self, version: int) -> None:
-        """Learner rank 0 puts the weights in the object store once; every rollout worker loads that reference."""
-        refs = gather(self._learner().submit_all("publish"))[0][0]
-        self.rollout.remember("set_weights", refs, version)
-        gather(self.rollout.submit_all("set_weights", refs, version))
+        """The learner's weights to every rollout worker as ``version`` (see :mod:`actors.weight_sync`)."""
+        self.sync.publish(self._learner(), self.rollout, version)
         self.version = version
+
+    def weight_checksums(self) -> tuple[str, list[str]]:
+        """SHA-256 of the learner's full weights and of each rollout worker's (equal after a publish)."""
+        learner, workers = gather(
+            self._learner().submit_all("weights_checksum"), self.rollout.submit_all("weights_checksum")
+        )
+        return learner[0], workers
 
     # ----- checkpoints, recovery, metrics ----------------------------------------------------
 

@@ -82,6 +82,9 @@ class RoleGroup:
         self.options, self.make_options = options, make_options
         self.rank_args, self.restartable, self.max_restarts = rank_args, restartable, max_restarts
         self.restarts = 0
+        self.on_replace: Callable[[int], None] | None = None
+        """Called with the rank of a replacement actor after the remembered calls were replayed to it
+        and before its shards are re-sent (e.g. to rebuild a process group it belongs to)."""
         self._remote: Any = ray.remote(cls)
         self._replay: dict[str, tuple[Any, ...]] = {}
         self.actors = [self._spawn(rank) for rank in range(count)]
@@ -132,6 +135,8 @@ class RoleGroup:
         self.generations[rank] += 1
         for method, args in self._replay.items():
             getattr(self.actors[rank], method).remote(*args)
+        if self.on_replace is not None:
+            self.on_replace(rank)
 
     def kill(self) -> None:
         """End every actor of the group (no graceful shutdown: state lives in checkpoints)."""

@@ -3,8 +3,10 @@
 K ranks form a torch.distributed group (gloo on CPU, NCCL on GPU) that rank 0 hosts. Consumes
 rollout shards (→ old log-probs and values), a :class:`~pipeline.ppo.experience.TrainBatch` with the
 mini-batch plan (→ per-shard PPO stats), and save/load/export requests; produces weights for the
-rollout workers as an object-store reference (rank 0). Every method must be called on all ranks
-(ZeRO-3 gathers collectively). Resources: ``resources.learner_cpus`` CPUs (or one GPU) per rank.
+rollout workers (rank 0): an object-store reference, or a broadcast over the weight-sync group
+(:mod:`actors.weight_sync`) that rank 0 joins beside DeepSpeed's group. Every method but the
+``sync_*``/``join_sync`` set-up must be called on all ranks (ZeRO-3 gathers collectively).
+Resources: ``resources.learner_cpus`` CPUs and ``resources.learner_gpus`` of a GPU per rank.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 import torch
+from torch import nn
 
 from actors.engines import DeepSpeedEngine, make_engine
 from actors.placement import RoleProcess
+from actors.weight_sync import WeightGroup, checksum, device_id, host_store, layout, sync_tensors
 from pipeline.config import LearnerConfig, OptimizerConfig, PPOConfig
 from pipeline.models import load_policy, save_policy
 from pipeline.ppo.experience import IntArray, TrainBatch
@@ -51,6 +57,8 @@ class LearnerWorker(RoleProcess):
         self.rank, self.world_size, self.policy_dir = rank, world_size, policy_dir
         self.ppo, self.learner, self.use_gpu = ppo, learner, use_gpu
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+        self._weights: WeightGroup | None = None
+        self._sync_store: Any = None
 
     def address(self) -> tuple[str, int]:
         """This node's address and a free TCP port on it, for the process group's rendezvous."""
@@ -158,6 +166,52 @@ class LearnerWorker(RoleProcess):
         if state is None:
             return None
         return [ray.put(state)]
+
+    # ----- collective weight sync (learner.weight_sync=collective) ---------------------------------
+
+    def sync_device_id(self) -> str | None:
+        """The UUID of this rank's GPU (``None`` on the CPU)."""
+        return device_id(self.device)
+
+    def sync_store(self, world_size: int, timeout_s: float) -> tuple[str, int]:
+        """Rank 0: host a new rendezvous store for a build of the weight-sync group; its address."""
+        host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self._sync_store, port = host_store(host, world_size, timeout_s)
+        return host, port
+
+    def join_sync(self, spec: dict[str, Any]) -> str:
+        """Rank 0: join (rank 0 of) the weight-sync group ``spec`` describes; the model's layout digest."""
+        if self._weights is not None:
+            self._weights.close()
+        self._weights = WeightGroup.join(**spec, own_host=spec["host"], store=self._sync_store)
+        return layout(self.engine.module)
+
+    def broadcast_weights(self, bucket_bytes: int) -> int:
+        """All ranks (under ZeRO-3 each takes part in gathering the parameters); rank 0 broadcasts the
+        policy and value head to the rollout workers. Returns the bytes sent (0 on other ranks)."""
+        with self._full_weights() as module:
+            if self.rank != 0:
+                return 0
+            if self._weights is None:
+                raise RuntimeError("learner rank 0 is in no weight-sync group: call join_sync first")
+            return self._weights.broadcast(sync_tensors(module), bucket_bytes=bucket_bytes)
+
+    def weights_checksum(self) -> str | None:
+        """All ranks: SHA-256 of the full weights (:func:`actors.weight_sync.checksum`) on rank 0."""
+        with self._full_weights() as module:
+            return checksum(module) if self.rank == 0 else None
+
+    @contextmanager
+    def _full_weights(self) -> Iterator[nn.Module]:
+        """The model with every parameter whole (gathered on all ranks under ZeRO-3, read-only)."""
+        module = self.engine.module
+        if not self.engine.partitioned:
+            yield module
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            yield module
 
     def save(self, folder: str) -> None:
         """DeepSpeed checkpoint (model, optimizer, scheduler) plus this rank's RNG states."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+import torch
 from ray.util.placement_group import (
     PlacementGroup,
     get_current_placement_group,
@@ -44,30 +45,34 @@ class RoleBundle:
     resources: Mapping[str, float]
 
 
-def _role_resources(cfg: Config, cpus: float) -> dict[str, float]:
+def _role_resources(cfg: Config, cpus: float, gpus: float | None = None) -> dict[str, float]:
     res = cfg.resources
-    return {"CPU": cpus, **({"GPU": res.role_gpus} if res.use_gpu and res.role_gpus > 0 else {})}
+    share = res.role_gpus if gpus is None else gpus
+    return {"CPU": cpus, **({"GPU": share} if res.use_gpu and share > 0 else {})}
 
 
 def learner_gpus(cfg: Config) -> float:
-    """GPU share per learner rank: a whole GPU when ranks talk over NCCL, else ``resources.role_gpus``."""
-    if not cfg.resources.use_gpu:
-        return 0.0
-    return 1.0 if cfg.learner.num_ranks > 1 else cfg.resources.role_gpus
+    """GPU share per learner rank (``resources.learner_gpus``; by default a whole GPU when ranks talk
+    over NCCL, else ``resources.role_gpus``)."""
+    return cfg.ppo_gpu_shares["learner"]
 
 
 def ppo_bundles(cfg: Config) -> list[RoleBundle]:
     """One bundle per PPO role instance, in placement order: rollout workers, reward scorers, the
-    reference policy, learner ranks. A caller reserves exactly these (e.g. a Tune trial)."""
-    res = cfg.resources
-    gpus = learner_gpus(cfg)
-    learner = {"CPU": res.learner_cpus, **({"GPU": gpus} if gpus else {})}
+    reference policy, learner ranks. A caller reserves exactly these (e.g. a Tune trial). GPU shares
+    per role come from ``resources.{rollout,reward,reference,learner}_gpus``."""
+    res, gpus = cfg.resources, cfg.ppo_gpu_shares
+    cpus = {
+        "rollout worker": res.rollout_cpus,
+        "reward scorer": res.reward_cpus,
+        "reference policy": res.reference_cpus,
+        "learner": res.learner_cpus,
+    }
     return [
-        *(RoleBundle("rollout worker", r, _role_resources(cfg, res.rollout_cpus)) for r in range(cfg.rollout.num_workers)),
-        *(RoleBundle("reward scorer", r, _role_resources(cfg, res.reward_cpus)) for r in range(cfg.reward.num_scorers)),
-        RoleBundle("reference policy", 0, _role_resources(cfg, res.reference_cpus)),
-        *(RoleBundle("learner", r, learner) for r in range(cfg.learner.num_ranks)),
-    ]  # fmt: skip
+        RoleBundle(role, rank, _role_resources(cfg, cpus[role], gpus[role]))
+        for role, count in cfg.ppo_role_counts.items()
+        for rank in range(count)
+    ]
 
 
 def evaluation_bundles(cfg: Config, num_workers: int) -> list[RoleBundle]:
@@ -75,10 +80,12 @@ def evaluation_bundles(cfg: Config, num_workers: int) -> list[RoleBundle]:
 
     With ``num_workers == rollout.num_workers`` these match the first bundles of :func:`ppo_bundles`
     bundle for bundle, so an evaluation can run inside a PPO run's reservation after PPO ends."""
-    res = cfg.resources
+    res, gpus = cfg.resources, cfg.ppo_gpu_shares
     return [
-        *(RoleBundle("evaluation worker", r, _role_resources(cfg, res.rollout_cpus)) for r in range(num_workers)),
-        *(RoleBundle("identifier scorer", r, _role_resources(cfg, res.reward_cpus)) for r in range(cfg.reward.num_scorers)),
+        *(RoleBundle("evaluation worker", r, _role_resources(cfg, res.rollout_cpus, gpus["rollout worker"]))
+          for r in range(num_workers)),
+        *(RoleBundle("identifier scorer", r, _role_resources(cfg, res.reward_cpus, gpus["reward scorer"]))
+          for r in range(cfg.reward.num_scorers)),
     ]  # fmt: skip
 
 
@@ -229,6 +236,18 @@ class Placement:
     def count(self, role: str) -> int:
         """How many instances of ``role`` the bundle list holds."""
         return sum(1 for b in self.bundles if b.role == role)
+
+
+def frozen_dtype(precision: str) -> torch.dtype:
+    """The weight dtype of a frozen model (reference policy, identifiers) for a resolved
+    ``resources.frozen_precision`` (``fp32`` or ``bf16``; T5 overflows in fp16)."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ValueError(
+            f"frozen model precision {precision!r}: must be fp32 or bf16 (T5 overflows in fp16). Fix: set "
+            "resources.frozen_precision to auto, bf16 or fp32."
+        )
+    return dtypes[precision]
 
 
 class RoleProcess:

@@ -1,8 +1,9 @@
 """Reference policy role: the frozen SFT policy giving reference log-probabilities of responses.
 
 Consumes (prompt ids, prompt mask, response ids) of a rollout shard; produces ``(B, T_r)``
-``log π_ref`` of each response token, for the KL penalty. Never updated. Resources:
-``resources.reference_cpus`` CPUs (or one GPU).
+``log π_ref`` of each response token (float32), for the KL penalty. Never updated; its weights are
+bf16 or fp32 (``resources.frozen_precision``). Resources: ``resources.reference_cpus`` CPUs and
+``resources.reference_gpus`` of a GPU.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from actors.placement import RoleProcess
+from actors.placement import RoleProcess, frozen_dtype
 from pipeline.models import load_policy
 from pipeline.ppo.iteration import response_forward
 
@@ -19,10 +20,13 @@ from pipeline.ppo.iteration import response_forward
 class ReferenceWorker(RoleProcess):
     """The frozen reference policy; usable in-process or as an actor."""
 
-    def __init__(self, policy_dir: str | Path, torch_threads: int = 1, device: str = "cpu") -> None:
+    def __init__(
+        self, policy_dir: str | Path, torch_threads: int = 1, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
         torch.set_num_threads(torch_threads)
         model, _ = load_policy(policy_dir)
-        self.model = model.to(device).eval().requires_grad_(False)
+        dtype = frozen_dtype(precision)
+        self.model = model.to(device, dtype=dtype).eval().requires_grad_(False)
         self.start_id = int(model.config.decoder_start_token_id)
         self.device = device
 
@@ -42,4 +46,4 @@ class ReferenceWorker(RoleProcess):
             self.model, prompt_ids.to(d), prompt_mask.to(d), response_ids.to(d), start_id=self.start_id,
             response_mask=mask,
         )  # fmt: skip
-        return logprobs.cpu()
+        return logprobs.float().cpu()

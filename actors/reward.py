@@ -3,7 +3,9 @@
 Consumes the contexts, decoded responses and gold ER/IP/EX levels of a rollout shard (text, because
 the identifiers have their own tokenizers); produces :class:`~pipeline.ppo.experience.RewardScores`:
 the configured empathy score (paper: ``exp(−Σ w_m CE_m)``) and per-mechanism gold-level
-probability, hit and predicted level. Resources: ``resources.reward_cpus`` CPUs (or one GPU).
+probability, hit and predicted level (float32; the identifiers' weights are bf16 or fp32 as
+``resources.frozen_precision`` says). Resources: ``resources.reward_cpus`` CPUs and
+``resources.reward_gpus`` of a GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actors.placement import RoleProcess
+from actors.placement import RoleProcess, frozen_dtype
 from pipeline.config import MECHANISMS, IdentifiersConfig, RewardConfig
 from pipeline.ppo.experience import IntArray, RewardScores
 from pipeline.ppo.rewards import empathy_scores
@@ -35,10 +37,14 @@ class RewardWorker(RoleProcess):
         reward: RewardConfig,
         torch_threads: int = 1,
         device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
         torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.scorer = EmpathyScorer.from_config(identifiers_dir, identifiers, device, mechanisms=MECHANISMS)
+        dtype = frozen_dtype(precision)
+        for model in self.scorer.identifiers.values():
+            model.to(dtype=dtype)
         self.reward = reward
 
     def score(

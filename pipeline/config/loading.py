@@ -1,4 +1,9 @@
-"""Loading: dataclass defaults < YAML preset < dotted CLI overrides, with strict type checks."""
+"""Loading: dataclass defaults < YAML preset < dotted CLI overrides, with strict type checks.
+
+A preset may start from another one with a top-level ``base:`` key (a preset name in ``configs/``
+or a YAML path, relative to the preset's own folder): the base is read first (recursively) and the
+preset's keys are merged over it, section by section.
+"""
 
 from __future__ import annotations
 
@@ -48,15 +53,41 @@ def preset_path(preset: str | Path) -> Path:
     return candidate
 
 
-def _read_preset(preset: str | Path) -> dict[str, Any]:
+def _read_preset(preset: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = preset_path(preset)
+    if path.resolve() in chain:
+        names = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(
+            f"preset {path}: its base: chain loops ({names}). Fix: remove one of the base: keys"
+        )
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"preset {path} is not valid YAML: {exc}") from exc
     if not isinstance(loaded, dict):
         raise ConfigError(f"preset {path} must be a mapping of sections, got {type(loaded).__name__}")
-    return loaded
+    if "base" not in loaded:
+        return loaded
+    base = loaded.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(
+            f"preset {path}: base={base!r} must name a preset (e.g. base: paper) or a YAML path. Fix: set "
+            "base to a preset name in configs/ or a file path"
+        )
+    relative = path.parent / base
+    source: str | Path = relative if Path(base).suffix in (".yaml", ".yml") and relative.is_file() else base
+    return _deep_merge(_read_preset(source, (*chain, path.resolve())), loaded)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _parse_cli(overrides: list[str]) -> list[tuple[str, Any]]:

@@ -15,6 +15,9 @@ MECHANISMS: tuple[str, str, str] = ("ER", "IP", "EX")
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
+PPO_ROLES: tuple[str, str, str, str] = ("rollout worker", "reward scorer", "reference policy", "learner")
+"""The PPO roles, in placement order."""
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown, mistyped or inconsistent with another key."""
@@ -324,6 +327,17 @@ class LearnerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     """DeepSpeed settings of the learner (ZeRO 0-3, ``fp32`` or autocast ``bf16``); its learning
     rate and clipping are ``ppo.lr`` and ``ppo.max_grad_norm``."""
+    weight_sync: Literal["auto", "object_store", "collective"] = "auto"
+    """How new weights reach the rollout workers after each update. ``object_store``: learner rank 0
+    puts the policy and value head in Ray's object store once and every worker loads that reference.
+    ``collective``: learner rank 0 and the rollout workers form their own torch.distributed group
+    (separate from the learner ranks' DeepSpeed group) and rank 0 broadcasts the weights in buckets
+    straight into the workers' parameters: NCCL when every member has its own GPU, else gloo (CPU,
+    or roles sharing one GPU, which NCCL refuses). ``auto``: ``collective`` with
+    ``resources.use_gpu``, else ``object_store``."""
+    weight_sync_bucket_mb: float = 256.0
+    """Largest bucket of the ``collective`` broadcast in MiB: weights are flattened into buckets of at
+    most this size (a larger tensor travels alone), one broadcast per bucket."""
 
 
 @dataclass(frozen=True)
@@ -341,6 +355,24 @@ class ResourcesConfig:
     """GPU share of each PPO rollout worker, reward scorer and reference policy (and of a single
     learner rank; ranks of a multi-rank learner get a whole GPU each). 0.25 packs one rollout
     worker, one scorer, the reference and one learner rank on one GPU."""
+    rollout_gpus: float | None = None
+    """GPU share of each rollout worker (``None``: ``role_gpus``)."""
+    reward_gpus: float | None = None
+    """GPU share of each reward scorer (``None``: ``role_gpus``)."""
+    reference_gpus: float | None = None
+    """GPU share of the reference policy (``None``: ``role_gpus``)."""
+    learner_gpus: float | None = None
+    """GPU share of each learner rank (``None``: a whole GPU when ``learner.num_ranks > 1``, else
+    ``role_gpus``). Ranks of a multi-rank learner need more than 0.5 each: NCCL refuses two ranks on
+    one GPU."""
+    num_gpus: int | None = None
+    """GPUs the PPO roles are sized for (a local cluster gets this many). When set, validation checks
+    that the roles' GPU shares pack onto this many GPUs; ``None``: every GPU of the node, checked
+    only when the roles are placed."""
+    frozen_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Weights of the frozen models: the reference policy and the identifiers of the reward scorers.
+    ``auto``: bf16 on CUDA (``resources.use_gpu``), fp32 on the CPU. ``fp16`` is refused (T5
+    overflows in fp16). Log-probabilities and scores stay float32 either way."""
     rollout_cpus: float = 0.5
     """CPUs per rollout worker."""
     reward_cpus: float = 0.5
@@ -373,6 +405,13 @@ class ResourcesConfig:
     every core for the rest of that phase."""
     object_store_memory: int = 500_000_000
     """Object store bytes of a local cluster."""
+
+    @property
+    def frozen_weights(self) -> Literal["fp32", "bf16"]:
+        """The resolved ``frozen_precision``: ``bf16`` or ``fp32``."""
+        if self.frozen_precision == "auto":
+            return "bf16" if self.use_gpu else "fp32"
+        return "bf16" if self.frozen_precision == "bf16" else "fp32"
 
 
 @dataclass(frozen=True)
@@ -477,6 +516,42 @@ class Config:
         from pipeline.config.validation import validate
 
         validate(self)
+
+    @property
+    def weight_sync(self) -> Literal["object_store", "collective"]:
+        """The resolved ``learner.weight_sync``: ``auto`` is ``collective`` on GPUs, else ``object_store``."""
+        mode = self.learner.weight_sync
+        if mode == "auto":
+            return "collective" if self.resources.use_gpu else "object_store"
+        return "collective" if mode == "collective" else "object_store"
+
+    @property
+    def ppo_gpu_shares(self) -> dict[str, float]:
+        """GPU share of one instance of each PPO role (all 0 without ``resources.use_gpu``)."""
+        res = self.resources
+        if not res.use_gpu:
+            return dict.fromkeys(PPO_ROLES, 0.0)
+
+        def share(value: float | None, default: float) -> float:
+            return default if value is None else value
+
+        learner_default = 1.0 if self.learner.num_ranks > 1 else res.role_gpus
+        return {
+            "rollout worker": share(res.rollout_gpus, res.role_gpus),
+            "reward scorer": share(res.reward_gpus, res.role_gpus),
+            "reference policy": share(res.reference_gpus, res.role_gpus),
+            "learner": share(res.learner_gpus, learner_default),
+        }
+
+    @property
+    def ppo_role_counts(self) -> dict[str, int]:
+        """Instances of each PPO role."""
+        return {
+            "rollout worker": self.rollout.num_workers,
+            "reward scorer": self.reward.num_scorers,
+            "reference policy": 1,
+            "learner": self.learner.num_ranks,
+        }
 
     @property
     def ppo_minibatches_per_epoch(self) -> int:

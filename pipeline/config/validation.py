@@ -169,6 +169,8 @@ def validate(cfg: Config) -> None:
         "must be in (0, 1]",
         "use 1 or e.g. 0.25",
     )
+    _validate_gpus(cfg)
+    _validate_weight_sync(cfg)
     for name in ("rollout_threads", "learner_threads", "reference_threads", "reward_threads"):
         value = getattr(res, name)
         _check(
@@ -366,3 +368,95 @@ def _validate_serve(cfg: Config) -> None:
         "must name an environment variable (letters, digits, '_'), not hold a key",
         "use EMPRL_API_KEY and export the key in that variable",
     )
+
+
+def _validate_weight_sync(cfg: Config) -> None:
+    le = cfg.learner
+    _check(
+        le.weight_sync in ("auto", "object_store", "collective"),
+        "learner.weight_sync",
+        le.weight_sync,
+        "must be auto, object_store or collective",
+        "use auto (collective on GPUs, object_store on CPU), object_store or collective",
+    )
+    _check(
+        math.isfinite(le.weight_sync_bucket_mb) and le.weight_sync_bucket_mb > 0,
+        "learner.weight_sync_bucket_mb",
+        le.weight_sync_bucket_mb,
+        "must be a number > 0 (MiB per broadcast bucket)",
+        "use 256",
+    )
+    res = cfg.resources
+    _check(
+        res.frozen_precision in ("auto", "fp32", "bf16"),
+        "resources.frozen_precision",
+        res.frozen_precision,
+        "T5 overflows in fp16 (activations exceed its range), so the reference policy and the identifiers "
+        "cannot run in fp16"
+        if res.frozen_precision == "fp16"
+        else "must be auto, fp32 or bf16",
+        "use auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32",
+    )
+
+
+SHARE_KEYS = {
+    "rollout worker": "resources.rollout_gpus",
+    "reward scorer": "resources.reward_gpus",
+    "reference policy": "resources.reference_gpus",
+    "learner": "resources.learner_gpus",
+}
+
+
+def pack_gpu_shares(shares: list[float], gpus: int) -> list[list[float]] | None:
+    """First-fit decreasing of GPU ``shares`` onto ``gpus`` GPUs of capacity 1; ``None`` when they do not fit."""
+    bins: list[list[float]] = [[] for _ in range(gpus)]
+    for share in sorted(shares, reverse=True):
+        for b in bins:
+            if sum(b) + share <= 1.0 + 1e-9:
+                b.append(share)
+                break
+        else:
+            return None
+    return bins
+
+
+def _validate_gpus(cfg: Config) -> None:
+    res = cfg.resources
+    for key in ("rollout_gpus", "reward_gpus", "reference_gpus", "learner_gpus"):
+        value = getattr(res, key)
+        _check(
+            value is None or 0 < value <= 1,
+            f"resources.{key}",
+            value,
+            "must be in (0, 1] (a role runs on one GPU) or null",
+            "use null (= resources.role_gpus), 1 or a fraction like 0.25",
+        )
+    _check(
+        res.num_gpus is None or res.num_gpus >= 1,
+        "resources.num_gpus",
+        res.num_gpus,
+        "must be >= 1 or null",
+        "use null (every GPU of the node) or the GPUs the run may use",
+    )
+    if not res.use_gpu:
+        return
+    shares, counts = cfg.ppo_gpu_shares, cfg.ppo_role_counts
+    _check(
+        cfg.learner.num_ranks == 1 or shares["learner"] > 0.5,
+        "resources.learner_gpus",
+        shares["learner"],
+        f"learner.num_ranks={cfg.learner.num_ranks} ranks talk over NCCL, which refuses two ranks on one GPU; "
+        "a share of 0.5 or less lets Ray place two ranks on the same GPU",
+        "set resources.learner_gpus=1 (or learner.num_ranks=1 to share a GPU with other roles)",
+    )
+    if res.num_gpus is None:
+        return
+    instances = [shares[role] for role, n in counts.items() for _ in range(n)]
+    if pack_gpu_shares(instances, res.num_gpus) is None:
+        parts = ", ".join(f"{n} {role} x {shares[role]:g} ({SHARE_KEYS[role]})" for role, n in counts.items())
+        raise ConfigError(
+            f"resources.num_gpus={res.num_gpus}: the PPO roles' GPU shares do not fit: {parts}; total "
+            f"{sum(instances):g} GPUs, and the shares on one GPU may add up to at most 1. Fix: lower the "
+            "shares or the worker counts (rollout.num_workers, reward.num_scorers, learner.num_ranks), or "
+            "raise resources.num_gpus."
+        )

@@ -81,16 +81,27 @@ def baseline(ray_cluster: None, inputs: Path, tmp_path_factory: pytest.TempPathF
     return run_dir
 
 
+@pytest.mark.parametrize("zero_stage", [2, 3])
 def test_one_iteration_with_two_rollout_workers_and_two_learner_ranks(
-    ray_cluster: None, inputs: Path, tmp_path: Path
+    ray_cluster: None, inputs: Path, tmp_path: Path, zero_stage: int
 ) -> None:
     run_dir = _fresh(inputs, tmp_path, "run")
-    # the learner recomputes the old log-probs and values (trl's way), after the scorers ran alone
+    # the learner recomputes the old log-probs and values (trl's way), after the scorers ran alone;
+    # learner rank 0 broadcasts the weights over its second process group (gloo), beside DeepSpeed's
+    # (under ZeRO-3 both ranks gather the parameters for it)
     cfg = tiny_config(
-        rollout__num_workers=2, learner__num_ranks=2, learner__engine__zero_stage=2,
-        ppo__old_logprobs="learner", resources__overlap_evaluate=False,
+        rollout__num_workers=2, learner__num_ranks=2, learner__engine__zero_stage=zero_stage,
+        ppo__old_logprobs="learner", resources__overlap_evaluate=False, learner__weight_sync="collective",
     )  # fmt: skip
-    summary = ppo_stage(cfg, RunLayout(run_dir)).metrics
+    synced: list[bool] = []
+
+    def check_weights(controller: PPOController, iteration: int, phase: str) -> None:
+        if phase == "update":  # the workers hold the published version-0 weights of both learner ranks
+            learner, workers = controller.weight_checksums()
+            synced.append(workers == [learner, learner])
+
+    summary = ppo_stage(cfg, RunLayout(run_dir), hooks=[check_weights]).metrics
+    assert synced == [True]
 
     assert summary["version"] == 1 and summary["iterations"] == 1 and summary["samples"] == 8
     (row,) = _rows(run_dir)
@@ -134,9 +145,17 @@ def test_one_or_two_rollout_workers_give_the_same_run(
 def test_killed_rollout_worker_and_learner_recover_exactly(
     ray_cluster: None, inputs: Path, baseline: Path, tmp_path: Path
 ) -> None:
+    """With the collective weight sync (gloo, buckets of 32 KiB): every publish leaves the workers with
+    the learner's exact weights, each replaced member rebuilds the group, and the run equals the
+    baseline's (whose weights went through the object store) bit for bit."""
     killed: list[str] = []
+    checks: list[tuple[int, str, bool, int]] = []
 
     def kill(controller: PPOController, iteration: int, phase: str) -> None:
+        if phase in ("generate", "evaluate"):
+            learner, workers = controller.weight_checksums()
+            builds = getattr(controller.sync, "builds", -1)
+            checks.append((iteration, phase, workers == [learner, learner], builds))
         if (iteration, phase) == (2, "generate") and "rollout" not in killed:
             pid = ray.get(controller.rollout.actors[0].pid.remote())
             os.kill(pid, signal.SIGKILL)
@@ -148,10 +167,22 @@ def test_killed_rollout_worker_and_learner_recover_exactly(
             killed.append("learner")
 
     run_dir = _fresh(inputs, tmp_path, "faults")
-    cfg = tiny_config(rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2)
+    cfg = tiny_config(
+        rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2, learner__weight_sync="collective",
+        learner__weight_sync_bucket_mb=1 / 32,
+    )  # fmt: skip
     summary = ppo_stage(cfg, RunLayout(run_dir), hooks=[kill]).metrics
 
     assert killed == ["rollout", "learner"]
+    # the workers match the learner before every generation and after it; the group was built once,
+    # rebuilt for the replacement rollout worker (before its shard ran again, hence its exact
+    # rollouts) and for the recovered learner
+    assert checks == [
+        (1, "generate", True, 1), (1, "evaluate", True, 1),
+        (2, "generate", True, 1), (2, "evaluate", True, 2),
+        (3, "generate", True, 2), (3, "evaluate", True, 2),
+        (3, "generate", True, 3), (3, "evaluate", True, 3),
+    ]  # fmt: skip
     assert summary["worker_restarts"]["rollout worker"] == 1
     assert summary["learner_recoveries"] == 1
     assert summary["iterations"] == 3 and summary["samples"] == 24

@@ -97,6 +97,34 @@ def test_reward_worker_score_is_the_product_of_gold_level_probabilities(folders:
         torch.testing.assert_close(one.scores, out.gold_prob[m], rtol=1e-5, atol=1e-7)
 
 
+def test_frozen_models_in_bf16_return_float32_close_to_fp32(folders: tuple[Path, Path]) -> None:
+    """``resources.frozen_precision=bf16`` (the CUDA default; bf16 runs on the CPU too): bf16 weights,
+    float32 log-probabilities and scores within bf16 rounding of the fp32 ones."""
+    policy_dir, identifiers_dir = folders
+    tokenizer = RolloutWorker(policy_dir, RolloutConfig()).tokenizer
+    prompts = encode_prompts(
+        tokenizer, TEXTS[:3], max_source_len=16, index=[0, 1, 2],
+        gold_levels={m: np.zeros(3, dtype=np.int64) for m in MECHANISMS}, seed=3,
+    )  # fmt: skip
+    responses = prompts.prompt_ids[:, :6]
+    fp32 = ReferenceWorker(policy_dir).logprobs(prompts.prompt_ids, prompts.prompt_mask, responses)
+    bf16_ref = ReferenceWorker(policy_dir, precision="bf16")
+    assert {p.dtype for p in bf16_ref.model.parameters()} == {torch.bfloat16}
+    bf16 = bf16_ref.logprobs(prompts.prompt_ids, prompts.prompt_mask, responses)
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, atol=0.1, rtol=0.05)
+
+    gold = {"ER": np.array([0, 2, 1]), "IP": np.array([1, 1, 0]), "EX": np.array([2, 0, 0])}
+    exact = RewardWorker(identifiers_dir, IDENT, RewardConfig()).score(TEXTS[:3], TEXTS[1:4], gold)
+    half = RewardWorker(identifiers_dir, IDENT, RewardConfig(), precision="bf16")
+    assert {p.dtype for m in half.scorer.identifiers.values() for p in m.parameters()} == {torch.bfloat16}
+    out = half.score(TEXTS[:3], TEXTS[1:4], gold)
+    assert out.scores.dtype == torch.float32
+    torch.testing.assert_close(out.scores, exact.scores, atol=0.02, rtol=0.05)
+    with pytest.raises(ValueError, match="T5 overflows in fp16"):
+        ReferenceWorker(policy_dir, precision="fp16")
+
+
 def test_checkpoint_store_never_loses_the_last_complete_checkpoint(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path / "ckpt", keep=2)
     assert store.latest() is None
