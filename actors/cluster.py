@@ -24,6 +24,20 @@ from pipeline.progress import WORKER_MARK
 logger = logging.getLogger(__name__)
 
 
+MALLOC_TUNING = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+}
+"""glibc malloc settings of every worker process. By default glibc gives each large tensor (from
+128 KiB, a threshold that moves) fresh pages from ``mmap`` and returns them on free, so every
+forward and backward pass page-faults on its temporaries again (~50 000 faults per d256 PPO update
+on CPU). A fixed mmap threshold of 32 MiB (glibc's maximum) serves them from the heap, and a trim
+threshold of 256 MiB keeps freed heap memory for the next pass instead of returning it at once:
+4-7 % off a CPU PPO update and generation (``benchmarks/ppo_vs_trl.py``), for up to 256 MiB more
+resident memory per process. Set either variable in the driver's environment to override it; other
+allocators (jemalloc, tcmalloc via ``LD_PRELOAD``) ignore them."""
+
+
 def worker_env(res: ResourcesConfig) -> dict[str, str]:
     """Environment every Ray worker process gets: thread caps and quiet, offline-safe libraries."""
     threads = str(res.torch_threads)
@@ -34,6 +48,10 @@ def worker_env(res: ResourcesConfig) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     for key in ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "HF_HOME"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(MALLOC_TUNING)
+    for key in MALLOC_TUNING:  # the caller's own settings win
         if key in os.environ:
             env[key] = os.environ[key]
     return env

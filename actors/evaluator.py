@@ -30,7 +30,7 @@ from actors.placement import Reservation, RoleProcess, evaluation_bundles
 from pipeline.config import Config, RolloutConfig
 from pipeline.evaluation.suite import FloatArray, IntArray, LabeledSplit, PolicyOutputs
 from pipeline.generation import encode_prompts, sample_responses
-from pipeline.models import load_policy, load_tokenizer
+from pipeline.models import load_policy, load_tokenizer, use_fastest_attention
 from pipeline.ppo.experience import PromptBatch
 from pipeline.ppo.iteration import derive_seed
 from pipeline.progress import Progress
@@ -68,6 +68,7 @@ class EvaluationWorker(RoleProcess):
         if self.folder != policy_dir or self.model is None or self.tokenizer is None:
             model, self.tokenizer = load_policy(policy_dir)
             self.model = model.to(self.device).policy
+            use_fastest_attention(self.model, self.device)
             self.model.train(False)
             self.folder = policy_dir
             logger.info("evaluation worker %d loaded %s", os.getpid(), policy_dir)

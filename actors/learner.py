@@ -31,7 +31,7 @@ from actors.engines import DeepSpeedEngine, make_engine
 from actors.placement import RoleProcess
 from actors.weight_sync import WeightGroup, checksum, device_id, host_store, layout, sync_tensors
 from pipeline.config import LearnerConfig, OptimizerConfig, PPOConfig
-from pipeline.models import load_policy, save_policy
+from pipeline.models import load_policy, save_policy, use_fastest_attention
 from pipeline.ppo.experience import IntArray, TrainBatch
 from pipeline.ppo.iteration import iteration_lr_lambda, ppo_loss, response_forward
 
@@ -87,6 +87,7 @@ class LearnerWorker(RoleProcess):
         torch.manual_seed(seed)
         model, self.tokenizer = load_policy(self.policy_dir)
         self.start_id = int(model.config.decoder_start_token_id)
+        use_fastest_attention(model, self.device)
         updates_per_iteration = self.ppo.rollout_batch_size // self.ppo.mini_batch_size * self.ppo.ppo_epochs
         engine = make_engine(
             # bf16 is autocast around the forward passes: DeepSpeed keeps fp32

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from actors.placement import RoleProcess, frozen_dtype
-from pipeline.models import load_policy
+from pipeline.models import load_policy, use_fastest_attention
 from pipeline.ppo.iteration import response_forward
 
 
@@ -27,6 +27,7 @@ class ReferenceWorker(RoleProcess):
         model, _ = load_policy(policy_dir)
         dtype = frozen_dtype(precision)
         self.model = model.to(device, dtype=dtype).eval().requires_grad_(False)
+        use_fastest_attention(self.model, device)
         self.start_id = int(model.config.decoder_start_token_id)
         self.device = device
 

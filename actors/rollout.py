@@ -24,7 +24,7 @@ from actors.placement import RoleProcess
 from actors.weight_sync import WeightGroup, checksum, device_id, layout, sync_tensors
 from pipeline.config import RolloutConfig
 from pipeline.generation import sample_responses
-from pipeline.models import load_policy
+from pipeline.models import load_policy, use_fastest_attention
 from pipeline.ppo.experience import PromptBatch, Rollouts
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class RolloutWorker(RoleProcess):
         torch.set_num_threads(torch_threads)
         model, self.tokenizer = load_policy(policy_dir)
         self.model = model.to(device)
+        use_fastest_attention(self.model, device)
         self.model.train(False)
         self.cfg, self.device, self.version = cfg, device, 0
         self._weights: WeightGroup | None = None

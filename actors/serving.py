@@ -37,7 +37,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from actors.cluster import worker_env
 from pipeline.config import Config, ConfigError, ServeConfig
 from pipeline.generation import Sampled, SamplingSettings, StepSampler, TextDeltas
-from pipeline.models import load_policy
+from pipeline.models import load_policy, use_fastest_attention
 from pipeline.scoring import EmpathyScorer
 from pipeline.serving import (
     CHAT_PAGE,
@@ -121,6 +121,7 @@ class PolicyDeployment:
         dtype = _dtype(self.device)
         self.model = cast(Any, model.policy).to(self.device, dtype=dtype)
         self.model.train(False)
+        use_fastest_attention(self.model, self.device)
         self.max_source_len = cfg.model.max_source_len
         self.info = ModelInfo(
             name=model_name(policy_dir),

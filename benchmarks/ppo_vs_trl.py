@@ -1,7 +1,7 @@
 """PPO side by side with the paper's own stack: trl 0.9.6 ``PPOTrainer`` against this pipeline, one run.
 
     python benchmarks/ppo_vs_trl.py [--shapes local d256] [--iterations 6] [--warmup 2] [--cpus 2]
-        [--precision fp32 bf16] [--trl-venv benchmarks/trl_baseline/.venv] [--out FILE.json]
+        [--precision fp32 bf16] [--trl-venv benchmarks/trl_baseline/.venv] [--trl-tuned-malloc] [--out FILE.json]
 
 For each shape it builds one random-initialised policy, three tiny identifiers and the ED prompts
 (``benchmarks/ppo_throughput.py``), then runs on them, one right after the other on this machine:
@@ -17,7 +17,9 @@ Both sides generate exactly ``--length`` tokens per response (a random-initialis
 never samples ``</s>``; barring it until the last step makes the token counts equal by
 construction), so the ratio compares equal work. The table gives the median seconds per phase over
 the timed iterations (generation, identifier scoring, old log-probabilities/values and reference,
-the PPO update, weight publishing), samples/s and our/trl ratio. Run it on an otherwise idle
+the PPO update, weight publishing), samples/s and our/trl ratio. Our Ray workers run with tuned glibc
+malloc settings (``actors.cluster.MALLOC_TUNING``); ``--trl-tuned-malloc`` adds a trl run with the
+same settings, so the table shows what they would give trl too. Run it on an otherwise idle
 machine: the load average is checked before and printed after.
 """
 
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python benchmarks/p
 
 from ppo_throughput import SHAPES, TINY_IDENTIFIER, build_inputs, prompts, run_one
 
+from actors.cluster import MALLOC_TUNING
 from pipeline.config import ResourcesConfig, load_config
 from pipeline.generation import encode_prompts
 from pipeline.models import load_tokenizer
@@ -146,16 +149,26 @@ IDENTIFIER_RESPONSE_LEN = 48
 
 
 def run_trl(
-    python: Path, inputs: Path, iterations: int, warmup: int, threads: int, trl_dir: Path = TRL_DIR
+    python: Path,
+    inputs: Path,
+    iterations: int,
+    warmup: int,
+    threads: int,
+    trl_dir: Path = TRL_DIR,
+    *,
+    tuned_malloc: bool = False,
 ) -> list[dict[str, Any]]:
-    """The timed (non-warm-up) per-step rows of the trl program."""
+    """The timed (non-warm-up) per-step rows of the trl program: with glibc's default malloc as a user
+    would run it, or with ``tuned_malloc`` the settings our Ray workers get (:data:`MALLOC_TUNING`)."""
     result = inputs / "result.json"
     command = [
         str(python), str(trl_dir / "ppo_step.py"), "--inputs", str(inputs), "--out", str(result),
         "--iterations", str(iterations), "--warmup", str(warmup), "--threads", str(threads),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env.pop("PYTHONPATH", None)
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_TUNING and k != "PYTHONPATH"}
+    env.update(
+        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(MALLOC_TUNING if tuned_malloc else {})
+    )
     subprocess.run(command, check=True, env=env)
     data = json.loads(result.read_text())
     print(f"trl side: {data['versions']}")
@@ -214,14 +227,16 @@ def print_table(results: dict[str, dict[str, dict[str, float]]]) -> None:
             print(f"{shape:<6} {side:<12} {cells} {m['tokens/sample']:>10.1f} {m['samples/s']:>9.2f}")
     print()
     for shape, sides in results.items():
-        trl = sides["trl 0.9.6"]
-        for side, m in sides.items():
-            if side != "trl 0.9.6":
-                print(
-                    f"{shape} {side}: {m['samples/s']:.2f} samples/s vs trl {trl['samples/s']:.2f} -> "
-                    f"{m['samples/s'] / trl['samples/s']:.2f}x  (update {trl['update'] / m['update']:.2f}x, "
-                    f"generation {trl['generate'] / m['generate']:.2f}x)"
-                )
+        for base, trl in sides.items():
+            if not base.startswith("trl"):
+                continue
+            for side, m in sides.items():
+                if not side.startswith("trl"):
+                    print(
+                        f"{shape} {side}: {m['samples/s']:.2f} samples/s vs {base} {trl['samples/s']:.2f} -> "
+                        f"{m['samples/s'] / trl['samples/s']:.2f}x  (update {trl['update'] / m['update']:.2f}x, "
+                        f"generation {trl['generate'] / m['generate']:.2f}x)"
+                    )
 
 
 def main() -> None:
@@ -238,6 +253,11 @@ def main() -> None:
         "--ed",
         type=Path,
         default=Path(os.environ.get("EMPRL_SHARED_DATA", "../shared/data")) / "empatheticdialogues",
+    )
+    parser.add_argument(
+        "--trl-tuned-malloc",
+        action="store_true",
+        help="also run trl with the glibc malloc settings our Ray workers get (actors.cluster.MALLOC_TUNING)",
     )
     parser.add_argument("--out", type=Path, help="write the medians as JSON")
     args = parser.parse_args()
@@ -268,6 +288,18 @@ def main() -> None:
                 )
             }
             print(f"trl {shape}: {time.perf_counter() - start:.0f} s")
+            if args.trl_tuned_malloc:
+                results[shape]["trl + malloc"] = trl_rows(
+                    run_trl(
+                        python,
+                        inputs,
+                        args.iterations,
+                        args.warmup,
+                        args.cpus,
+                        args.trl_dir,
+                        tuned_malloc=True,
+                    )
+                )
             init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=500_000_000))
             try:
                 for precision in args.precision:

@@ -20,7 +20,13 @@ from transformers import PreTrainedTokenizerBase
 
 from pipeline.config import MECHANISMS, IdentifiersConfig
 from pipeline.encoding import encode_pairs
-from pipeline.models import NUM_LEVELS, EmpathyIdentifier, ModelSourceError, load_identifier
+from pipeline.models import (
+    NUM_LEVELS,
+    EmpathyIdentifier,
+    ModelSourceError,
+    load_identifier,
+    use_fastest_attention,
+)
 from pipeline.models.identifier import META_FILE
 
 logger = logging.getLogger(__name__)
@@ -251,6 +257,8 @@ class EmpathyScorer:
                 )
         self.device = torch.device(device)
         self.identifiers = {m: model.to(self.device).eval() for m, (model, _) in identifiers.items()}
+        for model in self.identifiers.values():
+            use_fastest_attention(model, self.device)
         self.tokenizers = {m: tok for m, (_, tok) in identifiers.items()}
         self.max_context_len = max_context_len
         self.max_response_len = max_response_len

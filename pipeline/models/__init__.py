@@ -21,6 +21,7 @@ from pipeline.models.policy import (
     load_policy,
     policy_config,
     save_policy,
+    use_fastest_attention,
 )
 from pipeline.models.sources import ModelSourceError, minilm_path, resolve_source
 from pipeline.models.tokenizer import (
@@ -52,4 +53,5 @@ __all__ = [
     "save_identifier",
     "save_policy",
     "train_tokenizer",
+    "use_fastest_attention",
 ]

@@ -81,3 +81,32 @@ def test_errors_name_role_and_rank_and_fixed_groups_report_deaths(ray_cluster: N
     finally:
         group.kill()
         fixed.kill()
+
+
+class Allocator:
+    """Reports its malloc settings and the page faults of re-allocating one large tensor."""
+
+    def malloc_env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+
+    def faults_of_reallocating(self, mib: int, times: int) -> int:
+        import resource
+
+        import torch
+
+        torch.ones(mib << 18).sum()  # first touch: the heap grows once
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(times):
+            torch.ones(mib << 18).sum()  # float32: ``mib`` MiB, freed at once
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_workers_keep_large_tensors_on_the_heap(ray_cluster: None) -> None:
+    from actors.cluster import MALLOC_TUNING
+
+    actor = ray.remote(Allocator).options(num_cpus=0.1).remote()
+    assert ray.get(actor.malloc_env.remote()) == MALLOC_TUNING
+    # 16 MiB is 4096 pages: glibc's default would mmap and fault them in on each of the 20 rounds
+    faults = ray.get(actor.faults_of_reallocating.remote(16, 20))
+    assert faults < 4096, faults
+    ray.kill(actor)

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.config import ModelConfig, PPOConfig, RewardConfig, RolloutConfig
 from pipeline.generation import encode_prompts, response_mask, sample_responses, sampling_distribution
-from pipeline.models import PolicyWithValueHead, build_policy, train_tokenizer
+from pipeline.models import PolicyWithValueHead, build_policy, train_tokenizer, use_fastest_attention
 from pipeline.models.policy import packed_encoder_states
 from pipeline.ppo.advantages import gae, masked_whiten
 from pipeline.ppo.experience import RewardScores, Rollouts, TrainBatch, pad_stack, split_evenly
@@ -37,6 +37,7 @@ MODEL = ModelConfig(
     vocab_size=400, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1, num_heads=2
 )
 ROLLOUT = RolloutConfig(min_new_tokens=2, max_new_tokens=6)
+TRAIN_RESPONSES = torch.randint(5, MODEL.vocab_size, (6, 5), generator=torch.Generator().manual_seed(3))
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +205,28 @@ def test_packed_pairs_equal_the_padded_forward_values_and_gradients(
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_cpu_attention_kernel_gives_the_same_passes_and_samples(
+    policy: tuple[PolicyWithValueHead, object],
+) -> None:
+    model, tokenizer = policy
+    prompts = _prompts(tokenizer, [0, 1, 2, 3, 4, 5])
+    runs = {}
+    for device in ("cuda", "cpu"):  # only the kernel choice: the model stays on the CPU
+        use_fastest_attention(model, device)
+        runs[model.config._attn_implementation] = (
+            response_forward(model, prompts.prompt_ids, prompts.prompt_mask, TRAIN_RESPONSES, start_id=0),
+            sample_responses(model, tokenizer, prompts, ROLLOUT),  # type: ignore[arg-type]
+        )
+    use_fastest_attention(model, "cuda")
+    assert sorted(runs) == ["eager", "sdpa"]
+    (eager_lp, eager_v, _), eager_sample = runs["eager"]
+    (sdpa_lp, sdpa_v, _), sdpa_sample = runs["sdpa"]
+    torch.testing.assert_close(eager_lp, sdpa_lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager_v, sdpa_v, atol=1e-5, rtol=1e-5)
+    assert torch.equal(eager_sample.response_ids, sdpa_sample.response_ids)
+    torch.testing.assert_close(eager_sample.logprobs, sdpa_sample.logprobs, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from pipeline.config import MECHANISMS, IdentifiersConfig
-from pipeline.models import ModelSourceError, build_identifier, save_identifier, train_tokenizer
+from pipeline.models import (
+    ModelSourceError,
+    build_identifier,
+    save_identifier,
+    train_tokenizer,
+    use_fastest_attention,
+)
 from pipeline.scoring import EmpathyScorer, LevelScores, level_columns
 
 pytestmark = pytest.mark.unit
@@ -79,6 +85,25 @@ def test_shapes_probabilities_and_levels(scorer: EmpathyScorer) -> None:
     again = scorer.score(contexts, responses)
     for m in MECHANISMS:
         np.testing.assert_array_equal(again.probs[m], scores.probs[m])
+
+
+def test_cpu_attention_kernel_gives_the_same_scores(scorer: EmpathyScorer) -> None:
+    encoders = [
+        e for model in scorer.identifiers.values() for e in (model.context_encoder, model.response_encoder)
+    ]
+    assert {e.config._attn_implementation for e in encoders} == {"eager"}  # chosen for the CPU
+    contexts, responses = pairs(9)
+    eager = scorer.score(contexts, responses)
+    for model in scorer.identifiers.values():  # only the kernel choice: the models stay on the CPU
+        use_fastest_attention(model, "cuda")
+    try:
+        assert {e.config._attn_implementation for e in encoders} == {"sdpa"}
+        sdpa = scorer.score(contexts, responses)
+    finally:
+        for model in scorer.identifiers.values():
+            use_fastest_attention(model, "cpu")
+    for m in MECHANISMS:
+        np.testing.assert_allclose(eager.logprobs[m], sdpa.logprobs[m], atol=1e-5)
 
 
 def test_order_is_preserved_under_length_sorting(scorer: EmpathyScorer) -> None:
