@@ -1,6 +1,6 @@
 """What the PPO roles' CPU settings buy, one at a time: the attention kernel and glibc's malloc settings.
 
-    python benchmarks/cpu_settings.py [--shape d256] [--repeats 5] [--cpus 2]
+    python benchmarks/cpu_settings.py [--shape d256] [--repeats 5] [--rounds 3] [--cpus 2]
 
 Builds the shape's random policy and the tiny identifiers (as ``benchmarks/ppo_throughput.py``), then
 runs four variants, each in a fresh process (glibc reads its malloc settings at start-up): attention
@@ -9,8 +9,9 @@ picks on the CPU), with glibc's default malloc or the settings every Ray worker 
 (:data:`actors.cluster.MALLOC_TUNING`). Each variant times, on the same 32 ED prompts and 30-token
 responses: one PPO update (the paper's 4 epochs x 4 mini-batches of 8, on a real one-rank DeepSpeed
 learner), one generation of the 32 responses (the rollout workers' sampler) and one scoring of them by
-the three identifiers. It prints the median seconds, the page faults of one update and each variant's
-speed-up over the default. Run it on an otherwise idle machine.
+the three identifiers. The variants take turns for ``--rounds`` rounds (so a slow spell of the machine
+hits them alike); it prints each variant's median over all its runs, the page faults of one update
+and the speed-up over the default. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="d256", choices=sorted(SHAPES))
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of the four variants, interleaved")
     parser.add_argument("--cpus", type=int, default=2, help="torch threads")
     parser.add_argument(
         "--ed",
@@ -142,35 +144,40 @@ def main() -> None:
     print(
         f"load average before: {load} ({'idle' if load[0] < 0.5 * args.cpus else 'NOT idle: figures will be noisy'})"
     )
-    results: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="cpu_settings") as tmp:
         folder = Path(tmp) / args.shape
         contexts, responses = prompts(args.ed, Path(tmp) / "cache")
         build_inputs(folder, SHAPES[args.shape], contexts, responses)
         (folder / "contexts.json").write_text(json.dumps(contexts[:BATCH]))
-        for kernel, tuned in VARIANTS:
-            env = {k: v for k, v in os.environ.items() if k not in MALLOC_TUNING}
-            if tuned:
-                env.update(MALLOC_TUNING)
-            name = f"{kernel} attention, {'tuned' if tuned else 'default'} malloc"
-            out = subprocess.run(
-                [sys.executable, __file__, "--shape", args.shape, "--repeats", str(args.repeats),
-                 "--cpus", str(args.cpus), "--child", str(folder), kernel],
-                env=env, capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if out.returncode != 0:
-                sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{name}: {results[name]}", flush=True)
+        for round_ in range(args.rounds):
+            for kernel, tuned in VARIANTS:
+                env = {k: v for k, v in os.environ.items() if k not in MALLOC_TUNING}
+                if tuned:
+                    env.update(MALLOC_TUNING)
+                name = f"{kernel} attention, {'tuned' if tuned else 'default'} malloc"
+                out = subprocess.run(
+                    [sys.executable, __file__, "--shape", args.shape, "--repeats", str(args.repeats),
+                     "--cpus", str(args.cpus), "--child", str(folder), kernel],
+                    env=env, capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if out.returncode != 0:
+                    sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
+                runs.setdefault(name, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"round {round_ + 1}, {name}: {runs[name][-1]}", flush=True)
     print(f"load average after: {os.getloadavg()}")
+    results = {
+        name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in runs.items()
+    }
     base = next(iter(results.values()))
     print(
-        f"\n{args.shape}, {args.cpus} threads, median of {args.repeats} (seconds; speed-up over the first row)"
+        f"\n{args.shape}, {args.cpus} threads, median of {args.rounds} rounds x {args.repeats} repeats "
+        "(seconds; speed-up over the first row)"
     )
     print(f"{'variant':<34}{'update':>16}{'generate':>16}{'score':>16}{'update faults':>15}")
     for name, row in results.items():
         cells = "".join(f"{row[k]:>9.3f} {base[k] / row[k]:>5.2f}x" for k in ("update", "generate", "score"))
-        print(f"{name:<34}{cells}{row['update page faults']:>15d}")
+        print(f"{name:<34}{cells}{row['update page faults']:>15.0f}")
 
 
 if __name__ == "__main__":
