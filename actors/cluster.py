@@ -30,11 +30,11 @@ MALLOC_TUNING = {
 }
 """glibc malloc settings of every worker process. By default glibc gives each large tensor (from
 128 KiB, a threshold that moves) fresh pages from ``mmap`` and returns them on free, so every
-forward and backward pass page-faults on its temporaries again (~50 000 faults per d256 PPO update
+forward and backward pass page-faults on its temporaries again (~130 000 faults per d256 PPO update
 on CPU). A fixed mmap threshold of 32 MiB (glibc's maximum) serves them from the heap, and a trim
-threshold of 256 MiB keeps freed heap memory for the next pass instead of returning it at once:
-4-7 % off a CPU PPO update and generation (``benchmarks/ppo_vs_trl.py``), for up to 256 MiB more
-resident memory per process. Set either variable in the driver's environment to override it; other
+threshold of 256 MiB keeps freed heap memory for the next pass instead of returning it at once: the
+d256 update runs 5 % faster, 9 % with the CPU's eager attention (``benchmarks/cpu_settings.py``), for
+up to 256 MiB more resident memory per process. Set either variable in the driver's environment to override it; other
 allocators (jemalloc, tcmalloc via ``LD_PRELOAD``) ignore them."""
 
 

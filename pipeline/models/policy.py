@@ -401,8 +401,9 @@ def use_fastest_attention(model: nn.Module, device: torch.device | str) -> None:
     the attention kernel that is fastest on ``device``: PyTorch's fused ``scaled_dot_product_attention``
     on GPUs, the plain matmul path (``eager``) on the CPU, where at these sizes the fused kernel loses
     to two matmuls, notably on T5's masked route (it adds a learned position bias to every attention's
-    scores). At the d256 shape eager is ~3 % faster for the PPO update and ~14 % for the reward
-    scorers' identifiers; the numbers are the same up to float rounding."""
+    scores). With the Ray workers' malloc settings (``actors.cluster.MALLOC_TUNING``) eager makes the
+    d256 PPO update ~4 % faster, sampling ~5 % and the reward identifiers ~25 %
+    (``benchmarks/cpu_settings.py``); the numbers are the same up to float rounding."""
     kernel = "eager" if torch.device(device).type == "cpu" else "sdpa"
     for module in model.modules():
         if isinstance(module, PreTrainedModel):
