@@ -11,7 +11,8 @@ rank holds the whole model: :meth:`TrainEngine.full_state_dict` gathers it (a co
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -233,14 +234,24 @@ class DeepSpeedEngine:
     def partitioned(self) -> bool:
         return self.zero_stage == 3
 
-    def full_state_dict(self, *, rank: int, copy: bool = True) -> dict[str, torch.Tensor] | None:
+    @contextmanager
+    def gathered(self) -> Iterator[nn.Module]:
+        """The module with every parameter whole, read-only: under ZeRO-3 every rank must enter
+        (the parameters are all-gathered on entry and re-partitioned on exit)."""
         if not self.partitioned:
-            return cpu_state_dict(self.module, copy=copy) if rank == 0 else None
+            yield self.module
+            return
         import deepspeed
 
-        # every rank takes part in the all-gather; only rank 0 keeps a copy
         with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
-            return cpu_state_dict(self.module) if rank == 0 else None
+            yield self.module
+
+    def full_state_dict(self, *, rank: int, copy: bool = True) -> dict[str, torch.Tensor] | None:
+        # every rank takes part in the gather; only rank 0 keeps a copy (a gathered one must be copied)
+        with self.gathered() as module:
+            if rank != 0:
+                return None
+            return cpu_state_dict(module, copy=copy or self.partitioned)
 
 
 def make_engine(

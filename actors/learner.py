@@ -17,15 +17,12 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 import torch
-from torch import nn
 
 from actors.engines import DeepSpeedEngine, make_engine
 from actors.placement import RoleProcess
@@ -190,7 +187,7 @@ class LearnerWorker(RoleProcess):
     def broadcast_weights(self, bucket_bytes: int) -> int:
         """All ranks (under ZeRO-3 each takes part in gathering the parameters); rank 0 broadcasts the
         policy and value head to the rollout workers. Returns the bytes sent (0 on other ranks)."""
-        with self._full_weights() as module:
+        with self.engine.gathered() as module:
             if self.rank != 0:
                 return 0
             if self._weights is None:
@@ -199,20 +196,8 @@ class LearnerWorker(RoleProcess):
 
     def weights_checksum(self) -> str | None:
         """All ranks: SHA-256 of the full weights (:func:`actors.weight_sync.checksum`) on rank 0."""
-        with self._full_weights() as module:
+        with self.engine.gathered() as module:
             return checksum(module) if self.rank == 0 else None
-
-    @contextmanager
-    def _full_weights(self) -> Iterator[nn.Module]:
-        """The model with every parameter whole (gathered on all ranks under ZeRO-3, read-only)."""
-        module = self.engine.module
-        if not self.engine.partitioned:
-            yield module
-            return
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            yield module
 
     def save(self, folder: str) -> None:
         """DeepSpeed checkpoint (model, optimizer, scheduler) plus this rank's RNG states."""

@@ -45,16 +45,9 @@ class RoleBundle:
     resources: Mapping[str, float]
 
 
-def _role_resources(cfg: Config, cpus: float, gpus: float | None = None) -> dict[str, float]:
-    res = cfg.resources
-    share = res.role_gpus if gpus is None else gpus
-    return {"CPU": cpus, **({"GPU": share} if res.use_gpu and share > 0 else {})}
-
-
-def learner_gpus(cfg: Config) -> float:
-    """GPU share per learner rank (``resources.learner_gpus``; by default a whole GPU when ranks talk
-    over NCCL, else ``resources.role_gpus``)."""
-    return cfg.ppo_gpu_shares["learner"]
+def _role_resources(cpus: float, gpus: float) -> dict[str, float]:
+    """One bundle's resources (``gpus`` is 0 without ``resources.use_gpu``: see ``Config.ppo_gpu_shares``)."""
+    return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
 
 
 def ppo_bundles(cfg: Config) -> list[RoleBundle]:
@@ -69,7 +62,7 @@ def ppo_bundles(cfg: Config) -> list[RoleBundle]:
         "learner": res.learner_cpus,
     }
     return [
-        RoleBundle(role, rank, _role_resources(cfg, cpus[role], gpus[role]))
+        RoleBundle(role, rank, _role_resources(cpus[role], gpus[role]))
         for role, count in cfg.ppo_role_counts.items()
         for rank in range(count)
     ]
@@ -82,9 +75,9 @@ def evaluation_bundles(cfg: Config, num_workers: int) -> list[RoleBundle]:
     bundle for bundle, so an evaluation can run inside a PPO run's reservation after PPO ends."""
     res, gpus = cfg.resources, cfg.ppo_gpu_shares
     return [
-        *(RoleBundle("evaluation worker", r, _role_resources(cfg, res.rollout_cpus, gpus["rollout worker"]))
+        *(RoleBundle("evaluation worker", r, _role_resources(res.rollout_cpus, gpus["rollout worker"]))
           for r in range(num_workers)),
-        *(RoleBundle("identifier scorer", r, _role_resources(cfg, res.reward_cpus, gpus["reward scorer"]))
+        *(RoleBundle("identifier scorer", r, _role_resources(res.reward_cpus, gpus["reward scorer"]))
           for r in range(cfg.reward.num_scorers)),
     ]  # fmt: skip
 
