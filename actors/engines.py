@@ -92,6 +92,23 @@ def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.
     return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
+def clip_in_optimizer(optimizer: torch.optim.Optimizer, max_norm: float) -> float:
+    """Clip the gradients of ``optimizer``'s parameters to global norm ``max_norm`` inside its next
+    ``step()``; returns the pre-clip norm.
+
+    The same coefficient as ``torch.nn.utils.clip_grad_norm_`` (``max_norm / (norm + 1e-6)``, at most
+    1), handed to the fused AdamW kernel as the ``grad_scale`` it divides every gradient by (the
+    protocol ``torch.amp.GradScaler`` uses), so clipping costs one pass over the gradients (the norm)
+    instead of two. On a d256 PPO update on CPU the update is about 2 % faster.
+    """
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)  # type: ignore[attr-defined]
+    return float(norm)
+
+
 class DDPEngine:
     """PyTorch DDP via ``ray.train.torch.prepare_model`` (no wrapper with one worker)."""
 
@@ -114,10 +131,10 @@ class DDPEngine:
     def step(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
+        norm = clip_in_optimizer(self.optimizer, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        return float(norm)
+        return norm
 
     def save(self, folder: Path, *, rank: int) -> None:
         if rank == 0:  # DDP keeps every rank identical; one copy suffices
@@ -185,11 +202,15 @@ class DeepSpeedEngine:
         if offload:
             zero["offload_optimizer"] = {"device": "cpu"}
         self.zero_stage = zero_stage
+        # without ZeRO and DeepSpeed's fp16/bf16 optimizers, DeepSpeed steps the client AdamW as it is:
+        # clip inside its fused kernel (clip_in_optimizer) instead of DeepSpeed's per-tensor pass
+        self._clip_in_optimizer = zero_stage == 0 and precision == "fp32"
+        self.max_grad_norm = max_grad_norm
         config: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": micro_batch,
             "train_batch_size": micro_batch * world_size,
             "gradient_accumulation_steps": 1,
-            "gradient_clipping": max_grad_norm,
+            "gradient_clipping": 0.0 if self._clip_in_optimizer else max_grad_norm,
             "zero_optimization": zero,
             "zero_allow_untested_optimizer": True,
             # the client torch AdamW also serves offload: no JIT build of DeepSpeedCPUAdam
@@ -216,7 +237,11 @@ class DeepSpeedEngine:
         return inner
 
     def step(self, loss: torch.Tensor) -> float:
-        self.engine.backward(loss)
+        self.engine.backward(loss)  # gradients all-reduced here (ZeRO 0 with several ranks)
+        if self._clip_in_optimizer:
+            norm_before = clip_in_optimizer(self.engine.optimizer, self.max_grad_norm)
+            self.engine.step()
+            return norm_before
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")

@@ -26,6 +26,7 @@ def validate(cfg: Config) -> None:
     _check(p.kl_coef >= 0, "ppo.kl_coef", p.kl_coef, "must be >= 0", "use 0.2 (paper)")
     _check(p.kl_target > 0, "ppo.kl_target", p.kl_target, "must be > 0", "use 6 (paper)")
     _check(p.kl_horizon > 0, "ppo.kl_horizon", p.kl_horizon, "must be > 0", "use 10000 (paper)")
+    _check(p.max_grad_norm > 0, "ppo.max_grad_norm", p.max_grad_norm, "must be > 0", "use 1.0")
     _check(p.max_restarts >= 0, "ppo.max_restarts", p.max_restarts, "must be >= 0", "use e.g. 3")
     for name in (
         "total_steps",

@@ -111,6 +111,7 @@ def test_wrong_types_name_key_and_value(override: str, pattern: str) -> None:
         (["identifiers.optimizer.lr=0"], r"identifiers\.optimizer\.lr=0\.0: must be > 0"),
         (["sft.optimizer.warmup_ratio=1.0"], r"sft\.optimizer\.warmup_ratio=1\.0: must be in \[0, 1\)"),
         (["sft.optimizer.max_grad_norm=0"], r"sft\.optimizer\.max_grad_norm=0\.0: must be > 0"),
+        (["ppo.max_grad_norm=-1"], r"ppo\.max_grad_norm=-1\.0: must be > 0"),
         (
             ["rollout.min_new_tokens=40"],
             r"rollout\.min_new_tokens=40: must be in \[1, rollout\.max_new_tokens=30\]",
