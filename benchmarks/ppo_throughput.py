@@ -11,8 +11,10 @@ the paper's PPO settings: 32 rollouts, mini-batch 8, 4 epochs, 5-30 tokens), run
 learner) on ED prompts (the demo set when the ED folder is absent) with random gold levels, with 1, 2, 4
 rollout workers (one learner rank) and with 1 and 2 learner ranks (one worker), sharing ``--cpus``
 cores; it prints the median over the timed iterations of each phase, samples/s and its ratio to the
-1-worker 1-rank run. Then it times one weight publish (a real learner's gather and ``ray.put``, a
-rollout worker's load) for policies from the local shape to T5-base. Run it on an otherwise idle
+1-worker 1-rank run. Then it times one weight publish through each path of ``learner.weight_sync``
+(object store: a real learner's gather and ``ray.put``, a rollout worker's load; collective: a bucketed
+broadcast into the worker's parameters, gloo on CPU) for policies from the local shape to T5-base,
+ignoring the first publish of each path (it builds the collective group). Run it on an otherwise idle
 machine: the load average is printed before and after. The side-by-side comparison with the paper's
 trl 0.9.6 step is ``benchmarks/ppo_vs_trl.py``.
 """
@@ -173,13 +175,19 @@ PUBLISH_SHAPES: dict[str, list[str]] = {
 """Policy sizes of the publish-latency sweep: the PPO shapes and T5-small/base (random weights)."""
 
 
-def publish_latency(folder: Path, overrides: list[str], workers: int, repeats: int) -> tuple[float, float]:
-    """``(parameters in millions, median seconds)`` of one weight publish at a policy size: a real
-    one-rank learner (gather, ``ray.put`` once) and ``workers`` rollout workers loading the reference."""
-    import ray  # noqa: TID251  (a benchmark drives the roles itself, like jobs/)
-
+def publish_latency(
+    folder: Path, overrides: list[str], workers: int, repeats: int
+) -> tuple[float, dict[str, float]]:
+    """``(parameters in millions, {path: median seconds})`` of one weight publish at a policy size,
+    through each path the PPO loop has (:mod:`actors.weight_sync`): ``object_store`` (learner rank 0
+    gathers and puts them in the object store once, every rollout worker loads the reference) and ``collective`` (a
+    bucketed broadcast from learner rank 0 into the workers' parameters: gloo here, NCCL between GPUs).
+    A real one-rank learner and ``workers`` rollout workers; the first publish of each path (which
+    builds the collective group) is not timed."""
+    from actors.group import RoleGroup, gather
     from actors.learner import LearnerWorker
     from actors.rollout import RolloutWorker
+    from actors.weight_sync import CollectiveSync, ObjectStoreSync, WeightSync
     from pipeline.models import load_tokenizer
 
     cfg = load_config("local", overrides)
@@ -191,24 +199,32 @@ def publish_latency(folder: Path, overrides: list[str], workers: int, repeats: i
     del model
     load_tokenizer(str(folder), key="publish benchmark")
     options = {"num_cpus": 0.1}
-    learner = ray.remote(LearnerWorker).options(**options).remote(0, 1, str(folder), cfg.ppo, cfg.learner, 1)
-    host, port = ray.get(learner.address.remote())
-    ray.get(learner.setup.remote(host, port, 0))
-    rollouts = [
-        ray.remote(RolloutWorker).options(**options).remote(str(folder), cfg.rollout, 1)
-        for _ in range(workers)
-    ]
-    times = []
+    learner = RoleGroup(
+        "learner", LearnerWorker, (1, str(folder), cfg.ppo, cfg.learner, 1), count=1, options=options,
+        rank_args=True, restartable=False,
+    )  # fmt: skip
+    rollout = RoleGroup(
+        "rollout", RolloutWorker, (str(folder), cfg.rollout, 1), count=workers, options=options, restartable=False
+    )  # fmt: skip
+    paths: dict[str, WeightSync] = {
+        "object_store": ObjectStoreSync(),
+        "collective": CollectiveSync(use_gpu=False, bucket_mb=cfg.learner.weight_sync_bucket_mb, retries=0),
+    }
+    medians = {}
     try:
-        for version in range(repeats + 1):
-            start = time.perf_counter()
-            refs = ray.get(learner.publish.remote())
-            ray.get([w.set_weights.remote(refs, version) for w in rollouts])
-            times.append(time.perf_counter() - start)
+        host, port = gather(learner.submit_all("address"))[0][0]
+        gather(learner.submit_all("setup", host, port, 0))
+        for name, sync in paths.items():
+            times = []
+            for version in range(repeats + 1):
+                start = time.perf_counter()
+                sync.publish(learner, rollout, version)
+                times.append(time.perf_counter() - start)
+            medians[name] = statistics.median(times[1:])
     finally:
-        for actor in (learner, *rollouts):
-            ray.kill(actor)
-    return params, statistics.median(times[1:])
+        learner.kill()
+        rollout.kill()
+    return params, medians
 
 
 def main() -> None:
@@ -234,7 +250,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}")
     init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=2_000_000_000))
     results: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
-    publish: dict[str, tuple[float, float]] = {}
+    publish: dict[str, tuple[float, dict[str, float]]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="ppo_bench") as tmp:
             contexts, responses = prompts(args.ed, Path(tmp) / "cache")
@@ -269,10 +285,15 @@ def main() -> None:
         print(f"{shape:<6} {precision:>5} {workers:>7} {ranks:>5} {phases} {speed:>10.2f} {ratio:>6.2f}x")
     if publish:
         print(
-            "\nweight publish latency per policy size (learner gather + ray.put once + load on the rollout worker)"
+            "\nweight publish latency per policy size, learner rank 0 to one rollout worker (milliseconds)\n"
+            "object_store: gather + ray.put once + load; collective: bucketed gloo broadcast into the parameters"
         )
+        print(f"{'shape':<9} {'parameters':>11} {'object_store':>13} {'collective':>11}")
         for shape, (params, seconds) in publish.items():
-            print(f"{shape:<9} {params:>7.1f} M parameters: {1000 * seconds:>8.1f} ms")
+            cells = " ".join(
+                f"{1000 * seconds[k]:>{w}.1f}" for k, w in (("object_store", 13), ("collective", 11))
+            )
+            print(f"{shape:<9} {params:>9.1f} M {cells}")
     print("\nside by side with trl 0.9.6 on the same shapes: python benchmarks/ppo_vs_trl.py")
 
 
