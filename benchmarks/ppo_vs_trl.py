@@ -1,6 +1,6 @@
 """PPO side by side with the paper's own stack: trl 0.9.6 ``PPOTrainer`` against this pipeline, one run.
 
-    python benchmarks/ppo_vs_trl.py [--shapes local d256] [--iterations 6] [--warmup 2] [--cpus 2]
+    python benchmarks/ppo_vs_trl.py [--shapes local d256] [--iterations 6] [--warmup 2] [--rounds 1] [--cpus 2]
         [--precision fp32 bf16] [--trl-venv benchmarks/trl_baseline/.venv] [--trl-tuned-malloc] [--out FILE.json]
 
 For each shape it builds one random-initialised policy, three tiny identifiers and the ED prompts
@@ -17,7 +17,9 @@ Both sides generate exactly ``--length`` tokens per response (a random-initialis
 never samples ``</s>``; barring it until the last step makes the token counts equal by
 construction), so the ratio compares equal work. The table gives the median seconds per phase over
 the timed iterations (generation, identifier scoring, old log-probabilities/values and reference,
-the PPO update, weight publishing), samples/s and our/trl ratio. Our Ray workers run with tuned glibc
+the PPO update, weight publishing), samples/s and our/trl ratio. ``--rounds N`` alternates the two
+sides N times (each round with its own warm-up) and takes the medians over every round's steps, so
+that a slow spell of a noisy machine weighs on both sides; it prints each round's ratio too. Our Ray workers run with tuned glibc
 malloc settings (``actors.cluster.MALLOC_TUNING``); ``--trl-tuned-malloc`` adds a trl run with the
 same settings, so the table shows what they would give trl too. Run it on an otherwise idle
 machine: the load average is checked before and printed after.
@@ -245,6 +247,12 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--iterations", type=int, default=6, help="timed PPO steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per side")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate the sides this many times; medians over all rounds' steps",
+    )
     parser.add_argument("--length", type=int, default=30, help="tokens per response on both sides")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--trl-venv", type=Path, default=TRL_VENV)
@@ -281,32 +289,47 @@ def main() -> None:
             build_inputs(folder, overrides, contexts, responses)
             seed = load_config("local", overrides).run.seed
             inputs = trl_inputs(folder, overrides, contexts, args.length, seed)
-            start = time.perf_counter()
-            results[shape] = {
-                "trl 0.9.6": trl_rows(
-                    run_trl(python, inputs, args.iterations, args.warmup, args.cpus, args.trl_dir)
-                )
-            }
-            print(f"trl {shape}: {time.perf_counter() - start:.0f} s")
-            if args.trl_tuned_malloc:
-                results[shape]["trl + malloc"] = trl_rows(
-                    run_trl(
+            # rounds alternate the two sides, so that a slow spell of the machine hits both
+            pooled: dict[str, list[dict[str, Any]]] = {}
+            for round_ in range(1, args.rounds + 1):
+                start = time.perf_counter()
+                sides = {"trl 0.9.6": False, **({"trl + malloc": True} if args.trl_tuned_malloc else {})}
+                this: dict[str, dict[str, float]] = {}
+                for side, tuned in sides.items():
+                    rows = run_trl(
                         python,
                         inputs,
                         args.iterations,
                         args.warmup,
                         args.cpus,
                         args.trl_dir,
-                        tuned_malloc=True,
+                        tuned_malloc=tuned,
                     )
-                )
-            init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=500_000_000))
-            try:
-                for precision in args.precision:
-                    rows = run_one(folder, overrides, 1, precision, args.warmup + args.iterations, args.cpus)
-                    results[shape][f"ours {precision}"] = ours_rows(rows[args.warmup :])
-            finally:
-                shutdown_ray()
+                    pooled.setdefault(side, []).extend(rows)
+                    this[side] = trl_rows(rows)
+                print(f"trl {shape}, round {round_}: {time.perf_counter() - start:.0f} s")
+                init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=500_000_000))
+                try:
+                    for precision in args.precision:
+                        rows = run_one(
+                            folder, overrides, 1, precision, args.warmup + args.iterations, args.cpus,
+                            tag=f"_round{round_}",
+                        )  # fmt: skip
+                        pooled.setdefault(f"ours {precision}", []).extend(rows[args.warmup :])
+                        this[f"ours {precision}"] = ours_rows(rows[args.warmup :])
+                finally:
+                    shutdown_ray()
+                if args.rounds > 1:
+                    ratios = ", ".join(
+                        f"{side} {m['samples/s'] / this['trl 0.9.6']['samples/s']:.2f}x"
+                        for side, m in this.items()
+                        if side.startswith("ours")
+                    )
+                    print(f"{shape} round {round_}/{args.rounds}: {ratios}")
+            results[shape] = {
+                side: (ours_rows(rows) if side.startswith("ours") else trl_rows(rows))
+                for side, rows in pooled.items()
+            }
     print(f"load average after: {os.getloadavg()}")
     print_table(results)
     if args.out:
