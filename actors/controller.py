@@ -115,7 +115,9 @@ class PPOController:
         self.learner: RoleGroup | None = None
         self.writer: Any = None
         self.sync: WeightSync = make_weight_sync(cfg)
-        self.reservation = reservation or Reservation.create("PPO", ppo_bundles(cfg))
+        self.reservation = reservation or Reservation.create(
+            "PPO", ppo_bundles(cfg), scale_up_wait_s=cfg.resources.scale_up_wait_s
+        )
         try:
             self.placement: Placement = self.reservation.place("PPO", ppo_bundles(cfg))
             self.rollout, self.reward, self.reference = self._make_workers()

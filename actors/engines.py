@@ -11,6 +11,7 @@ rank holds the whole model: :meth:`TrainEngine.full_state_dict` gathers it (a co
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,30 @@ class TrainEngine(Protocol):
         :func:`cpu_state_dict` (the caller serialises the tensors before the next update).
         """
         ...
+
+
+def use_deepspeed_on(device: torch.device) -> None:
+    """Make DeepSpeed in this process run on ``device``'s kind: ``cuda`` or ``cpu``.
+
+    DeepSpeed picks one accelerator per process the first time it is asked, from ``DS_ACCELERATOR``
+    or by probing. A Ray worker may carry another machine's value (a driver on a CPU-only head node
+    runs with ``cpu``), and with the wrong one DeepSpeed moves the model to that device. So every role
+    that builds an engine states its own device here first, before ``import deepspeed`` where it can.
+    """
+    want = "cuda" if device.type == "cuda" else "cpu"
+    os.environ["DS_ACCELERATOR"] = want
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if get_accelerator().device_name() == want:
+        return
+    if want == "cuda":
+        from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+
+        set_accelerator(CUDA_Accelerator())
+    else:
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+        set_accelerator(CPU_Accelerator())
 
 
 def cpu_state_dict(module: nn.Module, *, copy: bool = True) -> dict[str, torch.Tensor]:
@@ -183,6 +208,7 @@ class DeepSpeedEngine:
         offload: bool = False,
         partition_aware: bool = False,
     ) -> None:
+        use_deepspeed_on(next(model.parameters()).device)
         import deepspeed
 
         if zero_stage not in (0, 1, 2, 3):

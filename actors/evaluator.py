@@ -172,7 +172,9 @@ def evaluate_policies(
     # an actor without a chunk would only cost start-up time
     workers_n = min(num_workers or cfg.rollout.num_workers, len(chunks[0]))
     bundles = evaluation_bundles(cfg, workers_n)
-    reservation = reservation or Reservation.create("evaluation", bundles)
+    reservation = reservation or Reservation.create(
+        "evaluation", bundles, scale_up_wait_s=cfg.resources.scale_up_wait_s
+    )
     try:
         placement = reservation.place("evaluation", bundles)
     except BaseException:

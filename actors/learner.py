@@ -24,7 +24,7 @@ import numpy as np
 import ray
 import torch
 
-from actors.engines import DeepSpeedEngine, make_engine
+from actors.engines import DeepSpeedEngine, make_engine, use_deepspeed_on
 from actors.placement import RoleProcess
 from actors.weight_sync import WeightGroup, checksum, device_id, host_store, layout, sync_tensors
 from pipeline.config import LearnerConfig, OptimizerConfig, PPOConfig
@@ -66,6 +66,7 @@ class LearnerWorker(RoleProcess):
 
     def setup(self, master_addr: str, master_port: int, seed: int, timeout_s: float = 600.0) -> int:
         """Join the process group, load the starting policy and build the DeepSpeed engine."""
+        use_deepspeed_on(self.device)
         import deepspeed
 
         os.environ.update(

@@ -130,15 +130,36 @@ class Reservation:
         self.group, self.first, self.owned = group, first, owned
 
     @classmethod
-    def create(cls, what: str, bundles: Sequence[RoleBundle], *, timeout_s: float = 300.0) -> Reservation:
+    def create(
+        cls,
+        what: str,
+        bundles: Sequence[RoleBundle],
+        *,
+        timeout_s: float = 300.0,
+        scale_up_wait_s: float = 0.0,
+    ) -> Reservation:
         """Reserve ``bundles`` in a new placement group (released by :meth:`release`).
 
+        A cluster that lacks the resources now fails at once, unless ``scale_up_wait_s`` > 0
+        (``resources.scale_up_wait_s``): then the request waits that long for an autoscaler to add
+        nodes (the pending placement group is the demand it scales up for).
+
         Raises:
-            ReservationError: the cluster cannot hold the bundles, or they are not granted in ``timeout_s``
-                (other work holds the resources).
+            ReservationError: the cluster cannot hold the bundles, or they are not granted in time
+                (other work holds the resources, or no node came up).
         """
         _check_nonempty(what, bundles)
-        check_cluster(what, bundles, fix="lower resources.*_cpus or the worker counts, or add nodes")
+        fix = "lower resources.*_cpus or the worker counts, or add nodes"
+        try:
+            check_cluster(
+                what, bundles, fix=f"{fix} (or set resources.scale_up_wait_s on an autoscaling cluster)"
+            )
+        except ReservationError as exc:
+            if scale_up_wait_s <= 0:
+                raise
+            timeout_s = scale_up_wait_s
+            logger.warning("%s; waiting up to %g s for the autoscaler to add nodes", str(exc).split(". Fix")[0],
+                           timeout_s)  # fmt: skip
         group = placement_group([dict(b.resources) for b in bundles], strategy="PACK")
         ready, _ = ray.wait([group.ready()], timeout=timeout_s)
         if not ready:
@@ -147,7 +168,12 @@ class Reservation:
             raise ReservationError(
                 f"{what} asked for {_fmt(total(bundles))} ({breakdown(bundles)}); after {timeout_s:g} s the "
                 f"cluster still has only {_fmt(free)} free. Fix: wait for other work to finish, or lower "
-                "resources.*_cpus or the worker counts."
+                "resources.*_cpus or the worker counts"
+                + (
+                    ", or raise resources.scale_up_wait_s if nodes are still starting."
+                    if scale_up_wait_s > 0
+                    else "."
+                )
             )
         return cls(group, owned=True)
 

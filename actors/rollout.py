@@ -13,7 +13,6 @@ threads.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from actors.weight_sync import WeightGroup, checksum, device_id, layout, sync_te
 from pipeline.config import RolloutConfig
 from pipeline.generation import sample_responses
 from pipeline.models import load_policy, use_fastest_attention
-from pipeline.ppo.experience import PromptBatch, Rollouts
+from pipeline.ppo.experience import PromptBatch, Rollouts, moved_to
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +81,6 @@ class RolloutWorker(RoleProcess):
         bf16 = self.cfg.precision == "bf16"
         with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
             rollouts = sample_responses(
-                self.model, self.tokenizer, _to(prompts, self.device), self.cfg, version=self.version
+                self.model, self.tokenizer, moved_to(prompts, self.device), self.cfg, version=self.version
             )
-        return _to_cpu(rollouts)
-
-
-def _to(prompts: PromptBatch, device: str) -> PromptBatch:
-    return replace(
-        prompts, prompt_ids=prompts.prompt_ids.to(device), prompt_mask=prompts.prompt_mask.to(device)
-    )
-
-
-def _to_cpu(rollouts: Rollouts) -> Rollouts:
-    return replace(
-        rollouts,
-        prompts=_to(rollouts.prompts, "cpu"),
-        response_ids=rollouts.response_ids.cpu(),
-        response_mask=rollouts.response_mask.cpu(),
-        logprobs=rollouts.logprobs.cpu(),
-    )
+        return moved_to(rollouts, "cpu")

@@ -1,6 +1,6 @@
 """PPO side by side with the paper's own stack: trl 0.9.6 ``PPOTrainer`` against this pipeline, one run.
 
-    python benchmarks/ppo_vs_trl.py [--shapes local d256] [--iterations 6] [--warmup 2] [--rounds 1] [--cpus 2]
+    python benchmarks/ppo_vs_trl.py [--shapes local d256] [--iterations 6] [--warmup 2] [--rounds 3] [--cpus 2]
         [--precision fp32 bf16] [--trl-venv benchmarks/trl_baseline/.venv] [--trl-tuned-malloc] [--out FILE.json]
 
 For each shape it builds one random-initialised policy, three tiny identifiers and the ED prompts
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=3,
         help="alternate the sides this many times; medians over all rounds' steps",
     )
     parser.add_argument("--length", type=int, default=30, help="tokens per response on both sides")

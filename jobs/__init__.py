@@ -5,6 +5,7 @@ DeepSpeed are imported: a local Ray cluster stays on 127.0.0.1, no usage stats, 
 when no GPU is present, and no tokenizer thread pools inside Ray workers.
 """
 
+import glob
 import os
 
 if not os.environ.get("RAY_ADDRESS"):
@@ -12,4 +13,6 @@ if not os.environ.get("RAY_ADDRESS"):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.path.exists("/dev/nvidia0") else "cuda")
+# the driver's own default (any /dev/nvidiaN: a container may expose only some GPUs); every role that
+# builds a DeepSpeed engine sets its own from its device (actors.engines.use_deepspeed_on)
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if glob.glob("/dev/nvidia[0-9]*") else "cpu")

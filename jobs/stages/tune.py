@@ -494,7 +494,8 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _trials_that_fit(cfg: Config, trial_cpus: float) -> int:
-    """How many trials of ``cfg`` the cluster holds at once.
+    """How many trials of ``cfg`` the cluster holds at once (0 when none does now but
+    ``resources.scale_up_wait_s`` lets them wait for an autoscaler).
 
     Raises:
         SweepError: not even one fits, with requested vs available.
@@ -505,6 +506,10 @@ def _trials_that_fit(cfg: Config, trial_cpus: float) -> int:
             "one sweep trial", bundles, fix="lower resources.*_cpus or the worker counts, or add nodes"
         )
     except ReservationError as exc:
+        if cfg.resources.scale_up_wait_s > 0:
+            # an autoscaling cluster grows for the trials' pending placement groups
+            logger.warning("%s; the trials wait for the autoscaler to add nodes", str(exc).split(". Fix")[0])
+            return 0
         raise SweepError(f"no trial fits the cluster (0 at once): {exc}") from None
     have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     need = {k: v for k, v in total(bundles).items() if v > 0}

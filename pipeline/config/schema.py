@@ -405,6 +405,12 @@ class ResourcesConfig:
     every core for the rest of that phase."""
     object_store_memory: int = 500_000_000
     """Object store bytes of a local cluster."""
+    scale_up_wait_s: float = 0.0
+    """Seconds a stage that reserves its roles (PPO, evaluation, sweep trials) waits for nodes an
+    autoscaler adds when the cluster lacks them now. ``0``: fail at once, naming requested and
+    available resources (a fixed cluster). On an autoscaling cluster whose GPU workers start at 0
+    (``cluster.yaml``) set about the time a node takes to boot, e.g. ``900``: the stage's demand is
+    what makes the autoscaler start them."""
 
     @property
     def frozen_weights(self) -> Literal["fp32", "bf16"]:

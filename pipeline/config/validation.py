@@ -184,6 +184,13 @@ def validate(cfg: Config) -> None:
     for name in ("rollout_cpus", "reward_cpus", "reference_cpus", "learner_cpus", "trainer_cpus"):
         v = getattr(res, name)
         _check(v >= 0, f"resources.{name}", v, "must be >= 0", "use a fraction like 0.5")
+    _check(
+        res.scale_up_wait_s >= 0,
+        "resources.scale_up_wait_s",
+        res.scale_up_wait_s,
+        "must be >= 0",
+        "use 0 on a fixed cluster, e.g. 900 on an autoscaling one",
+    )
 
 
 def _validate_optimizer(key: str, o: OptimizerConfig) -> None:

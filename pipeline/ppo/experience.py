@@ -33,6 +33,20 @@ def trim_columns(*tensors: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
     return tuple(t[:, :width] for t in tensors)
 
 
+def moved_to(batch: T, device: torch.device | str) -> T:
+    """``batch`` (a dataclass of this module) with every tensor field on ``device``, nested batches
+    included; text, arrays and ``None`` fields unchanged. Generic, so that no field is ever left
+    behind on a GPU when a role hands its results back."""
+    changes: dict[str, Any] = {}
+    for f in fields(batch):  # type: ignore[arg-type]
+        value = getattr(batch, f.name)
+        if isinstance(value, Tensor):
+            changes[f.name] = value.to(device)
+        elif hasattr(value, "__dataclass_fields__"):
+            changes[f.name] = moved_to(value, device)
+    return replace(batch, **changes)  # type: ignore[type-var]
+
+
 @dataclass(frozen=True)
 class PromptBatch:
     """Prompts for one generation call: tokenised contexts, their text and the gold levels."""

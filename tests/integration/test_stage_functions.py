@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,26 @@ def test_a_reservation_that_cannot_hold_the_roles_fails_at_once_naming_requested
             Reservation(small, first=1).place("PPO", ppo_bundles(tiny_config(resources__rollout_cpus=0.5)))
     finally:
         remove_placement_group(small)
+
+
+def test_on_an_autoscaling_cluster_a_reservation_waits_for_nodes_then_fails_naming_the_wait(
+    ray_cluster: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # resources.scale_up_wait_s > 0: the shortfall is logged and the placement group left pending (the
+    # demand an autoscaler scales up for); no node comes on this local cluster, so it fails after the wait
+    bundles = ppo_bundles(tiny_config(resources__learner_cpus=8.0))
+    before = set(placement_group_table())
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="actors.placement"):
+        with pytest.raises(
+            ReservationError, match=r"after 3 s the cluster.*raise resources\.scale_up_wait_s"
+        ):
+            Reservation.create("PPO", bundles, scale_up_wait_s=3.0)
+    assert 3.0 <= time.perf_counter() - start < 60
+    assert "waiting up to 3 s for the autoscaler" in caplog.text
+    assert "needs 8.6 CPU" in caplog.text
+    leftover = {k: v for k, v in placement_group_table().items() if k not in before}
+    assert all(v["state"] == "REMOVED" for v in leftover.values())
 
 
 def test_resume_takes_hyperparameters_from_the_config_in_force(

@@ -1,9 +1,11 @@
 """Gradient clipping inside the fused AdamW step: the same update as clipping the gradients first,
 for a plain optimizer and for the DeepSpeed engine without ZeRO (in a fresh process: DeepSpeed
-initialises a process group)."""
+initialises a process group), which also runs DeepSpeed on its model's device whatever
+``DS_ACCELERATOR`` it inherited."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -76,6 +78,8 @@ DEEPSPEED_SCRIPT = textwrap.dedent(
         micro_batch=8, world_size=1, zero_stage=0,
     )
     assert engine._clip_in_optimizer
+    from deepspeed.accelerator import get_accelerator
+    assert get_accelerator().device_name() == "cpu"
     assert engine.engine.gradient_clipping() == 0.0
     ref = model()
     opt = torch.optim.AdamW(ref.parameters(), lr=0.05, weight_decay=0.0, fused=True)
@@ -97,8 +101,16 @@ DEEPSPEED_SCRIPT = textwrap.dedent(
 
 
 def test_deepspeed_without_zero_clips_in_the_fused_step_like_clip_grad_norm() -> None:
+    # DS_ACCELERATOR=cuda as a worker would inherit it from another machine's driver: the engine
+    # must still run DeepSpeed on its model's device (use_deepspeed_on), here the CPU
+    env = {**os.environ, "DS_ACCELERATOR": "cuda"}
     result = subprocess.run(
-        [sys.executable, "-c", DEEPSPEED_SCRIPT], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", DEEPSPEED_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")

@@ -3,6 +3,8 @@ log-probs, the train batch and the data-parallel loss scaling (sharded == global
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from pipeline.generation import encode_prompts, response_mask, sample_responses,
 from pipeline.models import PolicyWithValueHead, build_policy, train_tokenizer, use_fastest_attention
 from pipeline.models.policy import packed_encoder_states
 from pipeline.ppo.advantages import gae, masked_whiten
-from pipeline.ppo.experience import RewardScores, Rollouts, TrainBatch, pad_stack, split_evenly
+from pipeline.ppo.experience import RewardScores, Rollouts, TrainBatch, moved_to, pad_stack, split_evenly
 from pipeline.ppo.iteration import (
     build_train_batch,
     iteration_lr_lambda,
@@ -275,6 +277,25 @@ def test_concat_repads_and_keeps_row_order(policy: tuple[PolicyWithValueHead, ob
             row += 1
     with pytest.raises(ValueError, match="versions"):
         Rollouts.concat([parts[0], Rollouts(**{**parts[1].__dict__, "version": 5})])
+
+
+def test_moved_to_moves_every_tensor_field_nested_ones_included(
+    policy: tuple[PolicyWithValueHead, object],
+) -> None:
+    # a rollout worker hands its results back with moved_to(rollouts, "cpu"): no tensor field (the
+    # values among them) may stay on its GPU. The meta device stands in for the GPU here.
+    model, tokenizer = policy
+    rollouts = sample_responses(model, tokenizer, _prompts(tokenizer, [0, 1], seed=1), ROLLOUT)  # type: ignore[arg-type]
+    assert rollouts.values is not None
+    moved = moved_to(rollouts, "meta")
+    tensors = [getattr(moved, f.name) for f in fields(moved)] + [
+        getattr(moved.prompts, f.name) for f in fields(moved.prompts)
+    ]
+    assert {t.device.type for t in tensors if isinstance(t, torch.Tensor)} == {"meta"}
+    assert len([t for t in tensors if isinstance(t, torch.Tensor)]) == 6
+    assert moved.responses == rollouts.responses and moved.prompts.contexts == rollouts.prompts.contexts
+    assert moved.prompts.index is rollouts.prompts.index and moved.version == rollouts.version
+    assert rollouts.values.device.type == "cpu"  # the original is unchanged
 
 
 def test_pad_stack_and_split_evenly() -> None:
