@@ -63,6 +63,13 @@ SHAPES: dict[str, list[str]] = {
         "ppo.rollout_batch_size=32", "ppo.mini_batch_size=8", "ppo.ppo_epochs=4",
         "rollout.min_new_tokens=5", "rollout.max_new_tokens=30",
     ],
+    # the paper's policy size (random weights) with its PPO settings: the shape of the GPU comparison
+    "t5-base": [
+        "model.vocab_size=32128", "model.d_model=768", "model.d_ff=3072", "model.d_kv=64", "model.num_layers=12",
+        "model.num_decoder_layers=12", "model.num_heads=12", "model.max_source_len=200",
+        "ppo.rollout_batch_size=32", "ppo.mini_batch_size=8", "ppo.ppo_epochs=4",
+        "rollout.min_new_tokens=5", "rollout.max_new_tokens=30",
+    ],
 }  # fmt: skip
 PHASES = (
     "generate",
@@ -162,7 +169,7 @@ def median(rows: list[dict[str, Any]], key: str) -> float:
 
 
 PUBLISH_SHAPES: dict[str, list[str]] = {
-    **SHAPES,
+    **{k: v for k, v in SHAPES.items() if k != "t5-base"},
     "t5-small": [
         "model.vocab_size=32128", "model.d_model=512", "model.d_ff=2048", "model.d_kv=64", "model.num_layers=6",
         "model.num_decoder_layers=6", "model.num_heads=8",

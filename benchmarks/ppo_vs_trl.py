@@ -1,6 +1,7 @@
 """PPO side by side with the paper's own stack: trl 0.9.6 ``PPOTrainer`` against this pipeline, one run.
 
-    python benchmarks/ppo_vs_trl.py [--shapes local d256] [--iterations 6] [--warmup 2] [--rounds 3] [--cpus 2]
+    python benchmarks/ppo_vs_trl.py [--shapes local d256 t5-base] [--iterations 6] [--warmup 2] [--rounds 3]
+        [--cpus 2] [--device cpu|cuda]
         [--precision fp32 bf16] [--trl-venv benchmarks/trl_baseline/.venv] [--trl-tuned-malloc] [--out FILE.json]
 
 For each shape it builds one random-initialised policy, three tiny identifiers and the ED prompts
@@ -12,6 +13,11 @@ For each shape it builds one random-initialised policy, three tiny identifiers a
   three identifiers scoring each batch, ``ppo_trainer.step``; one process, all ``--cpus`` threads;
 - **ours**: the real PPO stage on Ray (rollout worker, reward scorers, reference policy, one-rank
   DeepSpeed learner) with the same settings, prompts and starting weights.
+
+``--device cuda`` runs trl on the first GPU and gives every role of ours a fraction of it (as the
+``paper_1gpu`` preset), fp32 and, with ``--precision fp32 bf16``, bf16 autocast; ``--shapes t5-base``
+is the paper's policy size (random weights) for that comparison. The trl environment must then hold a
+CUDA build of the same torch.
 
 Both sides generate exactly ``--length`` tokens per response (a random-initialised policy almost
 never samples ``</s>``; barring it until the last step makes the token counts equal by
@@ -150,6 +156,13 @@ IDENTIFIER_RESPONSE_LEN = 48
 """The identifiers' truncation on both sides (``run_one`` sets the same for ours)."""
 
 
+GPU_SHARES = [
+    "resources.use_gpu=true", "resources.num_gpus=1", "resources.learner_gpus=0.4", "resources.rollout_gpus=0.3",
+    "resources.reference_gpus=0.2", "resources.reward_gpus=0.1",
+]  # fmt: skip
+"""``--device cuda``: every role of ours on the one GPU by fraction, as the ``paper_1gpu`` preset."""
+
+
 def run_trl(
     python: Path,
     inputs: Path,
@@ -159,13 +172,14 @@ def run_trl(
     trl_dir: Path = TRL_DIR,
     *,
     tuned_malloc: bool = False,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """The timed (non-warm-up) per-step rows of the trl program: with glibc's default malloc as a user
     would run it, or with ``tuned_malloc`` the settings our Ray workers get (:data:`MALLOC_TUNING`)."""
     result = inputs / "result.json"
     command = [
         str(python), str(trl_dir / "ppo_step.py"), "--inputs", str(inputs), "--out", str(result),
-        "--iterations", str(iterations), "--warmup", str(warmup), "--threads", str(threads),
+        "--iterations", str(iterations), "--warmup", str(warmup), "--threads", str(threads), "--device", device,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_TUNING and k != "PYTHONPATH"}
     env.update(
@@ -255,6 +269,12 @@ def main() -> None:
     )
     parser.add_argument("--length", type=int, default=30, help="tokens per response on both sides")
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: trl on the first GPU, ours with every role on it by fraction (as paper_1gpu)",
+    )
     parser.add_argument("--trl-venv", type=Path, default=TRL_VENV)
     parser.add_argument("--trl-dir", type=Path, default=TRL_DIR, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -270,6 +290,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the medians as JSON")
     args = parser.parse_args()
 
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: this environment's torch sees no CUDA GPU")
+        print(f"device: {torch.cuda.get_device_name(0)}")
     python = ensure_trl_venv(args.trl_venv, args.trl_dir)
     load = os.getloadavg()
     idle = load[0] < 0.5 * args.cpus
@@ -304,16 +330,25 @@ def main() -> None:
                         args.cpus,
                         args.trl_dir,
                         tuned_malloc=tuned,
+                        device=args.device,
                     )
                     pooled.setdefault(side, []).extend(rows)
                     this[side] = trl_rows(rows)
                 print(f"trl {shape}, round {round_}: {time.perf_counter() - start:.0f} s")
-                init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=500_000_000))
+                gpu = args.device == "cuda"
+                init_ray(
+                    ResourcesConfig(
+                        num_cpus=args.cpus,
+                        use_gpu=gpu,
+                        num_gpus=1 if gpu else None,
+                        object_store_memory=500_000_000,
+                    )
+                )
                 try:
                     for precision in args.precision:
                         rows = run_one(
                             folder, overrides, 1, precision, args.warmup + args.iterations, args.cpus,
-                            tag=f"_round{round_}",
+                            extra=GPU_SHARES if gpu else (), tag=f"_round{round_}",
                         )  # fmt: skip
                         pooled.setdefault(f"ours {precision}", []).extend(rows[args.warmup :])
                         this[f"ours {precision}"] = ours_rows(rows[args.warmup :])

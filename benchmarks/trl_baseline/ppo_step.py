@@ -1,7 +1,7 @@
 """The paper's PPO step (trl 0.9.6 ``PPOTrainer``) as a timed stand-alone program.
 
     /path/to/trl-venv/bin/python benchmarks/trl_baseline/ppo_step.py --inputs DIR --out result.json
-        [--iterations 6] [--warmup 2] [--threads 2]
+        [--iterations 6] [--warmup 2] [--threads 2] [--device cpu|cuda]
 
 It runs in its own pinned environment (``requirements.txt``: trl 0.9.6, transformers 4.44.2, ...) and
 imports nothing of this project. ``DIR`` (written by the driver, ``benchmarks/ppo_vs_trl.py``) holds
@@ -203,7 +203,7 @@ def strip_response(generated: torch.Tensor, eos_id: int) -> torch.Tensor:
     return generated
 
 
-def build_trainer(inputs: Path, settings: dict[str, Any]) -> PPOTrainer:
+def build_trainer(inputs: Path, settings: dict[str, Any], device: str = "cpu") -> PPOTrainer:
     """``PPOTrainer`` with the paper's ``PPOConfig`` on the policy folder; trl copies the reference."""
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(inputs / "policy_tokenizer.json"),
@@ -232,7 +232,8 @@ def build_trainer(inputs: Path, settings: dict[str, Any]) -> PPOTrainer:
         max_grad_norm=settings["max_grad_norm"],
         seed=settings["seed"],
         log_with=None,
-        accelerator_kwargs={"cpu": True},  # one CPU process whatever accelerator the machine has
+        # one process: on the CPU whatever accelerator the machine has, or on its first GPU
+        accelerator_kwargs={"cpu": device == "cpu"},
     )
     with warnings.catch_warnings():  # "No dataset is provided": we feed batches to step() ourselves
         warnings.filterwarnings("ignore", message="No dataset is provided")
@@ -259,16 +260,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    trainer = build_trainer(args.inputs, settings)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("ppo_step.py: --device cuda, but this environment's torch sees no CUDA GPU")
+
+    def now() -> float:  # GPU work is asynchronous: a phase ends when its kernels have
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    trainer = build_trainer(args.inputs, settings, args.device)
     pad_id, eos_id = trainer.tokenizer.pad_token_id, trainer.tokenizer.eos_token_id
     id_tokenizer = Tokenizer.from_file(str(args.inputs / "identifier_tokenizer.json"))
     identifiers = []
     for m in range(len(MECHANISMS)):
         torch.manual_seed(seed + m)
-        identifiers.append(Identifier(shape).eval())
-    weights = torch.tensor(settings["reward_weights"], dtype=torch.float32)
+        identifiers.append(Identifier(shape).eval().to(device))
+    weights = torch.tensor(settings["reward_weights"], dtype=torch.float32, device=device)
     rng = np.random.default_rng(seed)
-    gold = torch.from_numpy(rng.integers(0, NUM_LEVELS, size=(len(contexts), len(MECHANISMS))))
+    gold = torch.from_numpy(rng.integers(0, NUM_LEVELS, size=(len(contexts), len(MECHANISMS)))).to(device)
     gen_kwargs = {
         "do_sample": True,
         "top_k": gen["top_k"],
@@ -284,18 +294,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     total = args.warmup + args.iterations
     for step in range(total):
-        start = time.perf_counter()
+        start = now()
         picked = rng.choice(len(contexts), size=batch_size, replace=len(contexts) < batch_size)
         queries = [torch.tensor(policy_ids[i], dtype=torch.long) for i in picked]
 
-        t = time.perf_counter()
+        t = now()
         trainer.model.eval()  # as the official loop does: step() leaves the policy in train mode (dropout)
         # trl pads and generates one chunk of generation.batch_size queries at a time
         generated = trainer.generate(queries, batch_size=gen["batch_size"], return_prompt=False, **gen_kwargs)
         responses = [strip_response(r, eos_id) for r in generated]
-        generate_s = time.perf_counter() - t
+        generate_s = now() - t
 
-        t = time.perf_counter()
+        t = now()
         with torch.no_grad():
             texts = trainer.tokenizer.batch_decode(responses, skip_special_tokens=True)
             c_ids, c_mask = identifier_batch(
@@ -306,6 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 id_tokenizer, texts, shape["max_response_len"],
                 keep_end=False, eos_id=shape["eos_id"], pad_id=shape["pad_id"],
             )  # fmt: skip
+            c_ids, c_mask, r_ids, r_mask = (x.to(device) for x in (c_ids, c_mask, r_ids, r_mask))
             ce = torch.stack(
                 [
                     nn.functional.cross_entropy(
@@ -316,12 +327,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 dim=1,
             )
             rewards = list(torch.exp(-(ce * weights).sum(dim=1)))
-        score_s = time.perf_counter() - t
+        score_s = now() - t
 
-        t = time.perf_counter()
+        t = now()
         stats = trainer.step(queries, responses, rewards)
-        step_s = time.perf_counter() - t
-        iteration_s = time.perf_counter() - start
+        step_s = now() - t
+        iteration_s = now() - start
 
         row: dict[str, Any] = {
             "step": step + 1,
@@ -356,6 +367,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "accelerate": accelerate.__version__,
         "tokenizers": tokenizers.__version__,
         "numpy": np.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     return {"versions": versions, "threads": args.threads, "rows": rows, "warmup": args.warmup}
 
@@ -368,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=6, help="timed PPO steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (still in the rows)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where trl runs (one process)"
+    )
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("need --iterations >= 1, --warmup >= 0, --threads >= 1")
