@@ -124,7 +124,7 @@ def clip_in_optimizer(optimizer: torch.optim.Optimizer, max_norm: float) -> floa
     The same coefficient as ``torch.nn.utils.clip_grad_norm_`` (``max_norm / (norm + 1e-6)``, at most
     1), handed to the fused AdamW kernel as the ``grad_scale`` it divides every gradient by (the
     protocol ``torch.amp.GradScaler`` uses), so clipping costs one pass over the gradients (the norm)
-    instead of two. On a d256 PPO update on CPU the update is about 2 % faster.
+    instead of two: on a d256 PPO update on CPU, 0.155 -> 0.106 s of optimiser steps, about 3 % of the update.
     """
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not grads:

@@ -112,15 +112,14 @@ def _check_nonempty(what: str, bundles: Sequence[RoleBundle]) -> None:
             )
 
 
-def check_cluster(what: str, bundles: Sequence[RoleBundle], *, fix: str) -> None:
-    """Fail at once, with requested vs available, when the whole cluster cannot hold ``bundles``."""
+def cluster_shortfall(what: str, bundles: Sequence[RoleBundle]) -> str | None:
+    """What the cluster's nodes, as they are now, lack to hold ``bundles`` (requested vs available),
+    or ``None`` when they can."""
     have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     for kind, need in total(bundles).items():
         if need > have.get(kind, 0.0) + 1e-9:
-            raise ReservationError(
-                f"{what} needs {need:g} {kind} ({breakdown(bundles)}) but the cluster has "
-                f"{have.get(kind, 0.0):g}. Fix: {fix}."
-            )
+            return f"{what} needs {need:g} {kind} ({breakdown(bundles)}) but the cluster has {have.get(kind, 0.0):g}"
+    return None
 
 
 class Reservation:
@@ -149,17 +148,15 @@ class Reservation:
                 (other work holds the resources, or no node came up).
         """
         _check_nonempty(what, bundles)
-        fix = "lower resources.*_cpus or the worker counts, or add nodes"
-        try:
-            check_cluster(
-                what, bundles, fix=f"{fix} (or set resources.scale_up_wait_s on an autoscaling cluster)"
-            )
-        except ReservationError as exc:
+        shortfall = cluster_shortfall(what, bundles)
+        if shortfall is not None:
             if scale_up_wait_s <= 0:
-                raise
+                raise ReservationError(
+                    f"{shortfall}. Fix: lower resources.*_cpus or the worker counts, or add nodes (or set "
+                    "resources.scale_up_wait_s on an autoscaling cluster)."
+                )
             timeout_s = scale_up_wait_s
-            logger.warning("%s; waiting up to %g s for the autoscaler to add nodes", str(exc).split(". Fix")[0],
-                           timeout_s)  # fmt: skip
+            logger.warning("%s; waiting up to %g s for the autoscaler to add nodes", shortfall, timeout_s)
         group = placement_group([dict(b.resources) for b in bundles], strategy="PACK")
         ready, _ = ray.wait([group.ready()], timeout=timeout_s)
         if not ready:

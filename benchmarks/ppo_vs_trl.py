@@ -25,8 +25,8 @@ construction), so the ratio compares equal work. The table gives the median seco
 the timed iterations (generation, identifier scoring, old log-probabilities/values and reference,
 the PPO update, weight publishing), samples/s and our/trl ratio. ``--rounds N`` alternates the two
 sides N times (each round with its own warm-up) and takes the medians over every round's steps, so
-that a slow spell of a noisy machine weighs on both sides; it prints each round's ratio too. Our Ray workers run with tuned glibc
-malloc settings (``actors.cluster.MALLOC_TUNING``); ``--trl-tuned-malloc`` adds a trl run with the
+that a slow spell of a noisy machine weighs on both sides; it prints each round's ratio too. Our Ray
+workers run with tuned glibc malloc settings (``actors.cluster.MALLOC_TUNING``); ``--trl-tuned-malloc`` adds a trl run with the
 same settings, so the table shows what they would give trl too. Run it on an otherwise idle
 machine: the load average is checked before and printed after.
 """
@@ -317,6 +317,7 @@ def main() -> None:
             inputs = trl_inputs(folder, overrides, contexts, args.length, seed)
             # rounds alternate the two sides, so that a slow spell of the machine hits both
             pooled: dict[str, list[dict[str, Any]]] = {}
+            gpu = args.device == "cuda"
             for round_ in range(1, args.rounds + 1):
                 start = time.perf_counter()
                 sides = {"trl 0.9.6": False, **({"trl + malloc": True} if args.trl_tuned_malloc else {})}
@@ -335,7 +336,6 @@ def main() -> None:
                     pooled.setdefault(side, []).extend(rows)
                     this[side] = trl_rows(rows)
                 print(f"trl {shape}, round {round_}: {time.perf_counter() - start:.0f} s")
-                gpu = args.device == "cuda"
                 init_ray(
                     ResourcesConfig(
                         num_cpus=args.cpus,

@@ -34,7 +34,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from actors.controller import Hook, IterationReport, PPOController
-from actors.placement import Reservation, ReservationError, RoleBundle, check_cluster, ppo_bundles, total
+from actors.placement import Reservation, RoleBundle, cluster_shortfall, ppo_bundles, total
 from actors.sweep import (
     DevEvaluator,
     dev_slice,
@@ -501,16 +501,16 @@ def _trials_that_fit(cfg: Config, trial_cpus: float) -> int:
         SweepError: not even one fits, with requested vs available.
     """
     bundles = [RoleBundle("sweep trial", 0, {"CPU": trial_cpus}), *ppo_bundles(cfg)]
-    try:
-        check_cluster(
-            "one sweep trial", bundles, fix="lower resources.*_cpus or the worker counts, or add nodes"
-        )
-    except ReservationError as exc:
+    shortfall = cluster_shortfall("one sweep trial", bundles)
+    if shortfall is not None:
         if cfg.resources.scale_up_wait_s > 0:
             # an autoscaling cluster grows for the trials' pending placement groups
-            logger.warning("%s; the trials wait for the autoscaler to add nodes", str(exc).split(". Fix")[0])
+            logger.warning("%s; the trials wait for the autoscaler to add nodes", shortfall)
             return 0
-        raise SweepError(f"no trial fits the cluster (0 at once): {exc}") from None
+        raise SweepError(
+            f"no trial fits the cluster (0 at once): {shortfall}. Fix: lower resources.*_cpus or the worker "
+            "counts, or add nodes."
+        )
     have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     need = {k: v for k, v in total(bundles).items() if v > 0}
     return int(min(math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items()))

@@ -197,8 +197,7 @@ class TrainBatch:
 
     def to(self, device: torch.device | str) -> TrainBatch:
         """The same batch with every tensor on ``device``."""
-        moved: dict[str, Any] = {k: t.to(device) for k, t in self._tensors().items()}
-        return replace(self, **moved)
+        return moved_to(self, device)
 
     def select(self, rows: Sequence[int] | IntArray) -> TrainBatch:
         """The rows ``rows`` (in that order), with all-padding trailing columns dropped."""
