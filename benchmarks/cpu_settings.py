@@ -6,7 +6,7 @@ Builds the shape's random policy and the tiny identifiers (as ``benchmarks/ppo_t
 runs four variants, each in a fresh process (glibc reads its malloc settings at start-up): attention
 ``sdpa`` (Hugging Face's default) or ``eager`` (what :func:`~pipeline.models.use_fastest_attention`
 picks on the CPU), with glibc's default malloc or the settings every Ray worker gets
-(:data:`actors.cluster.MALLOC_TUNING`). Each variant times, on the same 32 ED prompts and 30-token
+(:data:`actors.cluster.session.MALLOC_TUNING`). Each variant times, on the same 32 ED prompts and 30-token
 responses: one PPO update (the paper's 4 epochs x 4 mini-batches of 8, on a real one-rank DeepSpeed
 learner), one generation of the 32 responses (the rollout workers' sampler) and one scoring of them by
 the three identifiers. The variants take turns for ``--rounds`` rounds (so a slow spell of the machine
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere
 
 from ppo_throughput import SHAPES, build_inputs, prompts
 
-from actors.cluster import MALLOC_TUNING
+from actors.cluster.session import MALLOC_TUNING
 from pipeline.config import load_config
 
 VARIANTS = [("sdpa", False), ("eager", False), ("sdpa", True), ("eager", True)]
@@ -51,7 +51,7 @@ def child(folder: Path, shape: str, kernel: str, repeats: int, cpus: int) -> dic
     import numpy as np
     import torch
 
-    from actors.learner import LearnerWorker
+    from actors.ppo.learner import LearnerWorker
     from pipeline.generation import encode_prompts, sample_responses
     from pipeline.models import load_policy, use_fastest_attention
     from pipeline.ppo.experience import TrainBatch

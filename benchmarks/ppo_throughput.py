@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from actors.cluster import init_ray, shutdown_ray
+from actors.cluster.session import init_ray, shutdown_ray
 from jobs.stages import ppo_stage
 from pipeline.config import MECHANISMS, DataConfig, IdentifiersConfig, ResourcesConfig, load_config
 from pipeline.data import parse_ed_split, prepare_datasets
@@ -186,15 +186,15 @@ def publish_latency(
     folder: Path, overrides: list[str], workers: int, repeats: int
 ) -> tuple[float, dict[str, float]]:
     """``(parameters in millions, {path: median seconds})`` of one weight publish at a policy size,
-    through each path the PPO loop has (:mod:`actors.weight_sync`): ``object_store`` (learner rank 0
+    through each path the PPO loop has (:mod:`actors.ppo.weight_sync`): ``object_store`` (learner rank 0
     gathers and puts them in the object store once, every rollout worker loads the reference) and ``collective`` (a
     bucketed broadcast from learner rank 0 into the workers' parameters: gloo here, NCCL between GPUs).
     A real one-rank learner and ``workers`` rollout workers; the first publish of each path (which
     builds the collective group) is not timed."""
-    from actors.group import RoleGroup, gather
-    from actors.learner import LearnerWorker
-    from actors.rollout import RolloutWorker
-    from actors.weight_sync import CollectiveSync, ObjectStoreSync, WeightSync
+    from actors.cluster.group import RoleGroup, gather
+    from actors.ppo.learner import LearnerWorker
+    from actors.ppo.rollout import RolloutWorker
+    from actors.ppo.weight_sync import CollectiveSync, ObjectStoreSync, WeightSync
     from pipeline.models import load_tokenizer
 
     cfg = load_config("local", overrides)

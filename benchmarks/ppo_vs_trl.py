@@ -26,7 +26,7 @@ the timed iterations (generation, identifier scoring, old log-probabilities/valu
 the PPO update, weight publishing), samples/s and our/trl ratio. ``--rounds N`` alternates the two
 sides N times (each round with its own warm-up) and takes the medians over every round's steps, so
 that a slow spell of a noisy machine weighs on both sides; it prints each round's ratio too. Our Ray
-workers run with tuned glibc malloc settings (``actors.cluster.MALLOC_TUNING``); ``--trl-tuned-malloc`` adds a trl run with the
+workers run with tuned glibc malloc settings (``actors.cluster.session.MALLOC_TUNING``); ``--trl-tuned-malloc`` adds a trl run with the
 same settings, so the table shows what they would give trl too. Run it on an otherwise idle
 machine: the load average is checked before and printed after.
 """
@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python benchmarks/p
 
 from ppo_throughput import SHAPES, TINY_IDENTIFIER, build_inputs, prompts, run_one
 
-from actors.cluster import MALLOC_TUNING
+from actors.cluster.session import MALLOC_TUNING
 from pipeline.config import ResourcesConfig, load_config
 from pipeline.generation import encode_prompts
 from pipeline.models import load_tokenizer
@@ -285,7 +285,7 @@ def main() -> None:
     parser.add_argument(
         "--trl-tuned-malloc",
         action="store_true",
-        help="also run trl with the glibc malloc settings our Ray workers get (actors.cluster.MALLOC_TUNING)",
+        help="also run trl with the glibc malloc settings our Ray workers get (actors.cluster.session.MALLOC_TUNING)",
     )
     parser.add_argument("--out", type=Path, help="write the medians as JSON")
     args = parser.parse_args()
@@ -300,7 +300,7 @@ def main() -> None:
     load = os.getloadavg()
     idle = load[0] < 0.5 * args.cpus
     print(f"load average before: {load} ({'idle' if idle else 'NOT idle: figures will be noisy'})")
-    from actors.cluster import init_ray, shutdown_ray
+    from actors.cluster.session import init_ray, shutdown_ray
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ppo_vs_trl") as tmp:

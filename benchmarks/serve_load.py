@@ -23,7 +23,7 @@ serve.identifier_cpus=0.5 serve.torch_threads=1``, then the ``KEY=VALUE`` overri
 """
 
 # No `from __future__ import annotations`: FastAPI reads the no-op routes' annotations, which name
-# request classes built at run time (as in actors/serving.py).
+# request classes built at run time (as in actors/serving/app.py).
 # ruff: noqa: TID251  (a benchmark drives Serve itself, like jobs/; the ban keeps Ray out of pipeline/)
 
 import argparse
@@ -55,10 +55,10 @@ from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from actors.cluster import ray_session, worker_env
-from actors.serving import Guard, api_key, build_app, deployment_options, ingress_options, start_serve
-from jobs.common import load_or_exit
-from jobs.serve import served_folders
+from actors.cluster.session import ray_session, worker_env
+from actors.serving.app import Guard, api_key, build_app, deployment_options, ingress_options, start_serve
+from jobs.cli.serve import served_folders
+from jobs.launch.options import load_or_exit
 from pipeline.config import Config, DataConfig
 from pipeline.data import parse_ed_split
 from pipeline.layout import RunLayout
@@ -175,7 +175,7 @@ def noop_api(model: DeploymentHandle[Any], cfg: Config, key_digest: str | None) 
 
 
 def noop_app(cfg: Config) -> Application:
-    """:func:`noop_api` deployed like :func:`actors.serving.build_app`: same options, no model."""
+    """:func:`noop_api` deployed like :func:`actors.serving.app.build_app`: same options, no model."""
     s = cfg.serve
     env = {"env_vars": worker_env(dataclasses.replace(cfg.resources, torch_threads=s.torch_threads))}
     key = api_key(s)

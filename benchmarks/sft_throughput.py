@@ -35,9 +35,9 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, RunConfig, ScalingConfig  # noqa: TID251
 
-from actors.cluster import init_ray, worker_runtime_env
-from actors.engines import make_engine
-from actors.train_harness import OwnedTorchTrainer
+from actors.cluster.session import init_ray, worker_runtime_env
+from actors.training.engines import make_engine
+from actors.training.harness import OwnedTorchTrainer
 from pipeline.config import DataConfig, EngineConfig, ModelConfig, ResourcesConfig, SFTConfig, load_config
 from pipeline.data import parse_ed_split, prepare_datasets
 from pipeline.models import build_policy, load_tokenizer, train_tokenizer

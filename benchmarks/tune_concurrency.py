@@ -24,8 +24,8 @@ import jobs  # noqa: F401  (first: loopback-only Ray, quiet libraries, CPU DeepS
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from actors.cluster import ray_session
-from jobs.run import run
+from actors.cluster.session import ray_session
+from jobs.cli.run import run
 from jobs.stages.tune import SweepSettings, tune_stage
 from pipeline.config import load_config
 from pipeline.config.search_space import load_search_space

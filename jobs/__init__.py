@@ -1,4 +1,6 @@
-"""Entry points: one module per stage plus the whole pipeline, each usable with `ray job submit`.
+"""Entry points: ``cli`` (one command per stage plus the whole pipeline, each usable with `ray job
+submit`), ``stages`` (each stage as a function: config and run layout in, result out) and ``launch``
+(what the commands share).
 
 Importing this package sets the process defaults every job needs before Ray, transformers or
 DeepSpeed are imported: a local Ray cluster stays on 127.0.0.1, no usage stats, CPU DeepSpeed
@@ -14,5 +16,5 @@ if not os.environ.get("RAY_ADDRESS"):
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the driver's own default (any /dev/nvidiaN: a container may expose only some GPUs); every role that
-# builds a DeepSpeed engine sets its own from its device (actors.engines.use_deepspeed_on)
+# builds a DeepSpeed engine sets its own from its device (actors.training.engines.use_deepspeed_on)
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if glob.glob("/dev/nvidia[0-9]*") else "cpu")

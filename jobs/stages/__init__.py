@@ -2,7 +2,7 @@
 
 Each stage reads the folders of the stages before it and writes its own (the resolved config, a
 ``metrics.json`` and its models), all named by :class:`~pipeline.layout.RunLayout`. Ray must be up
-(see :func:`actors.cluster.init_ray`). The CLI modules in ``jobs/`` parse arguments and call these;
+(see :func:`actors.cluster.session.init_ray`). The CLI modules in ``jobs/`` parse arguments and call these;
 a Tune trial or a Serve application calls them the same way.
 """
 

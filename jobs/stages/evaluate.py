@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
-from actors.evaluator import PolicySource, evaluate_policies
-from actors.placement import Reservation
+from actors.cluster.placement import Reservation
+from actors.inference.evaluator import PolicySource, evaluate_policies
 from jobs.stages.result import StageResult, write_json
 from pipeline.config import Config, save_config
 from pipeline.evaluation.report import build_report
@@ -117,7 +117,7 @@ def evaluate_stage(
 ) -> StageResult:
     """Evaluate ``inputs`` (default: :func:`load_evaluation_inputs` of the run) into ``layout.evaluate``:
     metrics, every response and the report. The metrics go to each of ``sinks``; the workers are placed
-    in ``reservation`` when given (see :func:`~actors.placement.evaluation_bundles`)."""
+    in ``reservation`` when given (see :func:`~actors.cluster.placement.evaluation_bundles`)."""
     started = time.perf_counter()
     inputs = inputs or load_evaluation_inputs(layout)
     data, sources, identifiers, split = inputs.split, inputs.policies, inputs.identifiers, inputs.split.name

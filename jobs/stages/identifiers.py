@@ -6,8 +6,8 @@ import logging
 import time
 from typing import Any
 
-from actors.identifier_trainer import TrainSpec, train_identifiers
-from actors.labeling import label_splits
+from actors.inference.labeling import label_splits
+from actors.training.identifiers import TrainSpec, train_identifiers
 from jobs.stages.data import prepared_data
 from jobs.stages.result import StageResult, write_json
 from pipeline.config import Config

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from actors.controller import Hook, PPOController, PPOInputs, Sink
-from actors.placement import Reservation
+from actors.cluster.placement import Reservation
+from actors.ppo.controller import Hook, PPOController, PPOInputs, Sink
 from jobs.stages.result import StageResult, write_json
 from pipeline.config import MECHANISMS, Config, save_config
 from pipeline.layout import RunLayout
@@ -113,7 +113,7 @@ def ppo_stage(
     ``inputs`` already checked by :func:`check_ppo_inputs` skip that step. Every iteration's metrics
     row (and checkpoint path, when one is written) goes to each of ``sinks``. With ``reservation``
     (e.g. a Tune trial's placement group) every role is placed inside it and no placement group is
-    created; without one the stage reserves :func:`~actors.placement.ppo_bundles` itself.
+    created; without one the stage reserves :func:`~actors.cluster.placement.ppo_bundles` itself.
     """
     started = time.perf_counter()
     out = layout.ppo

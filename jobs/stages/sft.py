@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
-from actors.sft_trainer import SFTSpec, train_sft
+from actors.training.sft import SFTSpec, train_sft
 from jobs.stages.data import prepared_data
 from jobs.stages.result import StageResult
 from pipeline.config import Config

@@ -33,9 +33,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
-from actors.controller import Hook, IterationReport, PPOController
-from actors.placement import Reservation, RoleBundle, cluster_shortfall, ppo_bundles, total
-from actors.sweep import (
+from actors.cluster.placement import Reservation, RoleBundle, cluster_shortfall, ppo_bundles, total
+from actors.ppo.controller import Hook, IterationReport, PPOController
+from actors.sweep.trial import (
     DevEvaluator,
     dev_slice,
     metric_row,
@@ -45,7 +45,7 @@ from actors.sweep import (
     trial_resources,
     tune_domain,
 )
-from actors.train_harness import replace_folder
+from actors.training.harness import replace_folder
 from jobs.stages.evaluate import evaluate_stage, load_evaluation_inputs
 from jobs.stages.ppo import load_ppo_inputs, ppo_stage
 from jobs.stages.result import StageResult

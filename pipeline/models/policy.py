@@ -401,7 +401,7 @@ def use_fastest_attention(model: nn.Module, device: torch.device | str) -> None:
     the attention kernel that is fastest on ``device``: PyTorch's fused ``scaled_dot_product_attention``
     on GPUs, the plain matmul path (``eager``) on the CPU, where at these sizes the fused kernel loses
     to two matmuls, notably on T5's masked route (it adds a learned position bias to every attention's
-    scores). With the Ray workers' malloc settings (``actors.cluster.MALLOC_TUNING``) eager makes the
+    scores). With the Ray workers' malloc settings (``actors.cluster.session.MALLOC_TUNING``) eager makes the
     d256 PPO update ~4 % faster, sampling ~5 % and the reward identifiers ~25 %
     (``benchmarks/cpu_settings.py``); the numbers are the same up to float rounding."""
     kernel = "eager" if torch.device(device).type == "cpu" else "sdpa"

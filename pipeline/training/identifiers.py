@@ -1,7 +1,7 @@
 """Pieces of identifier training that need no cluster: per-mechanism examples, class weights,
 deterministic data-parallel batching, the loss, and evaluation into a metrics report.
 
-The Ray Train worker loop (``actors/identifier_trainer.py``) composes these; a single process
+The Ray Train worker loop (``actors/training/identifiers.py``) composes these; a single process
 can too. Seeding is per (seed, epoch), so a run resumed at an epoch boundary replays exactly.
 """
 

@@ -2,7 +2,7 @@
 
 Tokenisation with the SFT truncation rule, length-grouped data-parallel batching, dynamic padding
 with ``-100`` label masking, the token-level NLL, perplexity and the learning-rate schedule. The
-Ray Train worker loop (``actors/sft_worker.py``) composes them; every choice depends only on
+Ray Train worker loop (``actors/training/sft_worker.py``) composes them; every choice depends only on
 (seed, epoch), so a run resumed from a checkpoint replays exactly.
 """
 

@@ -28,7 +28,7 @@ def gpu_cluster() -> Iterator[None]:
     import ray
 
     import jobs  # noqa: F401  (loopback-only Ray)
-    from actors.cluster import init_ray
+    from actors.cluster.session import init_ray
     from pipeline.config import ResourcesConfig
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -40,8 +40,8 @@ def gpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from ray import serve
 
     import jobs  # noqa: F401  (loopback-only Ray)
-    from actors.cluster import init_ray
-    from actors.serving import build_app, start_serve
+    from actors.cluster.session import init_ray
+    from actors.serving.app import build_app, start_serve
     from pipeline.config import ResourcesConfig
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

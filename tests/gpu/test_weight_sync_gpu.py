@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from actors.reference import ReferenceWorker
-from actors.reward import RewardWorker
-from actors.weight_sync import WeightGroup, checksum, device_id, host_store, layout, sync_tensors
+from actors.ppo.reference import ReferenceWorker
+from actors.ppo.reward import RewardWorker
+from actors.ppo.weight_sync import WeightGroup, checksum, device_id, host_store, layout, sync_tensors
 from pipeline.config import MECHANISMS, IdentifiersConfig, ModelConfig, RewardConfig
 from pipeline.generation import encode_prompts
 from pipeline.models import build_identifier, build_policy, save_identifier, save_policy, train_tokenizer

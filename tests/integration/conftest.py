@@ -20,7 +20,7 @@ def ray_cluster() -> Iterator[None]:
     """A 2-CPU local cluster with a short temp dir (Unix socket paths must stay short)."""
     import ray
 
-    from actors.cluster import init_ray
+    from actors.cluster.session import init_ray
     from pipeline.config import ResourcesConfig
 
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")

@@ -15,9 +15,9 @@ import pytest
 import torch
 from ppo_inputs import POLICY, build_run_dir, tiny_config
 
-from actors.evaluator import EvaluationWorker, evaluate_policies, prompt_chunks
-from actors.identifier_scorer import IdentifierScorerWorker
-from jobs import cli
+from actors.inference.evaluator import EvaluationWorker, evaluate_policies, prompt_chunks
+from actors.inference.scorer import IdentifierScorerWorker
+from jobs.cli import main as cli
 from jobs.stages import evaluate_stage, load_evaluation_inputs
 from pipeline.config import MECHANISMS
 from pipeline.evaluation.suite import METRICS, EvaluationInputError

@@ -8,7 +8,7 @@ import sys
 import pytest
 import ray
 
-from actors.group import RemoteRoleError, RoleDiedError, RoleGroup, gather
+from actors.cluster.group import RemoteRoleError, RoleDiedError, RoleGroup, gather
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ class Allocator:
 
 
 def test_workers_keep_large_tensors_on_the_heap(ray_cluster: None) -> None:
-    from actors.cluster import MALLOC_TUNING
+    from actors.cluster.session import MALLOC_TUNING
 
     tuned = ray.remote(Allocator).options(num_cpus=0.1).remote()
     # glibc's own starting values, fixed: every 16 MiB tensor is mmapped, faulted in and unmapped

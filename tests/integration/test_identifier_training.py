@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from actors.identifier_trainer import TrainSpec, fit_mechanism, train_identifiers
+from actors.training.identifiers import TrainSpec, fit_mechanism, train_identifiers
 from pipeline.config import (
     DataConfig,
     EngineConfig,

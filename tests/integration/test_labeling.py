@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actors.identifier_scorer import IdentifierScorerWorker
-from actors.labeling import LabelingError, label_splits, part_path
+from actors.inference.labeling import LabelingError, label_splits, part_path
+from actors.inference.scorer import IdentifierScorerWorker
 from pipeline.config import MECHANISMS, DataConfig, IdentifiersConfig, ResourcesConfig
 from pipeline.data import PreparedData, prepare_datasets
 from pipeline.layout import LabeledDir

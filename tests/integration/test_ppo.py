@@ -15,7 +15,7 @@ import torch
 from ppo_inputs import build_run_dir, tiny_config
 from safetensors.torch import load_file
 
-from actors.controller import PPOController
+from actors.ppo.controller import PPOController
 from jobs.stages import PPOInputError, ppo_stage
 from pipeline.config import MECHANISMS
 from pipeline.layout import RunLayout

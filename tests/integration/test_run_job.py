@@ -16,7 +16,7 @@ import pytest
 import yaml
 from processes import BIN, RAY, job_env, leftovers, processes_with, ray_head
 
-from jobs.run import STAGE_NAMES
+from jobs.cli.run import STAGE_NAMES
 from pipeline.config import load_config
 from pipeline.layout import RunLayout
 
@@ -104,7 +104,7 @@ def test_emprl_run_through_ray_job_submit_writes_every_stage_into_one_folder(
 
 def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.run", "learner.engine.zero_stage=4", f"run.output_dir={tmp_path}"],
+        [sys.executable, "-m", "jobs.cli.run", "learner.engine.zero_stage=4", f"run.output_dir={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -118,11 +118,11 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_run_as_a_new_user_would(tmp_path: Path) -> None:
-    """`python -m jobs.run` in a fresh process: a short terminal, Ray's and the libraries' output in the
+    """`python -m jobs.cli.run` in a fresh process: a short terminal, Ray's and the libraries' output in the
     run's log, the report path last, and no process of the job left behind."""
     env, marker = job_env()
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.run", f"run.output_dir={tmp_path}", "run.name=cli",
+        [sys.executable, "-m", "jobs.cli.run", f"run.output_dir={tmp_path}", "run.name=cli",
          f"data.cache_dir={tmp_path / 'cache'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
@@ -156,7 +156,7 @@ def test_interrupted_or_failed_run_leaves_no_process(tmp_path: Path) -> None:
     args = [
         sys.executable,
         "-m",
-        "jobs.run",
+        "jobs.cli.run",
         f"run.output_dir={tmp_path}",
         f"data.cache_dir={tmp_path / 'cache'}",
     ]

@@ -19,7 +19,7 @@ import pytest
 from ppo_inputs import build_run_dir, tiny_config
 from processes import free_port
 
-from jobs.serve import served_folders
+from jobs.cli.serve import served_folders
 from pipeline.config import Config, ConfigError
 from pipeline.serving import dialogue_context
 
@@ -58,7 +58,7 @@ def service(
 ) -> Iterator[tuple[str, Config, Path]]:
     from ray import serve
 
-    from actors.serving import build_app, start_serve
+    from actors.serving.app import build_app, start_serve
 
     tmp = tmp_path_factory.mktemp("serve")
     run = build_run_dir(tmp / "run", tmp / "cache")
@@ -205,7 +205,7 @@ def test_api_key_guards_every_endpoint_but_healthz(
 ) -> None:
     from ray import serve
 
-    from actors.serving import build_app
+    from actors.serving.app import build_app
 
     url, cfg, run = service
     monkeypatch.setenv(KEY_ENV, "s3cret-key")
@@ -339,7 +339,7 @@ def test_openai_client_streams_token_by_token(service: tuple[str, Config, Path])
 
 
 def test_deployment_options_follow_the_config() -> None:
-    from actors.serving import deployment_options
+    from actors.serving.app import deployment_options
 
     fixed = deployment_options(
         tiny_config(serve__policy_replicas=2, serve__policy_gpus=0.5).serve, "policy", {}
@@ -362,7 +362,7 @@ def test_deployment_options_follow_the_config() -> None:
 
 
 def test_api_key_from_the_variable_else_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from actors.serving import api_key
+    from actors.serving.app import api_key
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     secret = tmp_path / "key"

@@ -139,7 +139,7 @@ def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """Serve with an HTTP timeout a quarter of the slow policy's longest generation; ``slow`` on ``/slow``."""
     from ray import serve
 
-    from actors.serving import build_app, start_serve
+    from actors.serving.app import build_app, start_serve
 
     tmp = tmp_path_factory.mktemp("serve_faults")
     run = build_run_dir(tmp / "run", tmp / "cache")
@@ -232,7 +232,7 @@ def test_a_replica_killed_under_load_is_replaced(served: Served) -> None:
     import ray
     from ray import serve
 
-    from actors.serving import build_app
+    from actors.serving.app import build_app
 
     cfg = slow_config(
         int(served.url.rsplit(":", 1)[1]), served.timeout_s, serve__policy_replicas=2, serve__max_batch_size=4,

@@ -112,7 +112,7 @@ def serve_config(run_dir: Path, port: int, folder: Path) -> Path:
     config = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
     config["http_options"]["port"] = port
     (app,) = config["applications"]
-    assert app["import_path"] == "jobs.serve:app_builder"
+    assert app["import_path"] == "jobs.cli.serve:app_builder"
     app["args"]["run_dir"] = str(run_dir)
     app["args"]["overrides"] = [*app["args"]["overrides"], *tiny_overrides(**SERVE_OVERRIDES)]
     path = folder / "serve.yaml"
@@ -167,7 +167,7 @@ def test_serve_deploy_of_the_same_file_onto_a_running_cluster(run_dir: Path, tmp
 
 
 def test_app_builder_refuses_bad_args_with_the_fix(run_dir: Path) -> None:
-    from jobs.serve import app_builder
+    from jobs.cli.serve import app_builder
 
     with pytest.raises(ValueError, match="unknown"):
         app_builder({"run_dir": str(run_dir), "replicas": 2})

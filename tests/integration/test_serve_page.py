@@ -35,7 +35,7 @@ def post(url: str, body: dict[str, Any]) -> Any:
 def page_service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from ray import serve
 
-    from actors.serving import build_app, start_serve
+    from actors.serving.app import build_app, start_serve
 
     tmp = tmp_path_factory.mktemp("page")
     run = build_run_dir(tmp / "run", tmp / "cache")

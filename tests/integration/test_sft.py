@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from actors.sft_trainer import ResumeError, train_sft
+from actors.training.sft import ResumeError, train_sft
 from jobs.stages import init_stage
 from jobs.stages.sft import build_spec
 from pipeline.config import Config, ConfigError, load_config
@@ -172,7 +172,7 @@ def test_bad_sft_configs_fail_naming_key_value_and_fix(overrides: list[str], mes
 
 def test_cli_rejects_bad_sft_config_before_any_work(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.sft", "sft.engine.zero_stage=4", f"run.output_dir={tmp_path}"],
+        [sys.executable, "-m", "jobs.cli.sft", "sft.engine.zero_stage=4", f"run.output_dir={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

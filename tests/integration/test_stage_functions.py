@@ -16,8 +16,8 @@ from ppo_inputs import build_run_dir, linked_run, tiny_config
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.controller import IterationReport, PPOController
-from actors.placement import Reservation, ReservationError, evaluation_bundles, ppo_bundles
+from actors.cluster.placement import Reservation, ReservationError, evaluation_bundles, ppo_bundles
+from actors.ppo.controller import IterationReport, PPOController
 from jobs.stages import evaluate_stage, load_evaluation_inputs, ppo_stage
 from pipeline.config import Config
 from pipeline.layout import RunLayout
@@ -44,7 +44,7 @@ def _placements(controller: PPOController) -> dict[str, list[dict[str, Any]]]:
 
 def _stage_in_trial(cfg: Config, root: str) -> dict[str, Any]:
     """Runs inside bundle 0 of a caller's placement group, as a Tune trial function does."""
-    from actors.placement import Reservation as TrialReservation
+    from actors.cluster.placement import Reservation as TrialReservation
 
     reservation = TrialReservation.current(first=1)
     seen: dict[str, Any] = {"reports": []}
@@ -170,7 +170,7 @@ def test_on_an_autoscaling_cluster_a_reservation_waits_for_nodes_then_fails_nami
     bundles = ppo_bundles(tiny_config(resources__learner_cpus=8.0))
     before = set(placement_group_table())
     start = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="actors.placement"):
+    with caplog.at_level(logging.WARNING, logger="actors.cluster.placement"):
         with pytest.raises(
             ReservationError, match=r"after 3 s the cluster.*raise resources\.scale_up_wait_s"
         ):
@@ -203,7 +203,7 @@ def test_resume_takes_hyperparameters_from_the_config_in_force(
     changed = tiny_config(
         **{**base, "ppo__total_steps": 3, "ppo__kl_target": 0.5, "ppo__kl_horizon": 50, "ppo__lr": 2e-3}
     )
-    with caplog.at_level(logging.INFO, logger="actors.controller"):
+    with caplog.at_level(logging.INFO, logger="actors.ppo.controller"):
         ppo_stage(changed, layout, resume=True, hooks=[look], sinks=[lambda r: rows.append(r.metrics)])
     # the state came from the checkpoint, the targets from the config in force
     assert kl == {"target": 0.5, "horizon": 50, "start": reached}

@@ -15,7 +15,7 @@ import pytest
 import ray
 import ray.train
 
-from actors import train_harness as harness
+from actors.training import harness
 from pipeline.config import ResourcesConfig
 
 RES = ResourcesConfig(num_cpus=2, trainer_cpus=1.0, torch_threads=1)

@@ -13,9 +13,9 @@ import pytest
 import ray
 from ppo_inputs import build_run_dir, linked_run, tiny_config, tiny_overrides
 
-from actors.controller import PPOController
+from actors.ppo.controller import PPOController
+from jobs.cli.tune import main as tune_main
 from jobs.stages.tune import SweepError, SweepSettings, tune_stage
-from jobs.tune import main as tune_main
 from pipeline.config.search_space import parse_search_space
 from pipeline.models import load_policy
 

@@ -1,6 +1,6 @@
 """`emprl tune --resume` after the sweep's driver (and its local cluster) died mid-sweep: the finished
 trial is not run again, the unfinished one goes on from its last checkpoint, with the Optuna search
-(two objectives) restored; run as a user would, with `python -m jobs.tune`."""
+(two objectives) restored; run as a user would, with `python -m jobs.cli.tune`."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path
     space = tmp_path / "space.yaml"
     space.write_text("ppo.kl_coef: {uniform: [0.05, 0.5]}\n")
     command = [
-        sys.executable, "-m", "jobs.tune", "--run-dir", str(layout.root), "--space", str(space),
+        sys.executable, "-m", "jobs.cli.tune", "--run-dir", str(layout.root), "--space", str(space),
         "--search", "optuna", "--objective", "rollout/kl:min", "--scheduler", "fifo", "--num-samples", "2",
         "--dev-examples", "8", "--eval-examples", "8",
         *tiny_overrides(ppo__total_steps=STEPS, ppo__save_every=1, ppo__kl_mode="fixed"),
@@ -97,13 +97,13 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path
     # options that contradict the saved sweep are refused before anything starts
     env, marker = job_env()
     clash = subprocess.run(
-        [sys.executable, "-m", "jobs.tune", "--run-dir", str(layout.root), "--resume", "--num-samples", "5"],
+        [sys.executable, "-m", "jobs.cli.tune", "--run-dir", str(layout.root), "--resume", "--num-samples", "5"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert clash.returncode != 0 and "num_samples=5 (the sweep has 2)" in clash.stderr, clash.stderr[-2000:]
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "jobs.tune", "--run-dir", str(layout.root), "--resume"],
+        [sys.executable, "-m", "jobs.cli.tune", "--run-dir", str(layout.root), "--resume"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=480,
     )  # fmt: skip
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]

@@ -13,7 +13,7 @@ import pytest
 import ray
 from ppo_inputs import build_run_dir, linked_run, tiny_config
 
-from actors.controller import PPOController
+from actors.ppo.controller import PPOController
 from jobs.stages.tune import SweepSettings, tune_stage
 from pipeline.config.search_space import parse_search_space
 

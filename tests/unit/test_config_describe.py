@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from jobs import cli
-from jobs import config as config_job
+from jobs.cli import config as config_job
+from jobs.cli import main as cli
 from pipeline.config import Config, RewardWeights, load_config
 from pipeline.config.describe import describe, field_docs, first_sentence, sections
 
@@ -110,7 +110,7 @@ def test_emprl_config_imports_neither_ray_nor_torch(capsys: pytest.CaptureFixtur
     cli.main(["config", "run"])
     assert "run.seed" in capsys.readouterr().out
     code = (
-        "import sys\nfrom jobs.cli import main\nmain(['config'])\n"
+        "import sys\nfrom jobs.cli.main import main\nmain(['config'])\n"
         "sys.stderr.write(repr(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch', 'deepspeed'})))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

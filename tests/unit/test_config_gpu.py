@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actors.placement import ppo_bundles, total
+from actors.cluster.placement import ppo_bundles, total
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.config.schema import LearnerConfig, ResourcesConfig
 from pipeline.config.validation import pack_gpu_shares

@@ -155,7 +155,7 @@ def test_http_error_and_bad_tarballs(mirror: dict[str, str], tmp_path: Path) -> 
 def test_cli_download_prints_the_local_source_overrides(
     mirror: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from jobs.data import main
+    from jobs.cli.data import main
 
     main(
         [
@@ -178,7 +178,7 @@ def test_cli_download_prints_the_local_source_overrides(
 
 
 def test_cli_download_without_network_fails_fast_and_says_what_to_do(tmp_path: Path) -> None:
-    from jobs.data import main
+    from jobs.cli.data import main
 
     with socket.socket() as sock:  # a loopback port with nothing listening
         sock.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from actors.engines import clip_in_optimizer
+from actors.training.engines import clip_in_optimizer
 
 pytestmark = pytest.mark.unit
 
@@ -61,7 +61,7 @@ DEEPSPEED_SCRIPT = textwrap.dedent(
     import torch
     from torch import nn
     import deepspeed
-    from actors.engines import DeepSpeedEngine
+    from actors.training.engines import DeepSpeedEngine
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from actors import train_harness as harness
-from actors.identifier_trainer import BEST_FILE, epoch_checkpoint_order
-from actors.sft_trainer import sft_checkpoint_order
+from actors.training import harness
+from actors.training.identifiers import BEST_FILE, epoch_checkpoint_order
+from actors.training.sft import sft_checkpoint_order
 
 
 def _checkpoint(run_dir: Path, name: str, state: dict[str, Any] | str | None, *files: str) -> Path:

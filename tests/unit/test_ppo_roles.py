@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from actors.checkpoints import CheckpointStore
-from actors.reference import ReferenceWorker
-from actors.reward import RewardWorker
-from actors.rollout import RolloutWorker
+from actors.ppo.checkpoints import CheckpointStore
+from actors.ppo.reference import ReferenceWorker
+from actors.ppo.reward import RewardWorker
+from actors.ppo.rollout import RolloutWorker
 from pipeline.config import (
     MECHANISMS,
     IdentifiersConfig,

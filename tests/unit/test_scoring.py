@@ -248,7 +248,7 @@ def test_concat_and_validation() -> None:
 
 
 def test_scorer_worker_scores_a_ray_data_batch_in_process(identifiers_dir: Path) -> None:
-    from actors.identifier_scorer import IdentifierScorerWorker
+    from actors.inference.scorer import IdentifierScorerWorker
 
     cfg = IdentifiersConfig(max_context_len=MAX_CONTEXT, max_response_len=MAX_RESPONSE, score_batch_size=4)
     worker = IdentifierScorerWorker(str(identifiers_dir), cfg, torch_threads=1)

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from actors.weight_sync import WeightGroup, buckets, checksum, host_store, layout, sync_tensors
+from actors.ppo.weight_sync import WeightGroup, buckets, checksum, host_store, layout, sync_tensors
 from pipeline.config import ModelConfig
 from pipeline.models import build_policy, train_tokenizer
 

@@ -1,0 +1,183 @@
+"""Ray cluster bring-up: join a running cluster or start a local one on 127.0.0.1.
+
+Owns the process-wide Ray connection for a job. Consumes the ``resources`` config section;
+every actor and task it starts inherits the thread limits so 2-core machines do not
+oversubscribe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from pipeline.config import ResourcesConfig
+from pipeline.progress import WORKER_MARK
+
+logger = logging.getLogger(__name__)
+
+
+MALLOC_TUNING = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+}
+"""glibc malloc settings of every worker process. By default glibc gives each large tensor (from
+128 KiB, a threshold that moves) fresh pages from ``mmap`` and returns them on free, so every
+forward and backward pass page-faults on its temporaries again (~130 000 faults per d256 PPO update
+on CPU). A fixed mmap threshold of 32 MiB (glibc's maximum) serves them from the heap, and a trim
+threshold of 256 MiB keeps freed heap memory for the next pass instead of returning it at once: the
+d256 update runs 5 % faster, 9 % with the CPU's eager attention (``benchmarks/cpu_settings.py``), for
+up to 256 MiB more resident memory per process. Set either variable in the driver's environment to override it; other
+allocators (jemalloc, tcmalloc via ``LD_PRELOAD``) ignore them."""
+
+
+def worker_env(res: ResourcesConfig) -> dict[str, str]:
+    """Environment every Ray worker process gets: thread caps and quiet, offline-safe libraries."""
+    threads = str(res.torch_threads)
+    env = {
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    for key in ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "HF_HOME"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(MALLOC_TUNING)
+    for key in MALLOC_TUNING:  # the caller's own settings win
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+class _Marked(logging.Filter):
+    """Progress lines and warnings of the project's own loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(record, "progress", False)
+
+
+def worker_logging() -> None:
+    """Ray's setup hook for every worker process: the project's loggers print to stderr at INFO (Ray
+    forwards it to the job's log), their progress lines and warnings marked for the terminal, and
+    transformers' and Hugging Face's progress bars and advisories off."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    marked = logging.StreamHandler()
+    marked.addFilter(_Marked())
+    marked.setFormatter(logging.Formatter(WORKER_MARK + "%(message)s"))
+    plain = logging.StreamHandler()
+    plain.addFilter(lambda record: not _Marked().filter(record))
+    plain.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in ("pipeline", "actors"):
+        project = logging.getLogger(name)
+        project.handlers = [marked, plain]
+        project.setLevel(logging.INFO)
+        project.propagate = False
+
+
+def worker_runtime_env(res: ResourcesConfig) -> dict[str, Any]:
+    """The runtime environment of every actor, task and Train worker: :func:`worker_env` and
+    :func:`worker_logging`."""
+    return {"env_vars": worker_env(res), "worker_process_setup_hook": "actors.cluster.session.worker_logging"}
+
+
+def init_ray(res: ResourcesConfig) -> bool:
+    """Connect to ``res.address`` (or ``RAY_ADDRESS``) or start a local cluster on loopback.
+
+    Returns True when this call connected (the caller then owns :func:`shutdown_ray`); an
+    existing connection is reused and False returned.
+    """
+    started = not ray.is_initialized()
+    if started:
+        runtime_env = worker_runtime_env(res)
+        address = res.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            logger.info("joining Ray cluster at %s", address)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        else:
+            if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+                raise RuntimeError(
+                    "a local Ray cluster must bind to 127.0.0.1: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
+                    "before Ray is imported (importing the `jobs` package does this)"
+                )
+            logger.info("starting a local Ray cluster on 127.0.0.1 (%s CPUs)", res.num_cpus or "all")
+            ray.init(
+                num_cpus=res.num_cpus,
+                num_gpus=res.num_gpus if res.use_gpu else 0,
+                object_store_memory=res.object_store_memory,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                log_to_driver=True,
+            )
+    resources: dict[str, Any] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    logger.info("Ray resources: %s", {k: v for k, v in resources.items() if not k.startswith("node:")})
+    return started
+
+
+def shutdown_ray() -> None:
+    """Disconnect (and stop a local cluster this process started)."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@contextmanager
+def ray_session(res: ResourcesConfig) -> Iterator[None]:
+    """:func:`init_ray` for the duration of a job; on exit (normal, error or Ctrl-C) a connection this
+    call opened is closed and a local cluster it started is stopped with every process it ran."""
+    owns = init_ray(res)
+    try:
+        yield
+    finally:
+        if owns:
+            shutdown_ray()
+
+
+def torch_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    *,
+    name: str,
+    storage: Path,
+    num_workers: int,
+    res: ResourcesConfig,
+    max_failures: int,
+    keep_checkpoints: int,
+    trainer_cls: type[TorchTrainer] = TorchTrainer,
+) -> TorchTrainer:
+    """A Ray Train run of ``num_workers`` ranks placed with ``res.trainer_cpus`` CPUs (or a GPU) each.
+
+    Worker failures are retried ``max_failures`` times from the latest checkpoint; the last
+    ``keep_checkpoints`` checkpoints are kept under ``storage/name``. ``trainer_cls`` is
+    ``TorchTrainer`` or a subclass (the training stages use :mod:`actors.training.harness`'s).
+    """
+    return trainer_cls(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker={"CPU": res.trainer_cpus},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+            worker_runtime_env=worker_runtime_env(res),  # type: ignore[call-arg]  # V2 RunConfig
+        ),
+    )

@@ -1,0 +1,537 @@
+"""The PPO controller: one loop that reads like single-process code over the Ray role groups.
+
+Each iteration: sample prompts → rollout workers generate → reward scorers, reference policy and
+learner values run concurrently → KL-shaped rewards and GAE (pure functions) → learner PPO epochs
+→ weights published to the rollout workers with a new version (object store, or a broadcast over
+their own process group: ``learner.weight_sync``). Every phase is timed. Owns the groups, the weight
+sync, the KL controller, the running score statistics, checkpoints and the metrics log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from actors.cluster.group import RoleDiedError, RoleGroup, gather
+from actors.cluster.placement import Placement, Reservation, ppo_bundles
+from actors.cluster.session import worker_runtime_env
+from actors.ppo.checkpoints import CheckpointStore
+from actors.ppo.learner import LearnerWorker
+from actors.ppo.reference import ReferenceWorker
+from actors.ppo.reward import RewardWorker
+from actors.ppo.rollout import RolloutWorker
+from actors.ppo.weight_sync import WeightSync, make_weight_sync
+from pipeline.config import Config
+from pipeline.config.diff import config_changes
+from pipeline.generation import encode_prompts
+from pipeline.layout import PPODir
+from pipeline.models import load_tokenizer
+from pipeline.ppo.experience import IntArray, PromptBatch, RewardScores, Rollouts, pad_stack, split_evenly
+from pipeline.ppo.iteration import average_stats, build_train_batch, derive_seed, minibatch_plan, prompt_rows
+from pipeline.ppo.kl import KLController, make_kl_controller
+from pipeline.ppo.rewards import RunningMoments
+from pipeline.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+Hook = Callable[["PPOController", int, str], None]
+"""Called as ``hook(controller, iteration, phase)`` before each phase (fault-injection tests)."""
+
+
+@dataclass(frozen=True)
+class IterationReport:
+    """What a sink receives after each iteration: its metrics row, and the checkpoint it wrote."""
+
+    iteration: int
+    metrics: dict[str, float]
+    checkpoint: Path | None
+    """The checkpoint folder written after this iteration, or ``None`` when none was."""
+
+
+Sink = Callable[[IterationReport], None]
+"""Receives every iteration's :class:`IterationReport` (a Tune trial reports through one)."""
+
+
+@dataclass(frozen=True)
+class PPOInputs:
+    """What PPO starts from: the SFT policy, the identifiers and the prompts with gold levels."""
+
+    policy_dir: Path
+    identifiers_dir: Path
+    contexts: list[str]
+    gold_levels: dict[str, IntArray]
+
+
+class PhaseTimer:
+    """Wall seconds per named phase of one iteration (``time/<phase>``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[f"time/{phase}"] = time.perf_counter() - start
+
+
+class PPOController:
+    """Runs ``cfg.ppo.total_steps`` PPO iterations into ``out`` (resuming from its checkpoints).
+
+    Every role is placed in one bundle of ``reservation`` (by default one the controller makes from
+    :func:`~actors.cluster.placement.ppo_bundles` and releases on :meth:`shutdown`); each iteration's
+    :class:`IterationReport` goes to every sink.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        inputs: PPOInputs,
+        out: PPODir,
+        *,
+        sinks: Sequence[Sink] = (),
+        hooks: Sequence[Hook] = (),
+        reservation: Reservation | None = None,
+    ) -> None:
+        self.cfg, self.inputs, self.out, self.hooks, self.sinks = cfg, inputs, out, list(hooks), list(sinks)
+        self.tokenizer = load_tokenizer(str(inputs.policy_dir), key="PPO start policy")
+        self.store = CheckpointStore(out.checkpoints, keep=cfg.ppo.keep_checkpoints)
+        self.metrics_path = out.log
+        self.iteration, self.samples, self.version, self.learner_recoveries = 0, 0, 0, 0
+        self.kl: KLController = make_kl_controller(cfg.ppo)
+        self.moments = RunningMoments()
+        self.learner: RoleGroup | None = None
+        self.writer: Any = None
+        self.sync: WeightSync = make_weight_sync(cfg)
+        self.reservation = reservation or Reservation.create(
+            "PPO", ppo_bundles(cfg), scale_up_wait_s=cfg.resources.scale_up_wait_s
+        )
+        try:
+            self.placement: Placement = self.reservation.place("PPO", ppo_bundles(cfg))
+            self.rollout, self.reward, self.reference = self._make_workers()
+            # a replaced rollout worker gets the current weights before its shards run again
+            self.rollout.on_replace = lambda rank: self.sync.replaced(
+                self._learner(), self.rollout, self.version
+            )
+        except BaseException:
+            self.reservation.release()
+            raise
+
+    # ----- roles -----------------------------------------------------------------------------
+
+    def _group(self, role: str, cls: type, args: tuple[Any, ...], **kwargs: Any) -> RoleGroup:
+        """``placement.count(role)`` actors of ``cls``, each in its own bundle of the reservation."""
+        placement = self.placement
+        return RoleGroup(
+            role,
+            cls,
+            args,
+            count=placement.count(role),
+            options={"runtime_env": worker_runtime_env(self.cfg.resources)},
+            make_options=lambda rank: placement.options(role, rank),
+            **kwargs,
+        )
+
+    def _make_workers(self) -> tuple[RoleGroup, RoleGroup, RoleGroup]:
+        cfg, res, inp = self.cfg, self.cfg.resources, self.inputs
+        device = "cuda" if res.use_gpu else "cpu"
+        restarts = cfg.ppo.max_restarts
+        rollout = self._group(
+            "rollout worker",
+            RolloutWorker,
+            (str(inp.policy_dir), cfg.rollout, res.rollout_threads or res.torch_threads, device),
+            max_restarts=restarts,
+        )
+        reward = self._group(
+            "reward scorer",
+            RewardWorker,
+            (
+                str(inp.identifiers_dir),
+                cfg.identifiers,
+                cfg.reward,
+                res.reward_threads or res.torch_threads,
+                device,
+                res.frozen_weights,
+            ),
+            max_restarts=restarts,
+        )
+        reference = self._group(
+            "reference policy",
+            ReferenceWorker,
+            (str(inp.policy_dir), res.reference_threads or res.torch_threads, device, res.frozen_weights),
+            max_restarts=restarts,
+        )
+        return rollout, reward, reference
+
+    def _make_learner(self) -> RoleGroup:
+        cfg, res = self.cfg, self.cfg.resources
+        group = self._group(
+            "learner",
+            LearnerWorker,
+            (cfg.learner.num_ranks, str(self.inputs.policy_dir), cfg.ppo, cfg.learner,
+             res.learner_threads or res.torch_threads, res.use_gpu),
+            rank_args=True,
+            restartable=False,
+        )  # fmt: skip
+        host, port = ray.get(group.actors[0].address.remote())
+        gather(group.submit_all("setup", host, port, cfg.run.seed))
+        return group
+
+    def _kill_learner(self) -> None:
+        if self.learner is not None:
+            self.learner.kill()
+            self.learner = None
+            self.sync.invalidate()  # learner rank 0 belongs to the weight-sync group
+
+    def groups(self) -> dict[str, RoleGroup]:
+        """Every role group that is running, by role."""
+        groups = {g.role: g for g in (self.rollout, self.reward, self.reference)}
+        if self.learner is not None:
+            groups[self.learner.role] = self.learner
+        return groups
+
+    def shutdown(self) -> None:
+        """End every actor this controller started and release a reservation it made."""
+        self._kill_learner()
+        for group in (self.rollout, self.reward, self.reference):
+            group.kill()
+        self.reservation.release()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    # ----- the loop --------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``ppo.total_steps``, recovering the learner from checkpoints; returns the summary."""
+        total = self.cfg.ppo.total_steps
+        self._restore()
+        with Progress("PPO", total, unit="it", every_s=0.0) as progress:
+            progress.done = self.iteration
+            while self.iteration < total:
+                try:
+                    row = self.step(self.iteration + 1)
+                except RoleDiedError as exc:
+                    if exc.role != "learner":
+                        raise
+                    self._recover_learner(exc)
+                    progress.done = self.iteration
+                    continue
+                progress.update(
+                    1,
+                    reward=row["reward/score"],
+                    kl=row["rollout/kl"],
+                    kl_coef=row["rollout/kl_coef"],
+                    samples_per_s=row["perf/samples_per_s"],
+                )
+                checkpoint = None
+                if self.iteration % self.cfg.ppo.save_every == 0 or self.iteration == total:
+                    checkpoint = self.save()
+                report = IterationReport(self.iteration, row, checkpoint)
+                for sink in self.sinks:
+                    sink(report)
+        policy = self.export_policy(self.out.policy)
+        return {
+            "iterations": self.iteration,
+            "samples": self.samples,
+            "version": self.version,
+            "policy": str(policy),
+            "learner_recoveries": self.learner_recoveries,
+            "worker_restarts": {g.role: g.restarts for g in (self.rollout, self.reward, self.reference)},
+        }
+
+    def export_policy(self, folder: Path) -> Path:
+        """Write the learner's current policy and value head to ``folder`` (a Hugging Face folder, as
+        ``ppo/policy``); a sink or hook can score the policy mid-run this way (a sweep's dev metric)."""
+        gather(self._learner().submit_all("export", str(folder)))
+        return folder
+
+    def _learner(self) -> RoleGroup:
+        if self.learner is None:
+            self.learner = self._make_learner()
+        return self.learner
+
+    def _hook(self, iteration: int, phase: str) -> None:
+        for hook in self.hooks:
+            hook(self, iteration, phase)
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """One PPO iteration; appends its metrics row and returns it."""
+        cfg, t = self.cfg, PhaseTimer()
+        learner = self._learner()
+        start = time.perf_counter()
+        with t("sample"):
+            chunks = self.prompt_chunks(iteration)
+        self._hook(iteration, "generate")
+        with t("generate"):
+            parts: list[Rollouts] = gather(self.rollout.submit("generate", [(c,) for c in chunks]))[0]
+            rollouts = Rollouts.concat(parts)
+        self._hook(iteration, "evaluate")
+        from_rollout = self.old_logprobs_from_rollout(rollouts)
+        with t("evaluate"):  # identifiers, reference policy (and learner values) run concurrently
+            p = rollouts.prompts
+            scored = self.reward.submit(
+                "score", [(r.prompts.contexts, r.responses, r.prompts.gold_levels) for r in parts]
+            )
+            # side by side, or the scorers alone first so that the rest then has every core
+            scores = None if cfg.resources.overlap_evaluate else gather(scored)[0]
+            pending = [
+                self.reference.submit(
+                    "logprobs",
+                    [
+                        (r.prompts.prompt_ids, r.prompts.prompt_mask, r.response_ids, r.response_mask)
+                        for r in parts
+                    ],
+                ),
+            ]
+            if not from_rollout:
+                shards = split_evenly(range(len(rollouts)), len(learner))
+                pending.append(
+                    learner.submit(
+                        "evaluate",
+                        [
+                            (
+                                p.prompt_ids[s],
+                                p.prompt_mask[s],
+                                rollouts.response_ids[s],
+                                rollouts.response_mask[s],
+                            )
+                            for s in shards
+                        ],
+                    )
+                )
+            if scores is None:
+                scores, ref_parts, *value_parts = gather(scored, *pending)
+            else:
+                ref_parts, *value_parts = gather(*pending)
+        for name, done in zip(("score", "reference", "values"), [scored, *pending], strict=False):
+            t.seconds[f"time/{name}"] = (done.finished or done.started) - done.started
+        if from_rollout:
+            assert rollouts.values is not None
+            old_logprobs, old_values = rollouts.logprobs, rollouts.values
+            t.seconds["time/values"] = 0.0
+        else:
+            old_logprobs = torch.cat([lp for lp, _ in value_parts[0]])
+            old_values = torch.cat([v for _, v in value_parts[0]])
+        with t("advantages"):
+            batch, stats = build_train_batch(
+                rollouts,
+                RewardScores.concat(scores),
+                ref_logprobs=pad_stack(ref_parts, value=0.0),
+                old_logprobs=old_logprobs,
+                old_values=old_values,
+                kl_coef=self.kl.value,
+                ppo=cfg.ppo,
+                reward=cfg.reward,
+                moments=self.moments,
+            )
+            plan = minibatch_plan(
+                len(batch), mini_batch_size=cfg.ppo.mini_batch_size, epochs=cfg.ppo.ppo_epochs,
+                seed=derive_seed(cfg.run.seed, iteration, 1),
+            )  # fmt: skip
+            tokens = [float(batch.response_mask[rows].sum()) for rows in plan]
+            stats["rollout/old_logprobs_from_rollout"] = float(from_rollout)
+        self._hook(iteration, "update")
+        with t("update"):
+            batch_ref = ray.put(batch)
+            per_rank = gather(learner.submit_all("update", batch_ref, plan, tokens))[0]
+            stats.update(average_stats([row for rank_rows in per_rank for row in rank_rows]))
+            # before the first optimiser step the ratio is 1 up to float rounding: the gap between the
+            # old log-probabilities (rollout workers or learner) and the learner's own forward pass
+            stats["ppo/first_ratio_gap"] = max(rank_rows[0]["ppo/ratio_max_dev"] for rank_rows in per_rank)
+        self._hook(iteration, "publish")
+        with t("publish"):
+            self.publish(self.version + 1)
+        self.kl.update(stats["rollout/kl"], len(batch))
+        self.iteration, self.samples = iteration, self.samples + len(batch)
+        wall = time.perf_counter() - start
+        row = {
+            "iteration": iteration,
+            "samples": self.samples,
+            "version": self.version,
+            "rollout/version": rollouts.version,
+            **stats,
+            **t.seconds,
+            "time/iteration": wall,
+            "perf/samples_per_s": len(batch) / wall,
+            "perf/response_tokens_per_s": float(batch.response_mask.sum()) / wall,
+        }
+        self._log(row)
+        return row
+
+    def old_logprobs_from_rollout(self, rollouts: Rollouts) -> bool:
+        """Whether PPO's old log-probabilities and values are the rollout workers' (``ppo.old_logprobs``):
+        only for rollouts of the learner's current version that carry values."""
+        mode = self.cfg.ppo.old_logprobs
+        if mode == "auto":
+            fp32 = self.cfg.rollout.precision == "fp32" and self.cfg.learner.engine.precision == "fp32"
+            mode = "rollout" if fp32 else "learner"
+        return mode == "rollout" and rollouts.values is not None and rollouts.version == self.version
+
+    def prompt_chunks(self, iteration: int) -> list[PromptBatch]:
+        """The iteration's prompts in generation chunks of ``rollout.batch_size``, each with its own seed.
+
+        Chunks, not workers, fix the sampler's batches and seeds, so results do not depend on how
+        many rollout workers share the chunks.
+        """
+        cfg = self.cfg
+        rows = prompt_rows(
+            iteration,
+            batch_size=cfg.ppo.rollout_batch_size,
+            num_rows=len(self.inputs.contexts),
+            seed=cfg.run.seed,
+        )
+        # length-sorted, so each generation chunk pads little (a deterministic order: resume and
+        # worker counts do not change it)
+        lengths = [len(ids) for ids in self.tokenizer([self.inputs.contexts[i] for i in rows])["input_ids"]]
+        rows = rows[np.argsort(np.minimum(lengths, cfg.model.max_source_len), kind="stable")]
+        size = cfg.rollout.batch_size
+        chunks = []
+        for k, start in enumerate(range(0, len(rows), size)):
+            idx = rows[start : start + size]
+            chunks.append(
+                encode_prompts(
+                    self.tokenizer,
+                    [self.inputs.contexts[i] for i in idx],
+                    max_source_len=cfg.model.max_source_len,
+                    index=idx,
+                    gold_levels={m: v[idx] for m, v in self.inputs.gold_levels.items()},
+                    seed=derive_seed(cfg.run.seed, iteration, 0, k),
+                )
+            )
+        return chunks
+
+    def publish(self, version: int) -> None:
+        """The learner's weights to every rollout worker as ``version`` (see :mod:`actors.ppo.weight_sync`)."""
+        self.sync.publish(self._learner(), self.rollout, version)
+        self.version = version
+
+    def weight_checksums(self) -> tuple[str, list[str]]:
+        """SHA-256 of the learner's full weights and of each rollout worker's (equal after a publish)."""
+        learner, workers = gather(
+            self._learner().submit_all("weights_checksum"), self.rollout.submit_all("weights_checksum")
+        )
+        return learner[0], workers
+
+    # ----- checkpoints, recovery, metrics ----------------------------------------------------
+
+    def save(self) -> Path:
+        """Checkpoint the learner and the controller state atomically (see :class:`CheckpointStore`)."""
+        state = {
+            "iteration": self.iteration,
+            "samples": self.samples,
+            "version": self.version,
+            "kl": self.kl.state_dict(),
+            "moments": self.moments.state_dict(),
+            "seed": self.cfg.run.seed,
+            "data_position": self.samples,
+            "num_prompts": len(self.inputs.contexts),
+            "config": self.cfg.to_dict(),
+        }
+        with self.store.writing(self.iteration) as folder:
+            gather(self._learner().submit_all("save", str(folder / "learner")))
+            (folder / "controller.json").write_text(json.dumps(state, indent=2))
+        saved = self.store.latest()
+        assert saved is not None
+        logger.info("checkpoint: iteration %d -> %s", self.iteration, saved)
+        return saved
+
+    def _restore(self) -> None:
+        """Adopt the latest checkpoint (or the start), load it into the learner and publish the weights."""
+        folder = self.store.latest()
+        learner = self._learner()
+        if folder is None:
+            self.iteration = self.samples = self.version = 0
+            self.kl, self.moments = make_kl_controller(self.cfg.ppo), RunningMoments()
+        else:
+            state = json.loads((folder / "controller.json").read_text())
+            if state["num_prompts"] != len(self.inputs.contexts) or state["seed"] != self.cfg.run.seed:
+                raise ValueError(
+                    f"checkpoint {folder} was made with {state['num_prompts']} prompts and seed {state['seed']}; "
+                    f"this run has {len(self.inputs.contexts)} and {self.cfg.run.seed}. Fix: resume with the "
+                    "same data and run.seed, or start a fresh run folder."
+                )
+            gather(learner.submit_all("load", str(folder / "learner")))
+            self.iteration, self.samples, self.version = (
+                state["iteration"],
+                state["samples"],
+                state["version"],
+            )
+            self.kl = self._restored_kl(state)
+            self.moments.load_state_dict(state["moments"])
+            logger.info("resumed from %s: iteration %d, %d samples", folder, self.iteration, self.samples)
+            changes = config_changes(state.get("config", {}), self.cfg.to_dict())
+            if changes:
+                logger.info(
+                    "settings in force that differ from the checkpoint's: %s",
+                    ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes),
+                )
+        self._truncate_metrics(self.iteration)
+        self._open_writer()
+        self.publish(self.version)
+
+    def _restored_kl(self, state: dict[str, Any]) -> KLController:
+        """The KL controller of the config in force (mode, target, horizon), with the coefficient the
+        adaptive controller had reached, unless the config names another mode or initial coefficient."""
+        kl = make_kl_controller(self.cfg.ppo)
+        old = state.get("config", {}).get("ppo", {})
+        now = self.cfg.ppo
+        same_start = (
+            old.get("kl_mode", now.kl_mode) == now.kl_mode and old.get("kl_coef", now.kl_coef) == now.kl_coef
+        )
+        if now.kl_mode == "adaptive" and same_start:
+            kl.load_state_dict(state["kl"])
+        return kl
+
+    def _recover_learner(self, exc: RoleDiedError) -> None:
+        self.learner_recoveries += 1
+        if self.learner_recoveries > self.cfg.ppo.max_restarts:
+            raise RuntimeError(
+                f"the learner failed {self.learner_recoveries} times (ppo.max_restarts={self.cfg.ppo.max_restarts})"
+            ) from exc
+        logger.warning("%s; restarting the learner group from the last checkpoint", exc)
+        self._kill_learner()
+        self._restore()
+
+    def _truncate_metrics(self, iteration: int) -> None:
+        if not self.metrics_path.is_file():
+            return
+        rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)["iteration"] <= iteration]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.metrics_path)
+
+    def _open_writer(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = SummaryWriter(str(self.out.tensorboard), purge_step=self.iteration + 1)
+
+    def _log(self, row: dict[str, float]) -> None:
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if "/" in key and np.isfinite(value):
+                self.writer.add_scalar(key, value, row["iteration"])
+        self.writer.flush()
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        """Every logged iteration's metrics row, in order."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]

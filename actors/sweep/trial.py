@@ -1,0 +1,136 @@
+"""Sweep pieces on Ray: a search space as ``ray.tune`` objects, a trial's reservation, its dev metric.
+
+A trial reserves one placement group: bundle 0 runs the trial function (and its dev evaluation,
+in-process while PPO waits), bundles 1.. hold :func:`~actors.cluster.placement.ppo_bundles` of the trial's
+own config. :class:`DevEvaluator` scores a policy folder on a fixed, seeded slice of a labelled split
+(Emp-F1, per-mechanism F1, gold perplexity, Dist-2) with an evaluation worker and an identifier
+scorer built in-process: cheap enough to report every few PPO iterations for ASHA.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import tune
+
+from actors.cluster.placement import ppo_bundles
+from actors.inference.evaluator import EvaluationWorker, prompt_chunks
+from actors.inference.scorer import IdentifierScorerWorker
+from actors.ppo.checkpoints import CheckpointStore
+from pipeline.config import MECHANISMS, Config
+from pipeline.config.search_space import Dimension, SearchSpace
+from pipeline.evaluation.suite import LabeledSplit, PolicyOutputs, policy_metrics
+from pipeline.models import load_tokenizer
+from pipeline.scoring import LevelScores
+
+logger = logging.getLogger(__name__)
+
+
+def tune_domain(dim: Dimension) -> Any:
+    """The ``ray.tune`` sampler (or grid) of one dimension."""
+    kind, args = dim.kind, dim.args
+    if kind == "uniform":
+        return tune.uniform(args[0], args[1])
+    if kind == "loguniform":
+        return tune.loguniform(args[0], args[1])
+    if kind == "randint":
+        return tune.randint(args[0], args[1])
+    if kind == "choice":
+        return tune.choice(list(args))
+    return tune.grid_search(list(args))
+
+
+def param_space(space: SearchSpace) -> dict[str, Any]:
+    """``{dotted key: tune domain}``: a trial's config is exactly these keys, resolved."""
+    return {d.key: tune_domain(d) for d in space.dimensions}
+
+
+def trial_bundles(cfg: Config, *, trial_cpus: float) -> list[dict[str, float]]:
+    """The trial's placement group: the trial function's bundle, then the PPO roles' bundles."""
+    return [{"CPU": trial_cpus}, *(dict(b.resources) for b in ppo_bundles(cfg))]
+
+
+def trial_resources(base: Config, *, trial_cpus: float) -> Any:
+    """A callable ``trial config -> PlacementGroupFactory`` for :func:`ray.tune.with_resources`: a
+    sampled ``rollout.num_workers`` (or any key that changes the bundle list) reserves its own list."""
+
+    def resources(trial_config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        cfg = base.with_overrides(plain_values(trial_config))
+        return tune.PlacementGroupFactory(trial_bundles(cfg, trial_cpus=trial_cpus), strategy="PACK")
+
+    return resources
+
+
+def plain_values(trial_config: dict[str, Any]) -> dict[str, Any]:
+    """The trial config with NumPy scalars (``tune.randint`` draws ``np.int64``) as Python ones, which the
+    config's strict types accept."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in trial_config.items()}
+
+
+def dev_slice(split: LabeledSplit, size: int, *, seed: int) -> LabeledSplit:
+    """``size`` rows of ``split`` drawn once with ``seed`` (kept in split order): every report of every
+    trial scores the same examples."""
+    n = len(split)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+    return LabeledSplit(
+        name=f"{split.name}[dev {len(rows)}]",
+        contexts=tuple(split.contexts[i] for i in rows),
+        references=tuple(split.references[i] for i in rows),
+        gold_levels={m: v[rows] for m, v in split.gold_levels.items()},
+    )
+
+
+class DevEvaluator:
+    """Scores policy folders on one labelled slice in this process (no actors, no extra bundles)."""
+
+    def __init__(self, cfg: Config, split: LabeledSplit, identifiers_dir: Path) -> None:
+        self.cfg, self.split = cfg, split
+        res = cfg.resources
+        self.worker = EvaluationWorker(
+            cfg.rollout, cfg.model.max_source_len, cfg.model.max_target_len, cfg.sft.eval_batch_size,
+            res.torch_threads, "cpu",
+        )  # fmt: skip
+        self.scorer = IdentifierScorerWorker(identifiers_dir, cfg.identifiers, res.torch_threads, "cpu")
+
+    def __call__(self, policy_dir: Path) -> dict[str, float]:
+        """``dev/emp_f1``, ``dev/{er,ip,ex}_f1``, ``dev/perplexity``, ``dev/dist2`` of ``policy_dir``
+        (the config's sampling, seeded per chunk by ``run.seed``)."""
+        folder = str(policy_dir.resolve())
+        self.worker.folder = None  # the folder is rewritten in place between reports: reload it
+        chunks = prompt_chunks(self.cfg, load_tokenizer(folder, key="dev policy"), self.split)
+        responses = tuple(r for c in chunks for r in self.worker.generate(folder, c))
+        nll_sums, nll_tokens = self.worker.gold_nll(folder, self.split.contexts, self.split.references)
+        levels: LevelScores = self.scorer.score(self.split.contexts, responses)
+        outputs = PolicyOutputs(
+            name="dev",
+            folder=folder,
+            responses=responses,
+            pred_levels=dict(levels.levels),
+            nll_sums=nll_sums,
+            nll_tokens=nll_tokens,
+        )
+        return metric_row("dev", policy_metrics(outputs, self.split))
+
+
+def metric_row(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalars a sweep reports of one policy's :func:`policy_metrics`, as ``prefix/name``."""
+    keys = ("emp_f1", *(f"{m.lower()}_f1" for m in MECHANISMS), "perplexity", "dist2", "mean_length")
+    return {f"{prefix}/{k}": float(metrics[k]) for k in keys}
+
+
+def restore_checkpoint(checkpoint_dir: Path, store_root: Path) -> int:
+    """Make ``checkpoint_dir`` (a PPO ``iter_N`` folder a trial reported) the only checkpoint under
+    ``store_root``, so the PPO stage resumes from it; returns its iteration."""
+    import json
+
+    iteration = int(json.loads((checkpoint_dir / "controller.json").read_text())["iteration"])
+    shutil.rmtree(store_root, ignore_errors=True)
+    store = CheckpointStore(store_root, keep=1)
+    with store.writing(iteration) as folder:
+        shutil.copytree(checkpoint_dir, folder, dirs_exist_ok=True)
+    logger.info("trial restored from its Tune checkpoint: PPO iteration %d", iteration)
+    return iteration

@@ -1,0 +1,265 @@
+"""Identifier training role: one Ray Train ``TorchTrainer`` run per empathy mechanism.
+
+Owns the three identifier training runs (ER, IP, EX), concurrent when the cluster has CPUs for
+more than one. Consumes EPITOME pairs with gold levels and a tokenizer folder; produces, per
+mechanism, a ``save_identifier`` folder (the best epoch by dev macro-F1) and a metrics report on
+dev and test. Each run uses ``identifiers.num_workers`` data-parallel workers of
+``resources.trainer_cpus`` CPUs (``identifiers.engine``), checkpoints every epoch (model,
+optimiser, scheduler, early-stopping state, best weights) and resumes from the last checkpoint
+after a worker failure or a restart of the job (:mod:`actors.training.harness`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import ray
+import ray.train
+import torch
+from safetensors.torch import load_file, save_file
+
+from actors.training import harness
+from actors.training.engines import TrainEngine, make_engine
+from pipeline.config import IdentifiersConfig, ResourcesConfig
+from pipeline.evaluation.classification import majority_baseline
+from pipeline.layout import IdentifiersDir, StageDir
+from pipeline.models import EmpathyIdentifier, build_identifier, load_tokenizer, save_identifier
+from pipeline.progress import PROGRESS, Progress
+from pipeline.training.identifiers import (
+    LabeledPairs,
+    batch_loss,
+    class_weights,
+    epoch_batches,
+    evaluate,
+    is_better,
+    seed_everything,
+    steps_per_epoch,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = harness.STATE_FILE
+BEST_FILE = "best_model.safetensors"
+EXPORT_DIR = "identifier"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything one mechanism's training run needs (shipped to every worker)."""
+
+    mechanism: str
+    cfg: IdentifiersConfig
+    tokenizer_dir: str
+    train: LabeledPairs
+    dev: LabeledPairs
+    test: LabeledPairs
+    seed: int
+    torch_threads: int = 1
+    crash_at_epoch: int | None = None
+    """Fault injection for tests: the rank-0 worker dies once after checkpointing this epoch."""
+    crash_marker: str | None = None
+    """File that records the injected crash happened (so the restarted run does not repeat it)."""
+
+
+def identifier(engine: TrainEngine) -> EmpathyIdentifier:
+    """The engine's unwrapped model, typed."""
+    return cast(EmpathyIdentifier, engine.module)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker loop for one mechanism (see the module docstring)."""
+    spec: TrainSpec = config["spec"]
+    cfg = spec.cfg
+    torch.set_num_threads(spec.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    tokenizer = load_tokenizer(spec.tokenizer_dir, key="identifier tokenizer")
+    torch.manual_seed(spec.seed)  # identical initial weights on every rank
+    model = build_identifier(cfg, tokenizer).to(device)
+    weights = class_weights(spec.train.labels, cfg.class_weighting)
+    steps = steps_per_epoch(len(spec.train), cfg.batch_size, world)
+    engine = make_engine(
+        cfg.engine,
+        cfg.optimizer,
+        model,
+        total_steps=steps * cfg.epochs,
+        micro_batch=cfg.batch_size // world,
+        world_size=world,
+    )
+    lengths = {"max_context_len": cfg.max_context_len, "max_response_len": cfg.max_response_len}
+
+    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    best_weights = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+    with harness.restored(config, epoch_checkpoint_order) as folder:
+        if folder is not None:
+            engine.load(folder)
+            state = json.loads((folder / STATE_FILE).read_text())
+            best_weights = load_file(folder / BEST_FILE)
+            logger.info("[%s rank %d] resumed after epoch %d", spec.mechanism, rank, state["epoch"])
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        if state["bad_epochs"] >= cfg.patience:
+            logger.info("[%s] early stop: no dev macro-F1 gain for %d epochs", spec.mechanism, cfg.patience)
+            break
+        seed_everything(spec.seed, epoch, rank)
+        engine.model.train()
+        t0, losses = time.perf_counter(), []
+        progress = Progress(
+            f"[{spec.mechanism}] epoch {epoch + 1}/{cfg.epochs}", steps, unit="steps", every_s=30
+        )
+        for indices in epoch_batches(
+            len(spec.train), cfg.batch_size, seed=spec.seed, epoch=epoch, rank=rank, world_size=world
+        ):
+            loss = batch_loss(engine.model, tokenizer, spec.train, indices, weights, device=device, **lengths)
+            engine.step(loss)
+            losses.append(float(loss.detach()))
+            if rank == 0:
+                progress.update(loss=losses[-1])
+        dev = evaluate(
+            identifier(engine), tokenizer, spec.dev, device=device, batch_size=cfg.score_batch_size, **lengths
+        )
+        if is_better(dev["macro_f1"], state["best"]):
+            state.update(best=dev["macro_f1"], best_epoch=epoch, bad_epochs=0)
+            best_weights = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        seconds = time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "train_loss": sum(losses) / max(len(losses), 1),
+            "dev_macro_f1": dev["macro_f1"],
+            "dev_accuracy": dev["accuracy"],
+            "seconds": seconds,
+            "pairs_per_s": len(spec.train) / seconds,
+        }
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        logger.info(
+            "[%s] epoch %d/%d loss %.4f dev macro-F1 %.4f acc %.4f (%.1f pairs/s)",
+            spec.mechanism, epoch + 1, cfg.epochs, record["train_loss"], dev["macro_f1"], dev["accuracy"],
+            record["pairs_per_s"], extra=PROGRESS,
+        )  # fmt: skip
+        harness.report(
+            {**record, "final": False},
+            rank=rank,
+            state=state,
+            engine=engine,
+            write=functools.partial(_save_best, best_weights) if rank == 0 else None,
+        )
+        if (
+            spec.crash_at_epoch == epoch
+            and rank == 0
+            and spec.crash_marker
+            and not os.path.exists(spec.crash_marker)
+        ):
+            Path(spec.crash_marker).write_text(f"crashed after epoch {epoch}\n")
+            os._exit(1)
+
+    engine.module.load_state_dict(best_weights)
+    final = {
+        split: evaluate(
+            identifier(engine), tokenizer, pairs, device=device, batch_size=cfg.score_batch_size, **lengths
+        )
+        for split, pairs in (("dev", spec.dev), ("test", spec.test))
+    }
+    harness.report(
+        {"final": True, "epoch": state["epoch"], "best_epoch": state["best_epoch"], "eval": final},
+        rank=rank,
+        state=state,
+        write=functools.partial(_export, identifier(engine), tokenizer) if rank == 0 else None,
+    )
+
+
+def _save_best(best: dict[str, torch.Tensor], folder: Path) -> None:
+    save_file({k: v.contiguous() for k, v in best.items()}, folder / BEST_FILE)
+
+
+def _export(model: EmpathyIdentifier, tokenizer: Any, folder: Path) -> None:
+    save_identifier(model, tokenizer, folder / EXPORT_DIR)
+
+
+def epoch_checkpoint_order(folder: Path) -> int | None:
+    """Completeness and order of a mechanism's checkpoints: epochs finished, for an epoch checkpoint
+    with its state and best weights (the final one, holding the export, is not resumed from)."""
+    state = harness.read_state(folder)
+    return int(state["epoch"]) if state is not None and (folder / BEST_FILE).is_file() else None
+
+
+def fit_mechanism(
+    spec: TrainSpec, res: ResourcesConfig, storage: Path, *, max_failures: int = 2, resume: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) one mechanism's Ray Train run; returns its result summary."""
+    name = f"identifier-{spec.mechanism}"
+    resume_from = harness.newest_checkpoint(storage / name, epoch_checkpoint_order) if resume else None
+    if resume_from is not None:
+        logger.info("[%s] resuming from %s", spec.mechanism, resume_from)
+    t0 = time.perf_counter()
+    result = harness.fit(
+        f"identifier training ({spec.mechanism})",
+        train_loop,
+        {"spec": spec},
+        storage=storage,
+        name=name,
+        resume_from=resume_from,
+        num_workers=spec.cfg.num_workers,
+        res=res,
+        max_failures=max_failures,
+        keep_checkpoints=2,
+    )
+    assert result.checkpoint is not None and result.metrics is not None and result.metrics.get("final")
+    return {"result": result, "seconds": time.perf_counter() - t0}
+
+
+def train_identifiers(
+    specs: list[TrainSpec], res: ResourcesConfig, out_dir: Path, *, resume: bool = True, max_failures: int = 2
+) -> dict[str, Any]:
+    """Train every mechanism (concurrently when CPUs allow) and export ``out_dir/<M>/``.
+
+    Writes ``out_dir/<M>/metrics.json`` (dev and test reports, majority baseline, per-epoch
+    history, wall time) and returns ``{mechanism: metrics}``.
+    """
+    stage = IdentifiersDir(out_dir)
+    storage = stage.ray_train.resolve()
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
+    per_run = max(spec.cfg.num_workers for spec in specs) * res.trainer_cpus
+    parallel = max(1, min(len(specs), int(cpus // max(per_run, 1e-9))))
+    logger.info("training %d identifiers, %d at a time", len(specs), parallel)
+    outcomes = harness.fit_concurrently(
+        {
+            s.mechanism: functools.partial(
+                fit_mechanism, s, res, storage, max_failures=max_failures, resume=resume
+            )
+            for s in specs
+        },
+        parallel,
+    )
+    summary = {}
+    for spec in specs:
+        outcome = outcomes[spec.mechanism]
+        result = outcome["result"]
+        target = stage.mechanism(spec.mechanism)
+        harness.export(result.checkpoint, EXPORT_DIR, target)
+        state = harness.read_state(Path(result.checkpoint.path))
+        assert state is not None, "the final checkpoint holds the state"
+        metrics = {
+            "mechanism": spec.mechanism,
+            "dev": result.metrics["eval"]["dev"],
+            "test": result.metrics["eval"]["test"],
+            "majority_baseline_test": majority_baseline(spec.train.labels, spec.test.labels),
+            "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"],
+            "history": state["history"],
+            "train_seconds": outcome["seconds"],
+            "sizes": {"train": len(spec.train), "dev": len(spec.dev), "test": len(spec.test)},
+        }
+        StageDir(target).metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+        summary[spec.mechanism] = metrics
+    return summary

@@ -1,0 +1,120 @@
+"""SFT role: supervised fine-tuning of the T5 policy on ED with one Ray Train ``TorchTrainer`` run.
+
+Owns the SFT training run. Consumes tokenised (context → listener response) train and valid
+examples and a starting policy folder (``save_policy`` form); produces ``<out>/policy`` (the best
+epoch by validation loss, a plain Hugging Face folder plus the starting value head),
+``<out>/metrics.json``, ``<out>/samples/epoch_N.md`` and TensorBoard logs in ``<out>/tensorboard``.
+Runs ``sft.num_workers`` data-parallel workers of ``resources.trainer_cpus`` CPUs (or one GPU)
+with ``sft.engine`` (DeepSpeed ZeRO 0–3 or DDP; the worker loop is :mod:`actors.training.sft_worker`), and
+resumes exactly from the last checkpoint after a worker failure or a restart of the job
+(:mod:`actors.training.harness`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.train import Checkpoint
+
+from actors.training import harness
+from actors.training.sft_worker import EXPORT_DIR, SFTSpec, fingerprint, sft_checkpoint_order, train_loop
+from pipeline.config import ResourcesConfig
+from pipeline.layout import PolicyDir
+
+__all__ = ["ResumeError", "SFTSpec", "fit_sft", "sft_checkpoint_order", "train_sft"]
+
+logger = logging.getLogger(__name__)
+
+RUN_NAME = "sft"
+
+
+class ResumeError(ValueError):
+    """The run folder holds an SFT run whose settings or data differ from this one's."""
+
+
+def _check_resumable(state: dict[str, Any], spec: SFTSpec, folder: Path) -> None:
+    old, new = state.get("fingerprint", {}), fingerprint(spec)
+    changed = [
+        f"sft.{k}: {v!r} -> {new['sft'].get(k)!r}"
+        for k, v in old.get("sft", {}).items()
+        if new["sft"].get(k) != v
+    ]
+    if old.get("seed") != new["seed"]:
+        changed.append(f"run.seed: {old.get('seed')!r} -> {new['seed']!r}")
+    if old.get("data_sha256") != new["data_sha256"]:
+        changed.append("the tokenised train/valid data (data.*, model.max_*_len or the tokenizer)")
+    if changed:
+        raise ResumeError(
+            f"{folder} holds an SFT run with other settings ({'; '.join(changed)}); resuming it would mix "
+            "the two. Fix: use a new --run-dir, pass --no-resume to start over, or restore the settings."
+        )
+
+
+def fit_sft(
+    spec: SFTSpec, res: ResourcesConfig, storage: Path, *, max_failures: int = 2, resume: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) the SFT Ray Train run; returns the final checkpoint, its state and wall time."""
+    t0 = time.perf_counter()
+    run_dir = storage / RUN_NAME
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(PolicyDir(Path(spec.out_dir)).tensorboard, ignore_errors=True)
+    found = harness.newest_checkpoint(run_dir, sft_checkpoint_order) if resume else None
+    state = harness.read_state(found) if found is not None else None
+    if found is not None and state is not None:
+        _check_resumable(state, spec, run_dir)
+        if state["done"]:
+            logger.info("[sft] already finished: %s", found)
+            return {
+                "checkpoint": Checkpoint.from_directory(str(found)),
+                "state": state,
+                "seconds": time.perf_counter() - t0,
+            }
+        logger.info("[sft] resuming from %s", found)
+    result = harness.fit(
+        "SFT",
+        train_loop,
+        {"spec": spec},
+        storage=storage,
+        name=RUN_NAME,
+        resume_from=found,
+        num_workers=spec.cfg.num_workers,
+        res=res,
+        max_failures=max_failures,
+        keep_checkpoints=spec.cfg.keep_checkpoints,
+    )
+    assert result.checkpoint is not None and result.metrics is not None and result.metrics.get("final")
+    state = harness.read_state(Path(result.checkpoint.path))
+    assert state is not None, "the final checkpoint holds the state"
+    return {"checkpoint": result.checkpoint, "state": state, "seconds": time.perf_counter() - t0}
+
+
+def train_sft(
+    spec: SFTSpec, res: ResourcesConfig, *, resume: bool = True, max_failures: int = 2
+) -> dict[str, Any]:
+    """Train (or resume) SFT and export ``<out_dir>/policy``; writes and returns ``metrics.json``."""
+    stage = PolicyDir(Path(spec.out_dir))
+    outcome = fit_sft(spec, res, stage.ray_train.resolve(), max_failures=max_failures, resume=resume)
+    target = stage.policy
+    harness.export(outcome["checkpoint"], EXPORT_DIR, target)
+    state = outcome["state"]
+    history = state["history"]
+    best = next((h for h in history if h["epoch"] == state["best_epoch"]), history[-1] if history else {})
+    metrics = {
+        "initial": {k: state["initial"][k] for k in ("val_loss", "val_ppl")},
+        "best_epoch": state["best_epoch"],
+        "best": {k: best.get(k) for k in ("val_loss", "val_ppl", "train_loss")},
+        "history": history,
+        "train_seconds": outcome["seconds"],
+        "sizes": {"train": len(spec.train), "valid": len(spec.valid)},
+        "engine": {**dataclasses.asdict(spec.cfg.engine), "num_workers": spec.cfg.num_workers},
+        "policy": str(target),
+    }
+    stage.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -1,0 +1,38 @@
+"""The ``emprl`` command (also ``python -m jobs.cli``): one subcommand per stage, plus ``run`` for the whole pipeline.
+
+emprl run [--preset local] [KEY=VALUE ...]
+emprl data prepare|download|stats ...
+emprl identifiers train|label ...
+emprl sft [--run-dir DIR] ...
+emprl ppo [--run-dir DIR] [--resume] ...
+emprl tune --run-dir DIR --space SPACE.yaml [--num-samples N] [--metric dev/emp_f1] [--max-concurrent 1] ...
+emprl evaluate --run-dir DIR [--policy NAME=FOLDER ...] [--split valid] [--decoding sample|greedy] ...
+emprl serve --run-dir DIR [--policy DIR] [--identifiers DIR] [KEY=VALUE ...]
+emprl config [--preset local] [PREFIX ...] [KEY=VALUE ...] [--yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.cli import config
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="emprl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    if argv[:1] == ["config"]:  # printing the config needs none of the stages' Ray and torch imports (~5 s)
+        config.add_parser(sub)
+    else:
+        from jobs.cli import data, evaluate, identifiers, ppo, run, serve, sft, tune
+
+        for module in (run, data, identifiers, sft, ppo, tune, evaluate, serve, config):
+            module.add_parser(sub)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

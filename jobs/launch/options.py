@@ -1,0 +1,78 @@
+"""What every job shares: logging set-up, the config arguments, and the run folder."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from jobs.launch.console import console
+from pipeline.config import Config, ConfigError, load_config, save_config
+from pipeline.layout import RunLayout
+
+logger = logging.getLogger(__name__)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--preset`` and positional dotted overrides, the same for every job."""
+    parser.add_argument(
+        "--preset", default="local", help="preset name in configs/ or a YAML path (default: local)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. ppo.clip_ratio=0.1"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's and the libraries' output too (always in <run>/run.log)",
+    )
+
+
+def run_module(command: str, add_parser: Callable[[Any], None], argv: list[str] | None = None) -> None:
+    """``python -m jobs.cli.<command> ARGS``: the same parser and handler as ``emprl <command> ARGS``."""
+    parser = argparse.ArgumentParser(prog=f"python -m jobs.cli.{command}")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
+    args.func(args)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config of ``--preset`` and the dotted overrides, or exit with the loader's message."""
+    return load_or_exit(args.preset, list(args.overrides))
+
+
+def load_or_exit(preset: str, overrides: list[str]) -> Config:
+    """Load the config or exit with the loader's message (no traceback for user errors)."""
+    try:
+        return load_config(preset, overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+
+
+def make_run_dir(cfg: Config, stage: str) -> Path:
+    """``<run.output_dir>/<run.name or timestamp>`` with the resolved config written into it."""
+    name = cfg.run.name or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{stage}"
+    layout = RunLayout(Path(os.path.expanduser(cfg.run.output_dir)) / name)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, layout.config)
+    logger.info("run folder: %s", layout.root.resolve())
+    return layout.root
+
+
+def run_layout(cfg: Config, run_dir: Path | None, stage: str) -> RunLayout:
+    """The layout of ``--run-dir``, or of a new run folder named by ``run.*`` (config written into it)."""
+    return RunLayout(run_dir if run_dir is not None else make_run_dir(cfg, stage))
+
+
+@contextmanager
+def stage_console(args: argparse.Namespace, layout: RunLayout) -> Iterator[TextIO]:
+    """:func:`jobs.launch.console.console` into the run's log, with the job's ``--verbose`` and ``--log-level``."""
+    with console(layout.log, verbose=args.verbose, level=args.log_level) as terminal:
+        yield terminal
