@@ -29,9 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jobs  # noqa: F401  (first: quiet libraries, CPU DeepSpeed)
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# first: the process defaults, before Ray or transformers load
+from machine import ED, load_after, load_before
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere
 
@@ -128,11 +127,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="turns of the four variants, interleaved")
     parser.add_argument("--cpus", type=int, default=2, help="torch threads")
-    parser.add_argument(
-        "--ed",
-        type=Path,
-        default=Path(os.environ.get("EMPRL_SHARED_DATA", "../shared/data")) / "empatheticdialogues",
-    )
+    parser.add_argument("--ed", type=Path, default=ED)
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "KERNEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -140,10 +135,7 @@ def main() -> None:
         print(json.dumps(child(Path(folder), args.shape, kernel, args.repeats, args.cpus)))
         return
 
-    load = os.getloadavg()
-    print(
-        f"load average before: {load} ({'idle' if load[0] < 0.5 * args.cpus else 'NOT idle: figures will be noisy'})"
-    )
+    load_before(args.cpus)
     runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="cpu_settings") as tmp:
         folder = Path(tmp) / args.shape
@@ -165,7 +157,7 @@ def main() -> None:
                     sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
                 runs.setdefault(name, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"round {round_ + 1}, {name}: {runs[name][-1]}", flush=True)
-    print(f"load average after: {os.getloadavg()}")
+    load_after()
     results = {
         name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in runs.items()
     }

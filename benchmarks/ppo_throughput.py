@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -31,10 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jobs  # noqa: F401  (first: loopback-only Ray, quiet libraries, CPU DeepSpeed)
+# first: the process defaults, before Ray or transformers load
+from machine import ED, load_after, load_before
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# isort: split
 
 import numpy as np
 import pyarrow as pa
@@ -246,15 +245,11 @@ def main() -> None:
         "--publish-shapes", nargs="*", default=["local", "d256", "t5-small", "t5-base"], choices=sorted(PUBLISH_SHAPES),
         help="policy sizes of the weight-publish latency sweep (none: skip it)",
     )  # fmt: skip
-    parser.add_argument(
-        "--ed",
-        type=Path,
-        default=Path(os.environ.get("EMPRL_SHARED_DATA", "../shared/data")) / "empatheticdialogues",
-    )
+    parser.add_argument("--ed", type=Path, default=ED)
     parser.add_argument("--cpus", type=int, default=2)
     args = parser.parse_args()
 
-    print(f"load average before: {os.getloadavg()}")
+    load_before()
     init_ray(ResourcesConfig(num_cpus=args.cpus, object_store_memory=2_000_000_000))
     results: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
     publish: dict[str, tuple[float, dict[str, float]]] = {}
@@ -279,7 +274,7 @@ def main() -> None:
                 publish[shape] = publish_latency(Path(tmp) / f"publish_{shape}", PUBLISH_SHAPES[shape], 1, 5)
     finally:
         shutdown_ray()
-    print(f"load average after: {os.getloadavg()}")
+    load_after()
 
     header = f"{'shape':<6} {'prec':>5} {'workers':>7} {'ranks':>5} " + " ".join(f"{p:>10}" for p in PHASES)
     print("\nmedian seconds per phase (evaluate = score || reference || values, run concurrently)")

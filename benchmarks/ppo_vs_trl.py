@@ -41,13 +41,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jobs  # noqa: F401  (first: loopback-only Ray, quiet libraries, CPU DeepSpeed)
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# first: the process defaults, before Ray or transformers load
+from machine import ED, load_after, load_before
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python benchmarks/ppo_vs_trl.py` from anywhere
 
@@ -191,42 +190,43 @@ def run_trl(
     return [r for r in data["rows"] if not r.get("warmup")]
 
 
-def ours_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Medians of our metrics rows in the table's terms."""
+Medians = Callable[[str], float]
+"""One side's ``key -> median of that metric over its rows``."""
+COLUMNS: dict[str, tuple[str | Callable[[Medians], float], str | Callable[[Medians], float]]] = {
+    "generate": ("time/generate", "generate_s"),
+    "score": ("time/score", "score_s"),
+    "reference/values": (lambda med: max(med("time/reference"), med("time/values")), "forward_pass_s"),
+    "evaluate (wall)": ("time/evaluate", lambda med: med("score_s") + med("forward_pass_s")),
+    "update": ("time/update", "optimize_s"),
+    "publish": ("time/publish", lambda med: 0.0),  # trl: one process, no weights to publish
+    "iteration": ("time/iteration", "iteration_s"),
+    "samples/s": ("perf/samples_per_s", "samples_per_s"),
+    "tokens/sample": ("rollout/response_len", "tokens_per_sample"),
+}
+"""Each column of the table: where it comes from in our metrics rows, and in the trl program's rows
+(a key whose median it is, or how it combines medians)."""
+
+
+def table_row(rows: list[dict[str, Any]], side: int) -> dict[str, float]:
+    """The table's columns from one side's rows (``side``: 0 ours, 1 trl's; see :data:`COLUMNS`)."""
 
     def med(key: str) -> float:
         return statistics.median(float(r[key]) for r in rows)
 
-    return {
-        "generate": med("time/generate"),
-        "score": med("time/score"),
-        "reference/values": max(med("time/reference"), med("time/values")),
-        "evaluate (wall)": med("time/evaluate"),
-        "update": med("time/update"),
-        "publish": med("time/publish"),
-        "iteration": med("time/iteration"),
-        "samples/s": med("perf/samples_per_s"),
-        "tokens/sample": statistics.median(r["rollout/response_len"] for r in rows),
-    }
+    columns = {name: sources[side] for name, sources in COLUMNS.items()}
+    return {name: med(c) if isinstance(c, str) else c(med) for name, c in columns.items()}
+
+
+def ours_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians of our metrics rows in the table's terms."""
+    return table_row(rows, 0)
 
 
 def trl_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Medians of the trl program's rows in the table's terms (no weight publishing: one process)."""
-
-    def med(key: str) -> float:
-        return statistics.median(float(r[key]) for r in rows)
-
-    return {
-        "generate": med("generate_s"),
-        "score": med("score_s"),
-        "reference/values": med("forward_pass_s"),
-        "evaluate (wall)": med("score_s") + med("forward_pass_s"),
-        "update": med("optimize_s"),
-        "publish": 0.0,
-        "iteration": med("iteration_s"),
-        "samples/s": statistics.median(r["samples"] / r["iteration_s"] for r in rows),
-        "tokens/sample": statistics.median(r["response_tokens"] / r["samples"] for r in rows),
-    }
+    """Medians of the trl program's rows in the table's terms; its rates are per row, then the median."""
+    per_row = [{**r, "samples_per_s": r["samples"] / r["iteration_s"],
+                "tokens_per_sample": r["response_tokens"] / r["samples"]} for r in rows]  # fmt: skip
+    return table_row(per_row, 1)
 
 
 def print_table(results: dict[str, dict[str, dict[str, float]]]) -> None:
@@ -277,11 +277,7 @@ def main() -> None:
     )
     parser.add_argument("--trl-venv", type=Path, default=TRL_VENV)
     parser.add_argument("--trl-dir", type=Path, default=TRL_DIR, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--ed",
-        type=Path,
-        default=Path(os.environ.get("EMPRL_SHARED_DATA", "../shared/data")) / "empatheticdialogues",
-    )
+    parser.add_argument("--ed", type=Path, default=ED)
     parser.add_argument(
         "--trl-tuned-malloc",
         action="store_true",
@@ -297,9 +293,7 @@ def main() -> None:
             parser.error("--device cuda: this environment's torch sees no CUDA GPU")
         print(f"device: {torch.cuda.get_device_name(0)}")
     python = ensure_trl_venv(args.trl_venv, args.trl_dir)
-    load = os.getloadavg()
-    idle = load[0] < 0.5 * args.cpus
-    print(f"load average before: {load} ({'idle' if idle else 'NOT idle: figures will be noisy'})")
+    load_before(args.cpus)
     from actors.cluster.session import init_ray, shutdown_ray
 
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -365,7 +359,7 @@ def main() -> None:
                 side: (ours_rows(rows) if side.startswith("ours") else trl_rows(rows))
                 for side, rows in pooled.items()
             }
-    print(f"load average after: {os.getloadavg()}")
+    load_after()
     print_table(results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

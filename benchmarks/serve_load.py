@@ -23,12 +23,11 @@ serve.identifier_cpus=0.5 serve.torch_threads=1``, then the ``KEY=VALUE`` overri
 """
 
 # No `from __future__ import annotations`: FastAPI reads the no-op routes' annotations, which name
-# request classes built at run time (as in actors/serving/app.py).
+# request classes built at run time (as in actors/serving/api.py).
 # ruff: noqa: TID251  (a benchmark drives Serve itself, like jobs/; the ban keeps Ray out of pipeline/)
 
 import argparse
 import dataclasses
-import hashlib
 import http.client
 import json
 import logging
@@ -40,10 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jobs  # noqa: F401  (first: loopback-only Ray, quiet libraries, CPU DeepSpeed)
+# first: the process defaults, before Ray or transformers load
+from machine import ED, IDLE_BUSY, load_after, wait_idle
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Replicas would log every request to stderr, which Ray forwards here: thousands of lines per level.
 # Their log files are still written, as in `emprl serve`.
 os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
@@ -55,33 +53,31 @@ from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from actors.cluster.session import ray_session, worker_env
-from actors.serving.app import Guard, api_key, build_app, deployment_options, ingress_options, start_serve
+from actors.cluster.session import ray_session
+from actors.serving.app import (
+    api_key,
+    build_app,
+    deployment_options,
+    ingress_options,
+    key_digest,
+    replica_env,
+    start_serve,
+)
+from actors.serving.guard import Guard
 from jobs.cli.serve import served_folders
 from jobs.launch.options import load_or_exit
 from pipeline.config import Config, DataConfig
 from pipeline.data import parse_ed_split
 from pipeline.layout import RunLayout
-from pipeline.serving import (
-    LevelsOut,
-    RespondOut,
-    RespondRequest,
-    ScoreOut,
-    ScoreRequest,
-    dialogue_context,
-    request_models,
-)
-from pipeline.serving.messages import ModelInfo
+from pipeline.serving import dialogue_context, request_models
+from pipeline.serving.messages import LevelsOut, ModelInfo, RespondOut, RespondRequest, ScoreOut, ScoreRequest
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 BENCH_DEFAULTS = ["serve.policy_cpus=1", "serve.identifier_cpus=0.5", "serve.torch_threads=1"]
 """Room on 2 cores for the ingress, the proxy and the clients; the command line's overrides win."""
 MAX_CLIENTS = 256
-IDLE_BUSY = 0.25
-"""CPU busy fraction under which the machine counts as idle."""
 ED_DIALOGUES = 256
 FIXED_DIALOGUES: list[tuple[list[str], str]] = [
     (["I finally got the job I wanted!"], "excited"),
@@ -177,13 +173,12 @@ def noop_api(model: DeploymentHandle[Any], cfg: Config, key_digest: str | None) 
 def noop_app(cfg: Config) -> Application:
     """:func:`noop_api` deployed like :func:`actors.serving.app.build_app`: same options, no model."""
     s = cfg.serve
-    env = {"env_vars": worker_env(dataclasses.replace(cfg.resources, torch_threads=s.torch_threads))}
-    key = api_key(s)
+    env = replica_env(cfg)
     model = serve.deployment(name="noop")(NoopModel).options(**deployment_options(s, "policy", env))
     ingress = serve.deployment(name="ingress")(serve.ingress()(NoopIngress)).options(
         **ingress_options(s, env)
     )
-    return ingress.bind(model.bind(), cfg, hashlib.sha256(key.encode()).hexdigest() if key else None)
+    return ingress.bind(model.bind(), cfg, key_digest(s))
 
 
 def dialogues(ed: Path, cfg: Config) -> tuple[list[dict[str, Any]], str]:
@@ -323,33 +318,6 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
-def cpu_busy(seconds: float = 2.0) -> float:
-    """Fraction of all CPUs' time spent not idle over the next ``seconds`` (Linux ``/proc/stat``); where
-    there is none, the 1-minute load average per core."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        return sum(ticks), ticks[3] + ticks[4]  # idle + iowait
-
-    try:
-        total, idle = sample()
-        time.sleep(seconds)
-        total2, idle2 = sample()
-    except (OSError, ValueError, IndexError):
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
-    return 1 - (idle2 - idle) / max(1, total2 - total)
-
-
-def wait_idle(limit_s: float) -> tuple[float, float]:
-    """Sample the CPUs until they are under :data:`IDLE_BUSY` busy or ``limit_s`` has passed: (busy, waited s)."""
-    started = time.perf_counter()
-    busy = cpu_busy()
-    while busy >= IDLE_BUSY and time.perf_counter() - started < limit_s:
-        busy = cpu_busy()
-    return busy, time.perf_counter() - started
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -377,9 +345,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level")
     parser.add_argument("--max-requests", type=int, default=100_000, help="most requests sent per level")
     parser.add_argument("--quick", action="store_true", help="smoke check: levels 1 4, 3 s each, 1 s warm-up")
-    parser.add_argument("--ed", type=Path,
-                        default=Path(os.environ.get("EMPRL_SHARED_DATA", ROOT.parent / "shared" / "data"))
-                        / "empatheticdialogues" / "valid.csv")  # fmt: skip
+    parser.add_argument("--ed", type=Path, default=ED / "valid.csv")
     parser.add_argument(
         "--wait-idle", type=float, default=60.0, help="most seconds to wait for idle CPUs first"
     )
@@ -452,7 +418,7 @@ def main() -> None:
                 serve.delete("bench")
         finally:
             serve.shutdown()  # type: ignore[no-untyped-call]
-    print(f"load average after: {os.getloadavg()}")
+    load_after_runs = load_after()
     print("deployed (serve.run until healthy) in " + ", ".join(f"{k} {v:.1f} s" for k, v in deploy_s.items()))
 
     by = {(x.setup, x.clients): x for x in results}
@@ -470,7 +436,7 @@ def main() -> None:
     if args.out is not None:
         settings = {"policy": str(policy), "identifiers": str(identifiers), "preset": preset, "overrides": overrides,
                     "endpoint": args.endpoint, "dialogues": source, "seconds": args.seconds, "warmup": args.warmup,
-                    "serve": dataclasses.asdict(s), "cpu_busy_before": busy, "load_before": load, "load_after": os.getloadavg()}  # fmt: skip
+                    "serve": dataclasses.asdict(s), "cpu_busy_before": busy, "load_before": load, "load_after": load_after_runs}  # fmt: skip
         rows = [dataclasses.asdict(x) for x in results]
         args.out.write_text(
             json.dumps({"settings": settings, "levels": rows, "ratios": ratios}, indent=2) + "\n"

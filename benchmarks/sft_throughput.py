@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import jobs  # noqa: F401  (first: loopback-only Ray, quiet libraries, CPU DeepSpeed)
+# first: the process defaults, before Ray or transformers load
+from machine import ED, load_after, load_before
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# isort: split
 
 import ray  # noqa: TID251
 import ray.train  # noqa: TID251
@@ -37,7 +36,7 @@ from ray.train import Checkpoint, RunConfig, ScalingConfig  # noqa: TID251
 
 from actors.cluster.session import init_ray, worker_runtime_env
 from actors.training.engines import make_engine
-from actors.training.harness import OwnedTorchTrainer
+from actors.training.trainer import OwnedTorchTrainer
 from pipeline.config import DataConfig, EngineConfig, ModelConfig, ResourcesConfig, SFTConfig, load_config
 from pipeline.data import parse_ed_split, prepare_datasets
 from pipeline.models import build_policy, load_tokenizer, train_tokenizer
@@ -170,7 +169,7 @@ def texts(ed: Path) -> tuple[list[str], list[str], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["local", "d256"], choices=["local", "d256"])
-    parser.add_argument("--ed", type=Path, default=Path("../shared/data/empatheticdialogues"))
+    parser.add_argument("--ed", type=Path, default=ED)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
@@ -180,7 +179,7 @@ def main() -> None:
 
     contexts, responses, source = texts(args.ed)
     shapes = {"local": load_config("local").model, "d256": D256}
-    print(f"load average before: {os.getloadavg()}")
+    load_before()
     print(
         f"data: {source}; global batch {args.batch}; median of {args.steps} steps after {args.warmup} warm-up"
     )
@@ -216,7 +215,7 @@ def main() -> None:
             f"{shape:6} {workers:7d} {r['threads']:9d} {zero:4d} {r['tokens_per_s']:9.0f} "
             f"{r['step_s']:7.3f} {r['tokens_per_step']:11.0f}"
         )
-    print(f"load average after: {os.getloadavg()}")
+    load_after()
     ray.shutdown()
 
 

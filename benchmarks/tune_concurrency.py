@@ -13,16 +13,13 @@ load average is printed before and after.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import time
 from pathlib import Path
 
-import jobs  # noqa: F401  (first: loopback-only Ray, quiet libraries, CPU DeepSpeed)
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# first: the process defaults, before Ray or transformers load
+from machine import load_after, load_before
 
 from actors.cluster.session import ray_session
 from jobs.cli.run import run
@@ -47,7 +44,7 @@ def main() -> None:
     cfg = load_config("sweep_tiny", [f"resources.num_cpus={args.cpus}"])
     layout = RunLayout(args.run_dir)
     space = load_search_space(args.space, cfg)
-    print(f"load average before: {os.getloadavg()}")
+    load_before()
     with ray_session(cfg.resources):
         if not layout.sft.policy.exists():
             started = time.perf_counter()
@@ -72,7 +69,7 @@ def main() -> None:
                     )
             for n in args.concurrency:
                 rows.append((scheduler, n, statistics.median(times[n]), outcome[n]))
-    print(f"load average after: {os.getloadavg()}")
+    load_after()
     print(f"\n{'scheduler':<10} {'at once':>7} {'wall s':>8} {'vs 1 at once':>13}  trials")
     for scheduler, n, seconds, trials in rows:
         one = next(s for sch, k, s, _ in rows if sch == scheduler and k == args.concurrency[0])

@@ -19,6 +19,7 @@ import torch
 from transformers import Cache, PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from pipeline.config import RolloutConfig
+from pipeline.models.decoder import decode, decoder_output
 from pipeline.models.policy import PolicyWithValueHead, packed_encoder_states
 from pipeline.ppo.experience import IntArray, PromptBatch, Rollouts
 from pipeline.training.sft import truncate_source
@@ -103,20 +104,13 @@ def sample_responses(
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         cache: Cache | None = None
         tokens, logprobs, values = [], [], []
+        with_values = isinstance(model, PolicyWithValueHead)
         for step in range(cfg.max_new_tokens):
-            out = policy(
-                encoder_outputs=(encoded,),
-                attention_mask=mask,
-                decoder_input_ids=next_ids,
-                cache=cache,
-                use_cache=True,
-                output_hidden_states=isinstance(model, PolicyWithValueHead),
-                return_dict=True,
-            )
+            out = decode(policy, encoded, mask, next_ids, step=True, cache=cache, hidden_states=with_values)
             cache = out.cache
-            logits = out.logits[:, -1, :].float()  # (B, V) raw
+            logits = cast(torch.Tensor, out.logits)[:, -1, :].float()  # (B, V) raw
             if isinstance(model, PolicyWithValueHead):
-                values.append(model.value_head(out.decoder_hidden_states[-1][:, -1]).float())
+                values.append(model.value_head(decoder_output(out)[:, -1]).float())
             token = _draw(logits, cfg, step=step, eos=eos, greedy=greedy, generator=generator)
             token = token.masked_fill(done, pad)
             logprobs.append(torch.log_softmax(logits, dim=-1).gather(-1, token.unsqueeze(-1)).squeeze(-1))
@@ -263,7 +257,7 @@ class StepSampler:
         device = next(model.parameters()).device
         ids, mask = prompts.prompt_ids.to(device), prompts.prompt_mask.to(device)
         generators = [torch.Generator().manual_seed(s.seed) for s in settings]
-        encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True)
+        encoded = model.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
         pad = cast(int, self.tokenizer.pad_token_id)
         next_ids = torch.full((len(settings), 1), int(model.config.decoder_start_token_id), device=device)
         past: Cache | None = None
@@ -272,16 +266,9 @@ class StepSampler:
                 self.done[i] = self.done[i] or gone()
             if all(self.done):
                 return
-            out = model(
-                encoder_outputs=encoder_outputs,
-                attention_mask=mask,
-                decoder_input_ids=next_ids,
-                cache=past,
-                use_cache=True,
-                return_dict=True,
-            )
+            out = decode(model, encoded, mask, next_ids, step=True, cache=past, hidden_states=False)
             past = out.cache
-            logits = out.logits[:, -1, :].float().cpu()
+            logits = cast(torch.Tensor, out.logits)[:, -1, :].float().cpu()
             drawn: list[int | None] = []
             for i, s in enumerate(settings):
                 if self.done[i]:

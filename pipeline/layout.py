@@ -8,12 +8,51 @@ that stage follows. Nothing else in the project spells these paths.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Generic, Literal, TypeVar, cast, overload
 
 StageName = Literal["data", "identifiers", "labeled", "init", "sft", "ppo", "evaluate"]
 STAGE_FOLDERS: tuple[StageName, ...] = ("data", "identifiers", "labeled", "init", "sft", "ppo", "evaluate")
+
+D = TypeVar("D")
+
+
+class _At:
+    """A path attribute: ``parts`` joined under the owner's folder (``path``, or ``root`` of a
+    :class:`RunLayout`). Each folder class below is a table of these, each with its docstring."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _At: ...
+    @overload
+    def __get__(self, obj: StageDir | TrialDir | SweepDir | RunLayout, owner: type) -> Path: ...
+    def __get__(self, obj: StageDir | TrialDir | SweepDir | RunLayout | None, owner: type) -> Path | _At:
+        if obj is None:
+            return self
+        return (obj.root if isinstance(obj, RunLayout) else obj.path).joinpath(*self.parts)
+
+
+class _Stage(Generic[D]):
+    """A stage's folder of a :class:`RunLayout` (named by the attribute), as its typed ``kind``; ``moved``
+    stages resolve to their new folder."""
+
+    def __init__(self, kind: Callable[[Path], D]) -> None:
+        self.kind = kind
+        self.stage: StageName = "data"
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.stage = cast(StageName, name)
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Stage[D]: ...
+    @overload
+    def __get__(self, obj: RunLayout, owner: type) -> D: ...
+    def __get__(self, obj: RunLayout | None, owner: type) -> D | _Stage[D]:
+        return self if obj is None else self.kind(obj._folder(self.stage))
 
 
 @dataclass(frozen=True)
@@ -22,35 +61,22 @@ class StageDir:
 
     path: Path
 
-    @property
-    def config(self) -> Path:
-        """The resolved config the stage ran with."""
-        return self.path / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        """The stage's metrics (what its function also returns)."""
-        return self.path / "metrics.json"
-
-    @property
-    def ray_train(self) -> Path:
-        """Ray Train storage of a training stage (checkpoints of its runs)."""
-        return self.path / "ray_train"
-
-    @property
-    def tensorboard(self) -> Path:
-        """TensorBoard event files."""
-        return self.path / "tensorboard"
+    config = _At("config.yaml")
+    """The resolved config the stage ran with."""
+    metrics = _At("metrics.json")
+    """The stage's metrics (what its function also returns)."""
+    ray_train = _At("ray_train")
+    """Ray Train storage of a training stage (checkpoints of its runs)."""
+    tensorboard = _At("tensorboard")
+    """TensorBoard event files."""
 
 
 @dataclass(frozen=True)
 class DataDir(StageDir):
     """``data/``: statistics of the prepared datasets (the Parquet cache lives in ``data.cache_dir``)."""
 
-    @property
-    def stats(self) -> Path:
-        """Counts per split, level distributions and the bad-row report."""
-        return self.path / "stats.json"
+    stats = _At("stats.json")
+    """Counts per split, level distributions and the bad-row report."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +87,8 @@ class IdentifiersDir(StageDir):
         """The ``save_identifier`` folder of ``name`` (``ER``, ``IP``, ``EX``)."""
         return self.path / name
 
-    @property
-    def tokenizer(self) -> Path:
-        """A tokenizer trained on the data for tiny identifiers built from config."""
-        return self.path / "tokenizer"
+    tokenizer = _At("tokenizer")
+    """A tokenizer trained on the data for tiny identifiers built from config."""
 
 
 @dataclass(frozen=True)
@@ -79,65 +103,42 @@ class LabeledDir(StageDir):
         """The folder of per-shard part files of split ``name`` (kept for resumption)."""
         return self.path / name
 
-    @property
-    def stats(self) -> Path:
-        """Level distribution of the gold responses per split and mechanism."""
-        return self.path / "label_stats.json"
+    stats = _At("label_stats.json")
+    """Level distribution of the gold responses per split and mechanism."""
 
 
 @dataclass(frozen=True)
 class PolicyDir(StageDir):
     """A stage that writes a policy (``init``, ``sft``, ``ppo``)."""
 
-    @property
-    def policy(self) -> Path:
-        """The policy: a Hugging Face folder plus ``value_head.safetensors``."""
-        return self.path / "policy"
-
-    @property
-    def samples(self) -> Path:
-        """Sampled responses written during training."""
-        return self.path / "samples"
+    policy = _At("policy")
+    """The policy: a Hugging Face folder plus ``value_head.safetensors``."""
+    samples = _At("samples")
+    """Sampled responses written during training."""
 
 
 @dataclass(frozen=True)
 class PPODir(PolicyDir):
     """``ppo/``: the PPO policy, its checkpoints and its per-iteration log."""
 
-    @property
-    def checkpoints(self) -> Path:
-        """Atomic PPO checkpoints (``iter_NNNNNN/`` and the ``latest`` pointer)."""
-        return self.path / "checkpoints"
-
-    @property
-    def log(self) -> Path:
-        """One JSON metrics row per iteration."""
-        return self.path / "metrics.jsonl"
+    checkpoints = _At("checkpoints")
+    """Atomic PPO checkpoints (``iter_NNNNNN/`` and the ``latest`` pointer)."""
+    log = _At("metrics.jsonl")
+    """One JSON metrics row per iteration."""
 
 
 @dataclass(frozen=True)
 class EvaluationDir(StageDir):
     """``evaluate/``: metrics, every generated response and the report."""
 
-    @property
-    def responses(self) -> Path:
-        """Every generated response with its levels."""
-        return self.path / "responses.parquet"
-
-    @property
-    def report_md(self) -> Path:
-        """The Markdown report."""
-        return self.path / "report.md"
-
-    @property
-    def report_html(self) -> Path:
-        """The HTML report."""
-        return self.path / "report.html"
-
-    @property
-    def figures(self) -> Path:
-        """The report's figures."""
-        return self.path / "figures"
+    responses = _At("responses.parquet")
+    """Every generated response with its levels."""
+    report_md = _At("report.md")
+    """The Markdown report."""
+    report_html = _At("report.html")
+    """The HTML report."""
+    figures = _At("figures")
+    """The report's figures."""
 
 
 @dataclass(frozen=True)
@@ -146,20 +147,12 @@ class TrialDir:
 
     path: Path
 
-    @property
-    def ppo(self) -> Path:
-        """The trial's PPO output (``layout.moved(ppo=...)``)."""
-        return self.path / "ppo"
-
-    @property
-    def evaluate(self) -> Path:
-        """The trial's final evaluation (``layout.moved(evaluate=...)``)."""
-        return self.path / "evaluate"
-
-    @property
-    def dev_policy(self) -> Path:
-        """The current policy, exported for the periodic dev metric (overwritten each time)."""
-        return self.path / "dev_policy"
+    ppo = _At("ppo")
+    """The trial's PPO output (``layout.moved(ppo=...)``)."""
+    evaluate = _At("evaluate")
+    """The trial's final evaluation (``layout.moved(evaluate=...)``)."""
+    dev_policy = _At("dev_policy")
+    """The current policy, exported for the periodic dev metric (overwritten each time)."""
 
 
 @dataclass(frozen=True)
@@ -168,84 +161,41 @@ class SweepDir:
 
     path: Path
 
-    @property
-    def space(self) -> Path:
-        """A copy of the search space the sweep ran with."""
-        return self.path / "space.yaml"
-
-    @property
-    def config(self) -> Path:
-        """The base config every trial overrides."""
-        return self.path / "config.yaml"
-
-    @property
-    def settings(self) -> Path:
-        """The sweep's settings (scheduler, search, objective, counts): what ``--resume`` continues with."""
-        return self.path / "settings.json"
-
-    @property
-    def tune(self) -> Path:
-        """Ray Tune's storage (``storage_path``): results, checkpoints, experiment state."""
-        return self.path / "tune"
-
-    @property
-    def experiment(self) -> Path:
-        """The Tune experiment under :attr:`tune` (its folder name is the experiment's name)."""
-        return self.tune / "ppo"
+    space = _At("space.yaml")
+    """A copy of the search space the sweep ran with."""
+    config = _At("config.yaml")
+    """The base config every trial overrides."""
+    settings = _At("settings.json")
+    """The sweep's settings (scheduler, search, objective, counts): what ``--resume`` continues with."""
+    tune = _At("tune")
+    """Ray Tune's storage (``storage_path``): results, checkpoints, experiment state."""
+    experiment = _At("tune", "ppo")
+    """The Tune experiment under :attr:`tune` (its folder name is the experiment's name)."""
 
     def trial(self, trial_id: str) -> TrialDir:
         """The folder of trial ``trial_id``."""
         return TrialDir(self.path / "trials" / trial_id)
 
-    @property
-    def trials(self) -> Path:
-        """One row per trial: its swept values, final metrics, iterations, wall time and status."""
-        return self.path / "trials.parquet"
-
-    @property
-    def history(self) -> Path:
-        """One row per report of every trial (PPO iteration, dev metrics, KL, reward): the learning curves."""
-        return self.path / "history.parquet"
-
-    @property
-    def report_md(self) -> Path:
-        """The trials table, Pareto fronts, figures and the best trial with the command that reproduces it."""
-        return self.path / "report.md"
-
-    @property
-    def report_html(self) -> Path:
-        """The same report as a web page."""
-        return self.path / "report.html"
-
-    @property
-    def pareto_figure(self) -> Path:
-        """Emp-F1 against KL and against perplexity, one point per trial, with the Pareto fronts."""
-        return self.path / "pareto.png"
-
-    @property
-    def curves_figure(self) -> Path:
-        """The trials' learning curves (dev Emp-F1, KL, reward per PPO iteration)."""
-        return self.path / "learning_curves.png"
-
-    @property
-    def best(self) -> Path:
-        """The best trial's policy and resolved config."""
-        return self.path / "best"
-
-    @property
-    def best_policy(self) -> Path:
-        """The best trial's policy: a Hugging Face folder plus ``value_head.safetensors``."""
-        return self.best / "policy"
-
-    @property
-    def best_ppo(self) -> Path:
-        """Where the best trial's reproduction command writes its PPO run."""
-        return self.best / "ppo"
-
-    @property
-    def best_config(self) -> Path:
-        """The best trial's resolved config (loadable with ``--preset``)."""
-        return self.best / "config.yaml"
+    trials = _At("trials.parquet")
+    """One row per trial: its swept values, final metrics, iterations, wall time and status."""
+    history = _At("history.parquet")
+    """One row per report of every trial (PPO iteration, dev metrics, KL, reward): the learning curves."""
+    report_md = _At("report.md")
+    """The trials table, Pareto fronts, figures and the best trial with the command that reproduces it."""
+    report_html = _At("report.html")
+    """The same report as a web page."""
+    pareto_figure = _At("pareto.png")
+    """Emp-F1 against KL and against perplexity, one point per trial, with the Pareto fronts."""
+    curves_figure = _At("learning_curves.png")
+    """The trials' learning curves (dev Emp-F1, KL, reward per PPO iteration)."""
+    best = _At("best")
+    """The best trial's policy and resolved config."""
+    best_policy = _At("best", "policy")
+    """The best trial's policy: a Hugging Face folder plus ``value_head.safetensors``."""
+    best_ppo = _At("best", "ppo")
+    """Where the best trial's reproduction command writes its PPO run."""
+    best_config = _At("best", "config.yaml")
+    """The best trial's resolved config (loadable with ``--preset``)."""
 
 
 @dataclass(frozen=True)
@@ -270,55 +220,27 @@ class RunLayout:
                 merged[cast(StageName, name)] = Path(folder)
         return dataclasses.replace(self, folders=tuple(sorted(merged.items())))
 
-    @property
-    def config(self) -> Path:
-        """The run's resolved config."""
-        return self.root / "config.yaml"
+    config = _At("config.yaml")
+    """The run's resolved config."""
+    summary = _At("summary.json")
+    """Per-stage results and wall time of a whole run."""
+    log = _At("run.log")
+    """Everything the libraries and Ray printed (the terminal shows only the headlines)."""
 
-    @property
-    def summary(self) -> Path:
-        """Per-stage results and wall time of a whole run."""
-        return self.root / "summary.json"
-
-    @property
-    def log(self) -> Path:
-        """Everything the libraries and Ray printed (the terminal shows only the headlines)."""
-        return self.root / "run.log"
-
-    @property
-    def data(self) -> DataDir:
-        """Prepared-data statistics."""
-        return DataDir(self._folder("data"))
-
-    @property
-    def identifiers(self) -> IdentifiersDir:
-        """The ER/IP/EX identifiers."""
-        return IdentifiersDir(self._folder("identifiers"))
-
-    @property
-    def labeled(self) -> LabeledDir:
-        """ED with gold empathy levels."""
-        return LabeledDir(self._folder("labeled"))
-
-    @property
-    def init(self) -> PolicyDir:
-        """The initial policy SFT starts from."""
-        return PolicyDir(self._folder("init"))
-
-    @property
-    def sft(self) -> PolicyDir:
-        """The supervised fine-tuned policy."""
-        return PolicyDir(self._folder("sft"))
-
-    @property
-    def ppo(self) -> PPODir:
-        """The PPO policy, checkpoints and log."""
-        return PPODir(self._folder("ppo"))
-
-    @property
-    def evaluate(self) -> EvaluationDir:
-        """The evaluation metrics and report."""
-        return EvaluationDir(self._folder("evaluate"))
+    data = _Stage(DataDir)
+    """Prepared-data statistics."""
+    identifiers = _Stage(IdentifiersDir)
+    """The ER/IP/EX identifiers."""
+    labeled = _Stage(LabeledDir)
+    """ED with gold empathy levels."""
+    init = _Stage(PolicyDir)
+    """The initial policy SFT starts from."""
+    sft = _Stage(PolicyDir)
+    """The supervised fine-tuned policy."""
+    ppo = _Stage(PPODir)
+    """The PPO policy, checkpoints and log."""
+    evaluate = _Stage(EvaluationDir)
+    """The evaluation metrics and report."""
 
     def sweep(self, folder: Path | str | None = None) -> SweepDir:
         """A Tune sweep's folder: ``folder``, by default ``sweep/`` of the run."""

@@ -28,7 +28,8 @@ from actors.cluster.placement import Reservation, RoleProcess, evaluation_bundle
 from actors.cluster.session import worker_runtime_env
 from actors.inference.scorer import IdentifierScorerWorker
 from pipeline.config import Config, RolloutConfig
-from pipeline.evaluation.suite import FloatArray, IntArray, LabeledSplit, PolicyOutputs
+from pipeline.evaluation.bootstrap import FloatArray, IntArray
+from pipeline.evaluation.suite import LabeledSplit, PolicyOutputs
 from pipeline.generation import encode_prompts, sample_responses
 from pipeline.models import load_policy, load_tokenizer, use_fastest_attention
 from pipeline.ppo.experience import PromptBatch

@@ -3,8 +3,9 @@
 Each iteration: sample prompts → rollout workers generate → reward scorers, reference policy and
 learner values run concurrently → KL-shaped rewards and GAE (pure functions) → learner PPO epochs
 → weights published to the rollout workers with a new version (object store, or a broadcast over
-their own process group: ``learner.weight_sync``). Every phase is timed. Owns the groups, the weight
-sync, the KL controller, the running score statistics, checkpoints and the metrics log.
+their own process group: ``learner.weight_sync``). Every phase is timed. Drives the role groups
+(:mod:`actors.ppo.roles`); owns the KL controller, the running score statistics, checkpoints and
+the metrics log (:mod:`actors.ppo.metrics`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,14 +23,10 @@ import ray
 import torch
 
 from actors.cluster.group import RoleDiedError, RoleGroup, gather
-from actors.cluster.placement import Placement, Reservation, ppo_bundles
-from actors.cluster.session import worker_runtime_env
+from actors.cluster.placement import Reservation
 from actors.ppo.checkpoints import CheckpointStore
-from actors.ppo.learner import LearnerWorker
-from actors.ppo.reference import ReferenceWorker
-from actors.ppo.reward import RewardWorker
-from actors.ppo.rollout import RolloutWorker
-from actors.ppo.weight_sync import WeightSync, make_weight_sync
+from actors.ppo.metrics import IterationReport, MetricsLog, PhaseTimer, Sink
+from actors.ppo.roles import PPORoles
 from pipeline.config import Config
 from pipeline.config.diff import config_changes
 from pipeline.generation import encode_prompts
@@ -42,24 +38,12 @@ from pipeline.ppo.kl import KLController, make_kl_controller
 from pipeline.ppo.rewards import RunningMoments
 from pipeline.progress import Progress
 
+__all__ = ["Hook", "IterationReport", "PPOController", "PPOInputs", "Sink"]
+
 logger = logging.getLogger(__name__)
 
 Hook = Callable[["PPOController", int, str], None]
 """Called as ``hook(controller, iteration, phase)`` before each phase (fault-injection tests)."""
-
-
-@dataclass(frozen=True)
-class IterationReport:
-    """What a sink receives after each iteration: its metrics row, and the checkpoint it wrote."""
-
-    iteration: int
-    metrics: dict[str, float]
-    checkpoint: Path | None
-    """The checkpoint folder written after this iteration, or ``None`` when none was."""
-
-
-Sink = Callable[[IterationReport], None]
-"""Receives every iteration's :class:`IterationReport` (a Tune trial reports through one)."""
 
 
 @dataclass(frozen=True)
@@ -70,21 +54,6 @@ class PPOInputs:
     identifiers_dir: Path
     contexts: list[str]
     gold_levels: dict[str, IntArray]
-
-
-class PhaseTimer:
-    """Wall seconds per named phase of one iteration (``time/<phase>``)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[f"time/{phase}"] = time.perf_counter() - start
 
 
 class PPOController:
@@ -108,109 +77,34 @@ class PPOController:
         self.cfg, self.inputs, self.out, self.hooks, self.sinks = cfg, inputs, out, list(hooks), list(sinks)
         self.tokenizer = load_tokenizer(str(inputs.policy_dir), key="PPO start policy")
         self.store = CheckpointStore(out.checkpoints, keep=cfg.ppo.keep_checkpoints)
-        self.metrics_path = out.log
+        self.metrics = MetricsLog(out.log, out.tensorboard)
         self.iteration, self.samples, self.version, self.learner_recoveries = 0, 0, 0, 0
         self.kl: KLController = make_kl_controller(cfg.ppo)
         self.moments = RunningMoments()
-        self.learner: RoleGroup | None = None
-        self.writer: Any = None
-        self.sync: WeightSync = make_weight_sync(cfg)
-        self.reservation = reservation or Reservation.create(
-            "PPO", ppo_bundles(cfg), scale_up_wait_s=cfg.resources.scale_up_wait_s
+        self.roles = PPORoles(
+            cfg,
+            inputs.policy_dir,
+            inputs.identifiers_dir,
+            reservation=reservation,
+            version=lambda: self.version,
         )
-        try:
-            self.placement: Placement = self.reservation.place("PPO", ppo_bundles(cfg))
-            self.rollout, self.reward, self.reference = self._make_workers()
-            # a replaced rollout worker gets the current weights before its shards run again
-            self.rollout.on_replace = lambda rank: self.sync.replaced(
-                self._learner(), self.rollout, self.version
-            )
-        except BaseException:
-            self.reservation.release()
-            raise
+        roles = self.roles
+        self.rollout, self.reward, self.reference = roles.rollout, roles.reward, roles.reference
+        self.sync, self.reservation = roles.sync, roles.reservation
 
-    # ----- roles -----------------------------------------------------------------------------
-
-    def _group(self, role: str, cls: type, args: tuple[Any, ...], **kwargs: Any) -> RoleGroup:
-        """``placement.count(role)`` actors of ``cls``, each in its own bundle of the reservation."""
-        placement = self.placement
-        return RoleGroup(
-            role,
-            cls,
-            args,
-            count=placement.count(role),
-            options={"runtime_env": worker_runtime_env(self.cfg.resources)},
-            make_options=lambda rank: placement.options(role, rank),
-            **kwargs,
-        )
-
-    def _make_workers(self) -> tuple[RoleGroup, RoleGroup, RoleGroup]:
-        cfg, res, inp = self.cfg, self.cfg.resources, self.inputs
-        device = "cuda" if res.use_gpu else "cpu"
-        restarts = cfg.ppo.max_restarts
-        rollout = self._group(
-            "rollout worker",
-            RolloutWorker,
-            (str(inp.policy_dir), cfg.rollout, res.rollout_threads or res.torch_threads, device),
-            max_restarts=restarts,
-        )
-        reward = self._group(
-            "reward scorer",
-            RewardWorker,
-            (
-                str(inp.identifiers_dir),
-                cfg.identifiers,
-                cfg.reward,
-                res.reward_threads or res.torch_threads,
-                device,
-                res.frozen_weights,
-            ),
-            max_restarts=restarts,
-        )
-        reference = self._group(
-            "reference policy",
-            ReferenceWorker,
-            (str(inp.policy_dir), res.reference_threads or res.torch_threads, device, res.frozen_weights),
-            max_restarts=restarts,
-        )
-        return rollout, reward, reference
-
-    def _make_learner(self) -> RoleGroup:
-        cfg, res = self.cfg, self.cfg.resources
-        group = self._group(
-            "learner",
-            LearnerWorker,
-            (cfg.learner.num_ranks, str(self.inputs.policy_dir), cfg.ppo, cfg.learner,
-             res.learner_threads or res.torch_threads, res.use_gpu),
-            rank_args=True,
-            restartable=False,
-        )  # fmt: skip
-        host, port = ray.get(group.actors[0].address.remote())
-        gather(group.submit_all("setup", host, port, cfg.run.seed))
-        return group
-
-    def _kill_learner(self) -> None:
-        if self.learner is not None:
-            self.learner.kill()
-            self.learner = None
-            self.sync.invalidate()  # learner rank 0 belongs to the weight-sync group
+    @property
+    def learner(self) -> RoleGroup | None:
+        """The learner group while it runs."""
+        return self.roles.learner
 
     def groups(self) -> dict[str, RoleGroup]:
         """Every role group that is running, by role."""
-        groups = {g.role: g for g in (self.rollout, self.reward, self.reference)}
-        if self.learner is not None:
-            groups[self.learner.role] = self.learner
-        return groups
+        return self.roles.groups()
 
     def shutdown(self) -> None:
         """End every actor this controller started and release a reservation it made."""
-        self._kill_learner()
-        for group in (self.rollout, self.reward, self.reference):
-            group.kill()
-        self.reservation.release()
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self.roles.shutdown()
+        self.metrics.close()
 
     # ----- the loop --------------------------------------------------------------------------
 
@@ -255,13 +149,8 @@ class PPOController:
     def export_policy(self, folder: Path) -> Path:
         """Write the learner's current policy and value head to ``folder`` (a Hugging Face folder, as
         ``ppo/policy``); a sink or hook can score the policy mid-run this way (a sweep's dev metric)."""
-        gather(self._learner().submit_all("export", str(folder)))
+        gather(self.roles.learner_group().submit_all("export", str(folder)))
         return folder
-
-    def _learner(self) -> RoleGroup:
-        if self.learner is None:
-            self.learner = self._make_learner()
-        return self.learner
 
     def _hook(self, iteration: int, phase: str) -> None:
         for hook in self.hooks:
@@ -270,7 +159,7 @@ class PPOController:
     def step(self, iteration: int) -> dict[str, float]:
         """One PPO iteration; appends its metrics row and returns it."""
         cfg, t = self.cfg, PhaseTimer()
-        learner = self._learner()
+        learner = self.roles.learner_group()
         start = time.perf_counter()
         with t("sample"):
             chunks = self.prompt_chunks(iteration)
@@ -368,7 +257,7 @@ class PPOController:
             "perf/samples_per_s": len(batch) / wall,
             "perf/response_tokens_per_s": float(batch.response_mask.sum()) / wall,
         }
-        self._log(row)
+        self.metrics.append(row)
         return row
 
     def old_logprobs_from_rollout(self, rollouts: Rollouts) -> bool:
@@ -415,13 +304,14 @@ class PPOController:
 
     def publish(self, version: int) -> None:
         """The learner's weights to every rollout worker as ``version`` (see :mod:`actors.ppo.weight_sync`)."""
-        self.sync.publish(self._learner(), self.rollout, version)
+        self.roles.publish(version)
         self.version = version
 
     def weight_checksums(self) -> tuple[str, list[str]]:
         """SHA-256 of the learner's full weights and of each rollout worker's (equal after a publish)."""
         learner, workers = gather(
-            self._learner().submit_all("weights_checksum"), self.rollout.submit_all("weights_checksum")
+            self.roles.learner_group().submit_all("weights_checksum"),
+            self.rollout.submit_all("weights_checksum"),
         )
         return learner[0], workers
 
@@ -441,7 +331,7 @@ class PPOController:
             "config": self.cfg.to_dict(),
         }
         with self.store.writing(self.iteration) as folder:
-            gather(self._learner().submit_all("save", str(folder / "learner")))
+            gather(self.roles.learner_group().submit_all("save", str(folder / "learner")))
             (folder / "controller.json").write_text(json.dumps(state, indent=2))
         saved = self.store.latest()
         assert saved is not None
@@ -451,7 +341,7 @@ class PPOController:
     def _restore(self) -> None:
         """Adopt the latest checkpoint (or the start), load it into the learner and publish the weights."""
         folder = self.store.latest()
-        learner = self._learner()
+        learner = self.roles.learner_group()
         if folder is None:
             self.iteration = self.samples = self.version = 0
             self.kl, self.moments = make_kl_controller(self.cfg.ppo), RunningMoments()
@@ -478,8 +368,7 @@ class PPOController:
                     "settings in force that differ from the checkpoint's: %s",
                     ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes),
                 )
-        self._truncate_metrics(self.iteration)
-        self._open_writer()
+        self.metrics.resume_at(self.iteration)
         self.publish(self.version)
 
     def _restored_kl(self, state: dict[str, Any]) -> KLController:
@@ -502,36 +391,9 @@ class PPOController:
                 f"the learner failed {self.learner_recoveries} times (ppo.max_restarts={self.cfg.ppo.max_restarts})"
             ) from exc
         logger.warning("%s; restarting the learner group from the last checkpoint", exc)
-        self._kill_learner()
+        self.roles.kill_learner()
         self._restore()
-
-    def _truncate_metrics(self, iteration: int) -> None:
-        if not self.metrics_path.is_file():
-            return
-        rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line)["iteration"] <= iteration]
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.metrics_path)
-
-    def _open_writer(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        if self.writer is not None:
-            self.writer.close()
-        self.writer = SummaryWriter(str(self.out.tensorboard), purge_step=self.iteration + 1)
-
-    def _log(self, row: dict[str, float]) -> None:
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        for key, value in row.items():
-            if "/" in key and np.isfinite(value):
-                self.writer.add_scalar(key, value, row["iteration"])
-        self.writer.flush()
 
     def read_metrics(self) -> list[dict[str, float]]:
         """Every logged iteration's metrics row, in order."""
-        if not self.metrics_path.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return self.metrics.read()

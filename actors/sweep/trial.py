@@ -9,6 +9,7 @@ scorer built in-process: cheap enough to report every few PPO iterations for ASH
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -125,8 +126,6 @@ def metric_row(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
 def restore_checkpoint(checkpoint_dir: Path, store_root: Path) -> int:
     """Make ``checkpoint_dir`` (a PPO ``iter_N`` folder a trial reported) the only checkpoint under
     ``store_root``, so the PPO stage resumes from it; returns its iteration."""
-    import json
-
     iteration = int(json.loads((checkpoint_dir / "controller.json").read_text())["iteration"])
     shutil.rmtree(store_root, ignore_errors=True)
     store = CheckpointStore(store_root, keep=1)

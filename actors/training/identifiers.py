@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import ray
-import ray.train
 import torch
 from safetensors.torch import load_file, save_file
 
-from actors.training import harness
-from actors.training.engines import TrainEngine, make_engine
+from actors.training import harness, worker
+from actors.training.engines import TrainEngine
 from pipeline.config import IdentifiersConfig, ResourcesConfig
 from pipeline.evaluation.classification import majority_baseline
 from pipeline.layout import IdentifiersDir, StageDir
@@ -45,7 +44,6 @@ from pipeline.training.identifiers import (
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = harness.STATE_FILE
 BEST_FILE = "best_model.safetensors"
 EXPORT_DIR = "identifier"
 
@@ -77,31 +75,20 @@ def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker loop for one mechanism (see the module docstring)."""
     spec: TrainSpec = config["spec"]
     cfg = spec.cfg
-    torch.set_num_threads(spec.torch_threads)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    at = worker.join(spec.torch_threads)
+    rank, world, device = at.rank, at.world, at.device
     tokenizer = load_tokenizer(spec.tokenizer_dir, key="identifier tokenizer")
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
-    model = build_identifier(cfg, tokenizer).to(device)
     weights = class_weights(spec.train.labels, cfg.class_weighting)
     steps = steps_per_epoch(len(spec.train), cfg.batch_size, world)
-    engine = make_engine(
-        cfg.engine,
-        cfg.optimizer,
-        model,
-        total_steps=steps * cfg.epochs,
-        micro_batch=cfg.batch_size // world,
-        world_size=world,
-    )
+    engine = worker.build_engine(cfg, build_identifier(cfg, tokenizer), at, steps_per_epoch=steps)
     lengths = {"max_context_len": cfg.max_context_len, "max_response_len": cfg.max_response_len}
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
     best_weights = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
-    with harness.restored(config, epoch_checkpoint_order) as folder:
-        if folder is not None:
-            engine.load(folder)
-            state = json.loads((folder / STATE_FILE).read_text())
+    with worker.resume(config, epoch_checkpoint_order, engine) as resumed:
+        if resumed is not None:
+            folder, state = resumed
             best_weights = load_file(folder / BEST_FILE)
             logger.info("[%s rank %d] resumed after epoch %d", spec.mechanism, rank, state["epoch"])
 
@@ -197,24 +184,21 @@ def fit_mechanism(
     spec: TrainSpec, res: ResourcesConfig, storage: Path, *, max_failures: int = 2, resume: bool = True
 ) -> dict[str, Any]:
     """Run (or resume) one mechanism's Ray Train run; returns its result summary."""
-    name = f"identifier-{spec.mechanism}"
-    resume_from = harness.newest_checkpoint(storage / name, epoch_checkpoint_order) if resume else None
+    run_dir = storage / f"identifier-{spec.mechanism}"
+    resume_from = harness.newest_checkpoint(run_dir, epoch_checkpoint_order) if resume else None
     if resume_from is not None:
         logger.info("[%s] resuming from %s", spec.mechanism, resume_from)
     t0 = time.perf_counter()
-    result = harness.fit(
+    result = harness.fit_stage(
         f"identifier training ({spec.mechanism})",
         train_loop,
-        {"spec": spec},
-        storage=storage,
-        name=name,
+        spec,
+        run_dir,
         resume_from=resume_from,
-        num_workers=spec.cfg.num_workers,
         res=res,
         max_failures=max_failures,
         keep_checkpoints=2,
     )
-    assert result.checkpoint is not None and result.metrics is not None and result.metrics.get("final")
     return {"result": result, "seconds": time.perf_counter() - t0}
 
 
@@ -247,8 +231,7 @@ def train_identifiers(
         result = outcome["result"]
         target = stage.mechanism(spec.mechanism)
         harness.export(result.checkpoint, EXPORT_DIR, target)
-        state = harness.read_state(Path(result.checkpoint.path))
-        assert state is not None, "the final checkpoint holds the state"
+        state = result.state
         metrics = {
             "mechanism": spec.mechanism,
             "dev": result.metrics["eval"]["dev"],

@@ -23,7 +23,8 @@ from typing import Any
 from ray.train import Checkpoint
 
 from actors.training import harness
-from actors.training.sft_worker import EXPORT_DIR, SFTSpec, fingerprint, sft_checkpoint_order, train_loop
+from actors.training.sft_spec import EXPORT_DIR, SFTSpec, fingerprint, sft_checkpoint_order
+from actors.training.sft_worker import train_loop
 from pipeline.config import ResourcesConfig
 from pipeline.layout import PolicyDir
 
@@ -77,22 +78,17 @@ def fit_sft(
                 "seconds": time.perf_counter() - t0,
             }
         logger.info("[sft] resuming from %s", found)
-    result = harness.fit(
+    result = harness.fit_stage(
         "SFT",
         train_loop,
-        {"spec": spec},
-        storage=storage,
-        name=RUN_NAME,
+        spec,
+        run_dir,
         resume_from=found,
-        num_workers=spec.cfg.num_workers,
         res=res,
         max_failures=max_failures,
         keep_checkpoints=spec.cfg.keep_checkpoints,
     )
-    assert result.checkpoint is not None and result.metrics is not None and result.metrics.get("final")
-    state = harness.read_state(Path(result.checkpoint.path))
-    assert state is not None, "the final checkpoint holds the state"
-    return {"checkpoint": result.checkpoint, "state": state, "seconds": time.perf_counter() - t0}
+    return {"checkpoint": result.checkpoint, "state": result.state, "seconds": time.perf_counter() - t0}
 
 
 def train_sft(

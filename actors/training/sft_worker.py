@@ -9,27 +9,20 @@ Rank 0 writes samples and TensorBoard logs and, at the end, the exported policy.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import ray
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 from transformers import T5ForConditionalGeneration
 
-from actors.training import harness
-from actors.training.engines import make_engine
-from pipeline.config import RolloutConfig, SFTConfig
+from actors.training import harness, worker
+from actors.training.sft_samples import write_samples
+from actors.training.sft_spec import EXPORT_DIR, SFTSpec, fingerprint, sft_checkpoint_order
 from pipeline.layout import PolicyDir
 from pipeline.models import load_policy, save_policy
 from pipeline.progress import PROGRESS, Progress
@@ -49,69 +42,7 @@ from pipeline.training.sft import (
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = harness.STATE_FILE
 BEST_FILE = "best_model.pt"
-EXPORT_DIR = "policy"
-
-
-@dataclass(frozen=True)
-class SFTSpec:
-    """Everything the SFT run needs (shipped to every worker)."""
-
-    cfg: SFTConfig
-    start_dir: str
-    """Policy folder (``save_policy`` form) training starts from; its tokenizer tokenised the data."""
-    out_dir: str
-    """Stage folder: rank 0 writes samples and TensorBoard logs here during training."""
-    train: Seq2SeqExamples
-    valid: Seq2SeqExamples
-    samples: tuple[tuple[str, str], ...]
-    """(context, gold response) texts of the first validation examples, answered every epoch."""
-    decoding: RolloutConfig
-    """Sampling settings for the epoch samples (paper: top-k 20, temperature 0.9)."""
-    seed: int
-    torch_threads: int = 1
-    log_every: int = 1
-    crash_points: tuple[tuple[int, int, int], ...] = ()
-    """Fault injection for tests: ``(epoch, step, rank)``, 1-based epoch and step: that rank's
-    process dies right after that step (after any checkpoint of that step)."""
-    crash_dir: str | None = None
-    """Folder of marker files recording the injected crashes that happened (never repeated)."""
-
-
-RESUME_SAFE_FIELDS = frozenset({"keep_checkpoints", "checkpoint_every", "eval_batch_size", "num_samples"})
-"""SFT settings that may change between a run and its resumption (they do not alter training)."""
-
-
-def fingerprint(spec: SFTSpec) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed: training settings and the exact token data."""
-    digest = hashlib.sha256()
-    for examples in (spec.train, spec.valid):
-        for array in (
-            examples.source_flat,
-            examples.source_offsets,
-            examples.target_flat,
-            examples.target_offsets,
-        ):
-            digest.update(array.tobytes())
-    settings = {k: v for k, v in dataclasses.asdict(spec.cfg).items() if k not in RESUME_SAFE_FIELDS}
-    return {"sft": _dotted(settings), "seed": spec.seed, "data_sha256": digest.hexdigest()}
-
-
-def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optimizer": {"lr": 1e-4}}`` as ``{"optimizer.lr": 1e-4}`` (so a change names its key)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(
-            _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-        )
-    return flat
-
-
-def sft_checkpoint_order(folder: Path) -> tuple[bool, int] | None:
-    """Completeness and order of SFT checkpoints: (finished, global step) of one with its state."""
-    state = harness.read_state(folder)
-    return (bool(state["done"]), int(state["global_step"])) if state is not None else None
 
 
 def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
@@ -136,10 +67,8 @@ class _Worker:
 
     def __init__(self, spec: SFTSpec) -> None:
         self.spec, self.cfg = spec, spec.cfg
-        torch.set_num_threads(spec.torch_threads)
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        at = worker.join(spec.torch_threads)
+        self.rank, self.world, self.device = at.rank, at.world, at.device
         policy, tokenizer = load_policy(spec.start_dir)  # the same weights on every rank
         self.tokenizer = tokenizer
         self.value_head = policy.value_head.state_dict()
@@ -148,17 +77,13 @@ class _Worker:
         self.pad_id = pad
         self.start_id = int(start) if start is not None else pad
         self.steps = steps_per_epoch(len(spec.train), self.cfg.batch_size)
-        self.total_steps = self.steps * self.cfg.epochs
-        opt = self.cfg.optimizer
-        self.lr_factor = warmup_linear(self.total_steps, round(opt.warmup_ratio * self.total_steps))
-        model: torch.nn.Module = policy.policy
-        self.engine = make_engine(
-            self.cfg.engine,
-            opt,
-            model.to(self.device),
-            total_steps=self.total_steps,
-            micro_batch=self.cfg.batch_size // self.world,
-            world_size=self.world,
+        total_steps = self.steps * self.cfg.epochs
+        self.lr_factor = warmup_linear(total_steps, round(self.cfg.optimizer.warmup_ratio * total_steps))
+        self.engine = worker.build_engine(
+            self.cfg,
+            policy.policy,
+            at,
+            steps_per_epoch=self.steps,
             schedule=self.lr_factor,
             partition_aware=True,  # weights are read through full_state_dict only
         )
@@ -181,9 +106,9 @@ class _Worker:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def restore(self, path: Path) -> None:
-        self.engine.load(path)
-        self.state = json.loads((path / STATE_FILE).read_text())
+    def restore(self, path: Path, state: dict[str, Any]) -> None:
+        """Adopt a checkpoint's ``state`` and this rank's files in ``path`` (the engine is restored)."""
+        self.state = state
         if self.rank == 0 and (path / BEST_FILE).is_file():
             self.best = torch.load(path / BEST_FILE, map_location="cpu", weights_only=True)
         if self.state["step"] > 0:
@@ -259,49 +184,10 @@ class _Worker:
                 self.sampler = cast(T5ForConditionalGeneration, sampler.to(self.device))
             self.sampler.load_state_dict(weights)
             model = self.sampler
-        d = self.spec.decoding
-        contexts = [c for c, _ in self.spec.samples]
-        inputs = self.spec.valid.subset(range(len(contexts)))
-        batch = collate(inputs, range(len(contexts)), pad_id=self.pad_id, decoder_start_id=self.start_id)
-        was_training = model.training
-        model.eval()
-        with torch.random.fork_rng(
-            devices=[torch.cuda.current_device()] if self.device.type == "cuda" else []
-        ):
-            torch.manual_seed(self.spec.seed)
-            out = model.generate(
-                input_ids=batch.input_ids.to(self.device),
-                attention_mask=batch.attention_mask.to(self.device),
-                do_sample=True,
-                top_k=d.top_k,
-                top_p=d.top_p,
-                temperature=d.temperature,
-                min_new_tokens=d.min_new_tokens,
-                max_new_tokens=d.max_new_tokens,
-            )
-        model.train(was_training)
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        lines = [
-            f"# SFT samples after epoch {epoch}",
-            "",
-            f"Sampling: top-k {d.top_k}, top-p {d.top_p}, temperature {d.temperature}, "
-            f"{d.min_new_tokens}-{d.max_new_tokens} new tokens, seed {self.spec.seed}.",
-            "",
-        ]
-        for i, ((context, gold), text) in enumerate(zip(self.spec.samples, texts, strict=True), 1):
-            lines += [
-                f"## {i}",
-                "",
-                f"**Context:** {context}",
-                "",
-                f"**Gold:** {gold}",
-                "",
-                f"**Policy:** {text}",
-                "",
-            ]
-        folder = PolicyDir(Path(self.spec.out_dir)).samples
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"epoch_{epoch}.md").write_text("\n".join(lines))
+        count = len(self.spec.samples)
+        inputs = self.spec.valid.subset(range(count))
+        batch = collate(inputs, range(count), pad_id=self.pad_id, decoder_start_id=self.start_id)
+        write_samples(model, self.tokenizer, self.spec, batch, epoch=epoch, device=self.device)
 
     # --- training ----------------------------------------------------------------------------
 
@@ -440,9 +326,9 @@ def train_loop(config: dict[str, Any]) -> None:
     spec: SFTSpec = config["spec"]
     cfg = spec.cfg
     w = _Worker(spec)
-    with harness.restored(config, sft_checkpoint_order) as folder:
-        if folder is not None:
-            w.restore(folder)
+    with worker.resume(config, sft_checkpoint_order, w.engine) as resumed:
+        if resumed is not None:
+            w.restore(*resumed)
     if w.rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -12,11 +12,10 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from jobs.launch.console import setup_logging
-from jobs.launch.options import add_config_args, config_from_args, run_module
+from jobs.launch.options import add_config_args, config_from_args, run_module, user_path
 from pipeline.data import (
     ED_URL,
     EPITOME_BASE_URL,
@@ -41,7 +40,9 @@ def add_parser(sub: Any) -> None:
     prep.set_defaults(func=prepare_main)
 
     dl = actions.add_parser("download", help="fetch EmpatheticDialogues and EPITOME and verify checksums")
-    dl.add_argument("--dest", type=Path, default=Path("data"), help="folder to write into (default: data/)")
+    dl.add_argument(
+        "--dest", type=user_path, default=user_path("data"), help="folder to write into (default: data/)"
+    )
     dl.add_argument("--ed-url", default=ED_URL, help="EmpatheticDialogues tarball URL (a mirror)")
     dl.add_argument("--ed-sha256", default=None, help="expected sha256 of the tarball at --ed-url")
     dl.add_argument("--epitome-base-url", default=EPITOME_BASE_URL, help="folder URL of the EPITOME CSVs")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jobs.launch.options import add_config_args, config_from_args, run_module
+from jobs.launch.options import add_config_args, config_from_args, run_module, user_path
 from jobs.launch.stage import launch, user_errors
 from jobs.stages import evaluate_stage, load_evaluation_inputs
 from pipeline.layout import RunLayout
@@ -33,7 +33,7 @@ def parse_policy(text: str) -> tuple[str, Path]:
             f"--policy {text!r}: expected NAME=FOLDER with NAME of letters, digits, '_', '.', '-' "
             "(e.g. --policy sft=runs/demo/sft/policy)"
         )
-    return name, Path(folder)
+    return name, user_path(folder)
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -58,7 +58,7 @@ def add_parser(sub: Any) -> None:
     )
     add_config_args(parser)
     parser.add_argument(
-        "--run-dir", type=Path, required=True, help="run folder holding labeled/, identifiers/"
+        "--run-dir", type=user_path, required=True, help="run folder holding labeled/, identifiers/"
     )
     parser.add_argument(
         "--policy", type=parse_policy, action="append", default=[], metavar="NAME=FOLDER",
@@ -66,7 +66,7 @@ def add_parser(sub: Any) -> None:
         "default: <run>/sft/policy as sft and <run>/ppo/policy as ppo, those that exist",
     )  # fmt: skip
     parser.add_argument("--split", default="valid", help="labelled split <run>/labeled/<split>.parquet")
-    parser.add_argument("--identifiers", type=Path, default=None, help="default: <run>/identifiers")
+    parser.add_argument("--identifiers", type=user_path, default=None, help="default: <run>/identifiers")
     parser.add_argument(
         "--decoding", choices=("sample", "greedy"), default="sample",
         help="sample: rollout.top_k/top_p/temperature with run.seed (the paper's test decoding); greedy: argmax",
@@ -74,7 +74,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--max-examples", type=int_at_least(1), default=None, help="evaluate the first N examples only"
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/evaluate)")
+    parser.add_argument("--out", type=user_path, default=None, help="output folder (default: <run>/evaluate)")
     parser.add_argument(
         "--num-workers",
         type=int_at_least(1),

@@ -10,10 +10,9 @@ Sweep:         not swept; PPO trials reuse the trained identifiers.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from jobs.launch.options import add_config_args, config_from_args, run_layout, run_module
+from jobs.launch.options import add_config_args, config_from_args, run_layout, run_module, user_path
 from jobs.launch.stage import launch
 from jobs.stages import identifiers_stage, label_stage
 from pipeline.layout import RunLayout
@@ -24,12 +23,12 @@ def add_parser(sub: Any) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     train = actions.add_parser("train", help="train ER/IP/EX identifiers on EPITOME with Ray Train")
     add_config_args(train)
-    train.add_argument("--run-dir", type=Path, default=None, help="run folder (re-use one to resume)")
+    train.add_argument("--run-dir", type=user_path, default=None, help="run folder (re-use one to resume)")
     train.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
     train.set_defaults(func=train_main)
     label = actions.add_parser("label", help="label ED gold responses with trained identifiers (resumable)")
     add_config_args(label)
-    label.add_argument("--run-dir", type=Path, required=True, help="run folder holding identifiers/")
+    label.add_argument("--run-dir", type=user_path, required=True, help="run folder holding identifiers/")
     label.set_defaults(func=label_main)
 
 

@@ -21,6 +21,12 @@ from jobs.cli import config
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    args.func(args)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The ``emprl`` parser for ``argv``: every command's, or only ``config``'s when that is the command."""
     parser = argparse.ArgumentParser(prog="emprl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     if argv[:1] == ["config"]:  # printing the config needs none of the stages' Ray and torch imports (~5 s)
@@ -30,8 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
         for module in (run, data, identifiers, sft, ppo, tune, evaluate, serve, config):
             module.add_parser(sub)
-    args = parser.parse_args(argv)
-    args.func(args)
+    return parser
 
 
 if __name__ == "__main__":

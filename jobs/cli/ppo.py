@@ -10,10 +10,9 @@ Sweep:         emprl tune (reward weights and KL settings over these dotted keys
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from jobs.launch.options import add_config_args, config_from_args, run_layout, run_module
+from jobs.launch.options import add_config_args, config_from_args, run_layout, run_module, user_path
 from jobs.launch.stage import launch, user_errors
 from jobs.stages import check_ppo_inputs, ppo_stage
 
@@ -24,19 +23,24 @@ def add_parser(sub: Any) -> None:
     )
     add_config_args(parser)
     parser.add_argument(
-        "--run-dir", type=Path, default=None, help="run folder holding sft/, identifiers/, labeled/"
+        "--run-dir", type=user_path, default=None, help="run folder holding sft/, identifiers/, labeled/"
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run folder's last checkpoint"
     )
-    parser.add_argument("--policy", type=Path, default=None, help="start policy (default: <run>/sft/policy)")
     parser.add_argument(
-        "--identifiers", type=Path, default=None, help="identifiers (default: <run>/identifiers)"
+        "--policy", type=user_path, default=None, help="start policy (default: <run>/sft/policy)"
     )
     parser.add_argument(
-        "--prompts", type=Path, default=None, help="labelled prompts (default: <run>/labeled/train.parquet)"
+        "--identifiers", type=user_path, default=None, help="identifiers (default: <run>/identifiers)"
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/ppo)")
+    parser.add_argument(
+        "--prompts",
+        type=user_path,
+        default=None,
+        help="labelled prompts (default: <run>/labeled/train.parquet)",
+    )
+    parser.add_argument("--out", type=user_path, default=None, help="output folder (default: <run>/ppo)")
     parser.set_defaults(func=main_args)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.launch.console import setup_logging
-from jobs.launch.options import add_config_args, config_from_args, run_module
+from jobs.launch.options import add_config_args, add_run_dir_args, config_from_args, run_module
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.layout import RunLayout
 from pipeline.models import ModelSourceError
@@ -36,16 +36,12 @@ logger = logging.getLogger(__name__)
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("serve", help="serve a policy and the identifiers over HTTP (Ray Serve)")
     add_config_args(parser)
-    parser.add_argument(
-        "--run-dir", type=Path, required=True, help="run folder holding the policy and identifiers/"
+    add_run_dir_args(
+        parser,
+        "the policy and identifiers/",
+        policy="policy folder (default: <run>/ppo/policy, else <run>/sft/policy)",
+        identifiers="default: <run>/identifiers",
     )
-    parser.add_argument(
-        "--policy",
-        type=Path,
-        default=None,
-        help="policy folder (default: <run>/ppo/policy, else <run>/sft/policy)",
-    )
-    parser.add_argument("--identifiers", type=Path, default=None, help="default: <run>/identifiers")
     parser.set_defaults(func=main_args)
 
 

@@ -9,10 +9,9 @@ Sweep:         for lr in 3e-5 1e-4 3e-4; do emprl sft --run-dir runs/sft-lr$lr s
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from jobs.launch.options import add_config_args, config_from_args, run_layout, run_module
+from jobs.launch.options import add_config_args, config_from_args, run_layout, run_module, user_path
 from jobs.launch.stage import launch
 from jobs.stages import sft_stage
 
@@ -22,7 +21,7 @@ def add_parser(sub: Any) -> None:
         "sft", help="supervised fine-tuning of the T5 policy on ED (Ray Train + DeepSpeed)"
     )
     add_config_args(parser)
-    parser.add_argument("--run-dir", type=Path, default=None, help="run folder (re-use one to resume)")
+    parser.add_argument("--run-dir", type=user_path, default=None, help="run folder (re-use one to resume)")
     parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
     parser.set_defaults(func=main_args)
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, fields
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from jobs.launch.options import add_config_args, config_from_args, run_module
+from jobs.launch.options import add_config_args, add_run_dir_args, config_from_args, run_module, user_path
 from jobs.launch.stage import launch, user_errors
 from jobs.stages import load_ppo_inputs
 from jobs.stages.tune import SweepError, SweepSettings, tune_stage
@@ -24,21 +23,50 @@ from pipeline.config import Config, load_config
 from pipeline.config.search_space import SearchSpace, load_search_space
 from pipeline.layout import RunLayout, SweepDir
 
+SETTING_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
+    # group: ([flag,] SweepSettings field, help); the flag is --field-name unless the row names one, the
+    # type, choices and default are the field's
+    "objective": (
+        ("metric", "reported metric the trials are ranked on"),
+        ("mode", ""),
+        ("--constraint", "constraints", "the best trial must satisfy it, e.g. rollout/kl<=2 or eval/perplexity<=500 (repeatable)"),
+        ("penalty", "> 0: rank trials on the metric worsened by PENALTY x constraint violations"),
+        ("--objective", "objectives", "another objective for a multi-objective Optuna search, e.g. rollout/kl:min (repeatable)"),
+    ),
+    "search and scheduling": (
+        ("num_samples", "samples of the space (times the grid)"),
+        ("search", "how configs are drawn"),
+        ("scheduler", ""),
+        ("--max-concurrent", "max_concurrent_trials", "trials running at once"),
+        ("report_every", "PPO iterations between reports"),
+        ("grace_period", "ASHA: reports before a trial can stop"),
+        ("reduction_factor", "ASHA reduction factor"),
+        ("perturbation_interval", "PBT: reports between exploits"),
+        ("quantile_fraction", "PBT: bottom share that copies the top"),
+        ("resample_probability", "PBT: chance a mutated value is drawn afresh"),
+    ),
+    "each trial": (
+        ("dev_examples", "rows of the seeded dev slice"),
+        ("split", "labelled split of the dev slice and final evaluation"),
+        ("eval_examples", "rows of the final evaluation (all)"),
+        ("max_failures", "restarts of a failed trial"),
+        ("trial_cpus", "CPUs of the trial function's bundle"),
+    ),
+}  # fmt: skip
+"""Every :class:`SweepSettings` field as one command-line option, by help group."""
+
+METAVARS = {"constraints": "KEY<=X", "objectives": "METRIC:MODE"}
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "tune", help="Ray Tune sweep over PPO settings (ASHA on a dev Emp-F1; PBT, Optuna, --resume)"
     )
     add_config_args(parser)
-    d = SweepSettings()
-    parser.add_argument(
-        "--run-dir", type=Path, required=True, help="run folder holding sft/, identifiers/, labeled/"
-    )
-    parser.add_argument(
-        "--space",
-        type=Path,
-        default=None,
-        help="search space YAML: dotted key -> {uniform|loguniform|randint|choice|grid: ...} (required unless --resume)",
+    add_run_dir_args(
+        parser,
+        "sft/, identifiers/, labeled/",
+        space="search space YAML: dotted key -> {uniform|loguniform|randint|choice|grid: ...} (required unless --resume)",
     )
     parser.add_argument(
         "--resume",
@@ -46,109 +74,32 @@ def add_parser(sub: Any) -> None:
         help="continue the sweep in the folder with its own config, space and settings: finished trials "
         "stay, unfinished ones go on from their last checkpoint",
     )
-    parser.add_argument("--out", type=Path, default=None, help="sweep folder (default: <run>/sweep)")
-    goal = parser.add_argument_group("objective")
-    goal.add_argument("--metric", default=d.metric, help="reported metric the trials are ranked on")
-    goal.add_argument("--mode", choices=("max", "min"), default=d.mode)
-    goal.add_argument(
-        "--constraint",
-        dest="constraints",
-        action="append",
-        default=[],
-        metavar="KEY<=X",
-        help="the best trial must satisfy it, e.g. rollout/kl<=2 or eval/perplexity<=500 (repeatable)",
-    )
-    goal.add_argument(
-        "--penalty",
-        type=float,
-        default=d.penalty,
-        help="> 0: rank trials on the metric worsened by PENALTY x constraint violations",
-    )
-    goal.add_argument(
-        "--objective",
-        dest="objectives",
-        action="append",
-        default=[],
-        metavar="METRIC:MODE",
-        help="another objective for a multi-objective Optuna search, e.g. rollout/kl:min (repeatable)",
-    )
-    how = parser.add_argument_group("search and scheduling")
-    how.add_argument(
-        "--num-samples", type=int, default=d.num_samples, help="samples of the space (times the grid)"
-    )
-    how.add_argument("--search", choices=("random", "optuna"), default=d.search, help="how configs are drawn")
-    how.add_argument("--scheduler", choices=("asha", "fifo", "pbt"), default=d.scheduler)
-    how.add_argument(
-        "--max-concurrent", type=int, default=d.max_concurrent_trials, help="trials running at once"
-    )
-    how.add_argument(
-        "--report-every", type=int, default=d.report_every, help="PPO iterations between reports"
-    )
-    how.add_argument(
-        "--grace-period", type=int, default=d.grace_period, help="ASHA: reports before a trial can stop"
-    )
-    how.add_argument(
-        "--reduction-factor", type=float, default=d.reduction_factor, help="ASHA reduction factor"
-    )
-    how.add_argument(
-        "--perturbation-interval",
-        type=int,
-        default=d.perturbation_interval,
-        help="PBT: reports between exploits",
-    )
-    how.add_argument(
-        "--quantile-fraction",
-        type=float,
-        default=d.quantile_fraction,
-        help="PBT: bottom share that copies the top",
-    )
-    how.add_argument(
-        "--resample-probability",
-        type=float,
-        default=d.resample_probability,
-        help="PBT: chance a mutated value is drawn afresh",
-    )
-    trial = parser.add_argument_group("each trial")
-    trial.add_argument(
-        "--dev-examples", type=int, default=d.dev_examples, help="rows of the seeded dev slice"
-    )
-    trial.add_argument(
-        "--split", default=d.split, help="labelled split of the dev slice and final evaluation"
-    )
-    trial.add_argument(
-        "--eval-examples", type=int, default=d.eval_examples, help="rows of the final evaluation (all)"
-    )
-    trial.add_argument("--max-failures", type=int, default=d.max_failures, help="restarts of a failed trial")
-    trial.add_argument(
-        "--trial-cpus", type=float, default=d.trial_cpus, help="CPUs of the trial function's bundle"
-    )
+    parser.add_argument("--out", type=user_path, default=None, help="sweep folder (default: <run>/sweep)")
+    for title, options in SETTING_OPTIONS.items():
+        group = parser.add_argument_group(title)
+        for *named, field, text in options:
+            _add_setting(group, named[0] if named else f"--{field.replace('_', '-')}", field, text)
     parser.set_defaults(func=main_args)
+
+
+def _add_setting(group: Any, flag: str, field: str, text: str) -> None:
+    """The option of one :class:`SweepSettings` field: its type, choices and default are the field's."""
+    hint, default = get_type_hints(SweepSettings)[field], getattr(SweepSettings(), field)
+    if get_origin(hint) is Literal:
+        group.add_argument(flag, dest=field, default=default, choices=get_args(hint), help=text)
+    elif get_origin(hint) is tuple:  # repeatable
+        group.add_argument(flag, dest=field, default=[], action="append", metavar=METAVARS[field], help=text)
+    else:  # int, float, str, or X | None
+        kind = (
+            type(default) if default is not None else next(a for a in get_args(hint) if a is not type(None))
+        )
+        metavar = flag[2:].upper().replace("-", "_")  # the flag's, where the field is named otherwise
+        group.add_argument(flag, dest=field, default=default, type=kind, metavar=metavar, help=text)
 
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     """The :class:`SweepSettings` the command line asks for."""
-    return SweepSettings(
-        num_samples=args.num_samples,
-        metric=args.metric,
-        mode=args.mode,
-        constraints=tuple(args.constraints),
-        penalty=args.penalty,
-        objectives=tuple(args.objectives),
-        scheduler=args.scheduler,
-        search=args.search,
-        max_concurrent_trials=args.max_concurrent,
-        report_every=args.report_every,
-        grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor,
-        perturbation_interval=args.perturbation_interval,
-        quantile_fraction=args.quantile_fraction,
-        resample_probability=args.resample_probability,
-        dev_examples=args.dev_examples,
-        split=args.split,
-        eval_examples=args.eval_examples,
-        max_failures=args.max_failures,
-        trial_cpus=args.trial_cpus,
-    )
+    return SweepSettings.from_json({f.name: getattr(args, f.name) for f in fields(SweepSettings)})
 
 
 def resumed_sweep(args: argparse.Namespace, sweep: SweepDir) -> tuple[Config, SearchSpace, SweepSettings]:

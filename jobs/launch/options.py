@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from jobs.launch.console import console
 from pipeline.config import Config, ConfigError, load_config, save_config
+from pipeline.config.paths import absolute, absolute_paths
 from pipeline.layout import RunLayout
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_run_dir_args(parser: argparse.ArgumentParser, holding: str, **paths: str) -> None:
+    """A required ``--run-dir`` ("run folder holding ``holding``") and, per keyword ``name=help``, an
+    optional ``--name PATH`` (default ``None``; underscores become hyphens)."""
+    parser.add_argument("--run-dir", type=user_path, required=True, help=f"run folder holding {holding}")
+    for name, text in paths.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=user_path, default=None, help=text)
+
+
 def run_module(command: str, add_parser: Callable[[Any], None], argv: list[str] | None = None) -> None:
     """``python -m jobs.cli.<command> ARGS``: the same parser and handler as ``emprl <command> ARGS``."""
     parser = argparse.ArgumentParser(prog=f"python -m jobs.cli.{command}")
@@ -44,8 +53,9 @@ def run_module(command: str, add_parser: Callable[[Any], None], argv: list[str] 
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The config of ``--preset`` and the dotted overrides, or exit with the loader's message."""
-    return load_or_exit(args.preset, list(args.overrides))
+    """The config of ``--preset`` and the dotted overrides, its relative paths made absolute against the
+    working directory (:func:`~pipeline.config.paths.absolute_paths`), or exit with the loader's message."""
+    return absolute_paths(load_or_exit(args.preset, list(args.overrides)))
 
 
 def load_or_exit(preset: str, overrides: list[str]) -> Config:
@@ -54,6 +64,21 @@ def load_or_exit(preset: str, overrides: list[str]) -> Config:
         return load_config(preset, overrides)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
+
+
+def user_path(text: str) -> Path:
+    """An argparse ``type`` for a file or folder the user names: absolute against the working directory
+    at once, so a Ray worker or a Tune trial (each in its own folder) finds the same place.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is a URI; run folders are local or mounted paths for now.
+    """
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a URI; stages read and write local (or mounted, e.g. NFS) folders. Fix: give a "
+            "local path, or mount the bucket on every node and give its mount point."
+        )
+    return Path(absolute(os.path.expanduser(text)))
 
 
 def make_run_dir(cfg: Config, stage: str) -> Path:

@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from actors.cluster.placement import Reservation
-from actors.ppo.controller import Hook, PPOController, PPOInputs, Sink
+from actors.ppo.controller import Hook, PPOController, PPOInputs
+from actors.ppo.metrics import Sink
 from jobs.stages.result import StageResult, write_json
 from pipeline.config import MECHANISMS, Config, save_config
 from pipeline.layout import RunLayout

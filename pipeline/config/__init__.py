@@ -5,11 +5,11 @@ Loading order is always: dataclass defaults < YAML preset < dotted CLI overrides
 :class:`ConfigError` naming the key, the value, the rule and the fix.
 """
 
-from pipeline.config.loading import from_dict, load_config, preset_path, save_config
+from pipeline.config.deployment import ResourcesConfig, ServeConfig
+from pipeline.config.loading import load_config, preset_path, save_config
 from pipeline.config.schema import (
     CONFIGS_DIR,
     MECHANISMS,
-    Config,
     ConfigError,
     DataConfig,
     EngineConfig,
@@ -18,15 +18,13 @@ from pipeline.config.schema import (
     ModelConfig,
     OptimizerConfig,
     PPOConfig,
-    ResourcesConfig,
     RewardConfig,
     RewardWeights,
     RolloutConfig,
     RunConfig,
-    ServeConfig,
     SFTConfig,
 )
-from pipeline.config.validation import validate
+from pipeline.config.tree import Config, from_dict, validate
 
 __all__ = [
     "CONFIGS_DIR",

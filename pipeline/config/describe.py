@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config.schema import Config
+from pipeline.config.tree import Config
 
 
 @dataclass(frozen=True)
@@ -131,3 +131,24 @@ def _own_field_docs(cls: type) -> dict[str, str]:
         ):
             docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
     return docs
+
+
+def field_types(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """``{dotted key: type as the schema annotates it}`` of every leaf (``float``, ``str | None``,
+    ``Literal['k1', 'k2', 'k3']``), in schema order; the config reference prints it."""
+    types: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            types.update(field_types(tp, f"{prefix}{f.name}."))
+        else:
+            types[f"{prefix}{f.name}"] = type_name(tp)
+    return types
+
+
+def type_name(tp: Any) -> str:
+    """A type annotation as written in source, without the ``typing.`` prefix."""
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("NoneType", "None")

@@ -1,26 +1,30 @@
-"""The configuration schema: one frozen dataclass per section, a docstring per field.
+"""The configuration schema: one frozen dataclass per section, a docstring per field, and :class:`ConfigError`.
 
-Defaults here are the paper's (Ma et al., EmpRL) wherever the paper states one.
+Defaults here are the paper's (Ma et al., EmpRL) wherever the paper states one. The resources and serve
+sections live in :mod:`pipeline.config.deployment`; the root :class:`~pipeline.config.tree.Config` that
+holds every section (and validates them together) in :mod:`pipeline.config.tree`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 MECHANISMS: tuple[str, str, str] = ("ER", "IP", "EX")
 """EPITOME mechanisms: emotional reactions, interpretations, explorations."""
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
-PPO_ROLES: tuple[str, str, str, str] = ("rollout worker", "reward scorer", "reference policy", "learner")
-"""The PPO roles, in placement order."""
-
 
 class ConfigError(ValueError):
     """A configuration key is unknown, mistyped or inconsistent with another key."""
+
+
+def require(ok: bool, key: str, value: object, rule: str, fix: str) -> None:
+    """Raise a :class:`ConfigError` that names ``key``, its ``value``, the ``rule`` and the ``fix`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}. Fix: {fix}.")
 
 
 @dataclass(frozen=True)
@@ -341,86 +345,6 @@ class LearnerConfig:
 
 
 @dataclass(frozen=True)
-class ResourcesConfig:
-    """Ray cluster and per-role resources."""
-
-    address: str | None = None
-    """Ray address to join (``auto`` inside ``ray job submit``); ``None`` starts a local
-    cluster on 127.0.0.1."""
-    num_cpus: int | None = None
-    """CPUs of a local cluster; ``None`` uses the machine's count."""
-    use_gpu: bool = False
-    """Place roles on GPUs."""
-    role_gpus: float = 1.0
-    """GPU share of each PPO rollout worker, reward scorer and reference policy (and of a single
-    learner rank; ranks of a multi-rank learner get a whole GPU each). 0.25 packs one rollout
-    worker, one scorer, the reference and one learner rank on one GPU."""
-    rollout_gpus: float | None = None
-    """GPU share of each rollout worker (``None``: ``role_gpus``)."""
-    reward_gpus: float | None = None
-    """GPU share of each reward scorer (``None``: ``role_gpus``)."""
-    reference_gpus: float | None = None
-    """GPU share of the reference policy (``None``: ``role_gpus``)."""
-    learner_gpus: float | None = None
-    """GPU share of each learner rank (``None``: a whole GPU when ``learner.num_ranks > 1``, else
-    ``role_gpus``). Ranks of a multi-rank learner need more than 0.5 each: NCCL refuses two ranks on
-    one GPU."""
-    num_gpus: int | None = None
-    """GPUs the PPO roles are sized for (a local cluster gets this many). When set, validation checks
-    that the roles' GPU shares pack onto this many GPUs; ``None``: every GPU of the node, checked
-    only when the roles are placed."""
-    frozen_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Weights of the frozen models: the reference policy and the identifiers of the reward scorers.
-    ``auto``: bf16 on CUDA (``resources.use_gpu``), fp32 on the CPU. ``fp16`` is refused (T5
-    overflows in fp16). Log-probabilities and scores stay float32 either way."""
-    rollout_cpus: float = 0.5
-    """CPUs per rollout worker."""
-    reward_cpus: float = 0.5
-    """CPUs per reward scorer."""
-    reference_cpus: float = 0.5
-    """CPUs of the reference policy."""
-    learner_cpus: float = 1.0
-    """CPUs per learner rank."""
-    trainer_cpus: float = 1.0
-    """CPUs per Ray Train worker (identifier and SFT training); the three identifiers train
-    concurrently when the cluster has CPUs for more than one."""
-    torch_threads: int = 1
-    """torch/OpenMP threads per actor; keep threads x actors <= cores."""
-    rollout_threads: int | None = None
-    """torch threads per rollout worker (``None``: ``torch_threads``); generation runs alone, so
-    the workers of a node may share all its cores."""
-    learner_threads: int | None = None
-    """torch threads per PPO learner rank (``None``: ``torch_threads``). The update phase runs
-    alone, so a single rank may use every core of its node."""
-    reward_threads: int | None = None
-    """torch threads per reward scorer (``None``: ``torch_threads``)."""
-    overlap_evaluate: bool = True
-    """Run the reward scorers and the reference policy side by side (with the learner's values when
-    it computes them). ``false`` runs the scorers first, then the rest: on a node whose cores they
-    share, each then has every core to itself instead of oversubscribing them (set
-    ``reward_threads`` and ``reference_threads`` to the node's cores)."""
-    reference_threads: int | None = None
-    """torch threads of the reference policy (``None``: ``torch_threads``). It runs beside the
-    reward scorers, whose tiny identifiers finish first: on a small node the reference may take
-    every core for the rest of that phase."""
-    object_store_memory: int = 500_000_000
-    """Object store bytes of a local cluster."""
-    scale_up_wait_s: float = 0.0
-    """Seconds a stage that reserves its roles (PPO, evaluation, sweep trials) waits for nodes an
-    autoscaler adds when the cluster lacks them now. ``0``: fail at once, naming requested and
-    available resources (a fixed cluster). On an autoscaling cluster whose GPU workers start at 0
-    (``cluster.yaml``) set about the time a node takes to boot, e.g. ``900``: the stage's demand is
-    what makes the autoscaler start them."""
-
-    @property
-    def frozen_weights(self) -> Literal["fp32", "bf16"]:
-        """The resolved ``frozen_precision``: ``bf16`` or ``fp32``."""
-        if self.frozen_precision == "auto":
-            return "bf16" if self.use_gpu else "fp32"
-        return "bf16" if self.frozen_precision == "bf16" else "fp32"
-
-
-@dataclass(frozen=True)
 class RunConfig:
     """Where a run writes and how it is seeded."""
 
@@ -432,151 +356,3 @@ class RunConfig:
     """Global seed."""
     log_every: int = 1
     """Log metrics every this many steps."""
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """``emprl serve``: the HTTP service (Ray Serve) answering with a policy and scoring with the identifiers."""
-
-    host: str = "127.0.0.1"
-    """Address the HTTP proxy binds to (loopback; expose it through a reverse proxy, not here)."""
-    port: int = 8000
-    """HTTP port of the service."""
-    policy_replicas: int = 1
-    """Replicas of the policy deployment."""
-    identifier_replicas: int = 1
-    """Replicas of the identifier deployment (all three identifiers in each)."""
-    policy_cpus: float = 1.0
-    """CPUs reserved per policy replica."""
-    identifier_cpus: float = 1.0
-    """CPUs reserved per identifier replica."""
-    torch_threads: int = 1
-    """torch/OpenMP threads per replica; keep threads x replicas <= cores."""
-    max_batch_size: int = 8
-    """Requests generated (or scored) together in one ``@serve.batch`` call."""
-    batch_wait_timeout_s: float = 0.01
-    """Seconds a partial batch waits for more requests before it runs."""
-    max_ongoing_requests: int = 64
-    """Requests in flight per model replica (Serve's option); must be >= ``max_batch_size`` or batches
-    never fill. Several batches' worth keeps the replica's batch queue full: requests waiting in
-    Serve's router instead (more clients than this) are retried with a back-off and stall."""
-    ingress_max_ongoing_requests: int = 256
-    """Requests the ingress holds at once (it runs no model, it awaits the deployments); the model
-    deployments' queues then bound the load (503 beyond ``max_queued_requests``)."""
-    max_queued_requests: int = 64
-    """Requests queued per caller before Serve answers 503 (-1: unbounded)."""
-    request_timeout_s: float = 30.0
-    """End-to-end HTTP timeout; a request running longer gets 408."""
-    max_body_bytes: int = 65536
-    """Largest request body accepted; larger bodies get 413 before they are parsed."""
-    max_turns: int = 32
-    """Most dialogue turns in one request."""
-    max_text_chars: int = 2000
-    """Most characters in one turn, response, emotion or situation."""
-    api_key_env: str = "EMPRL_API_KEY"
-    """Name of the environment variable holding an API key; when set and non-empty, every endpoint
-    but ``/healthz`` and the chat page needs ``Authorization: Bearer <key>``. Keys never go into config
-    files."""
-    api_key_file: str = ""
-    """A file holding the API key (first line), used when the variable is unset; empty: none."""
-    max_candidates: int = 8
-    """Most candidates one request may sample (``n_candidates``, empathy-aware decoding)."""
-    max_choices: int = 4
-    """Most choices one ``/v1/chat/completions`` request may ask for (OpenAI's ``n``)."""
-    policy_gpus: float = 0.0
-    """GPUs per policy replica; > 0 loads the policy in bf16 on CUDA (T5 overflows in fp16)."""
-    identifier_gpus: float = 0.0
-    """GPUs per identifier replica; > 0 loads the identifiers in bf16 on CUDA."""
-    autoscaling: bool = False
-    """Scale the policy and identifier replicas with load (Serve autoscaling) between ``min_replicas``
-    and ``max_replicas``; the ``*_replicas`` fields are then the initial counts."""
-    min_replicas: int = 1
-    """Fewest replicas per deployment when autoscaling."""
-    max_replicas: int = 4
-    """Most replicas per deployment when autoscaling."""
-    target_ongoing_requests: float = 4.0
-    """Requests in flight per replica that autoscaling aims for."""
-    health_check_period_s: float = 10.0
-    """Seconds between health checks of a replica (a failing replica is replaced)."""
-    health_check_timeout_s: float = 30.0
-    """Seconds a health check may take before the replica counts as unhealthy."""
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration of an EmpRL run."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    identifiers: IdentifiersConfig = field(default_factory=IdentifiersConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
-
-    def __post_init__(self) -> None:
-        from pipeline.config.validation import validate
-
-        validate(self)
-
-    @property
-    def weight_sync(self) -> Literal["object_store", "collective"]:
-        """The resolved ``learner.weight_sync``: ``auto`` is ``collective`` on GPUs, else ``object_store``."""
-        mode = self.learner.weight_sync
-        if mode == "auto":
-            return "collective" if self.resources.use_gpu else "object_store"
-        return "collective" if mode == "collective" else "object_store"
-
-    @property
-    def ppo_gpu_shares(self) -> dict[str, float]:
-        """GPU share of one instance of each PPO role (all 0 without ``resources.use_gpu``)."""
-        res = self.resources
-        if not res.use_gpu:
-            return dict.fromkeys(PPO_ROLES, 0.0)
-
-        def share(value: float | None, default: float) -> float:
-            return default if value is None else value
-
-        learner_default = 1.0 if self.learner.num_ranks > 1 else res.role_gpus
-        return {
-            "rollout worker": share(res.rollout_gpus, res.role_gpus),
-            "reward scorer": share(res.reward_gpus, res.role_gpus),
-            "reference policy": share(res.reference_gpus, res.role_gpus),
-            "learner": share(res.learner_gpus, learner_default),
-        }
-
-    @property
-    def ppo_role_counts(self) -> dict[str, int]:
-        """Instances of each PPO role."""
-        return {
-            "rollout worker": self.rollout.num_workers,
-            "reward scorer": self.reward.num_scorers,
-            "reference policy": 1,
-            "learner": self.learner.num_ranks,
-        }
-
-    @property
-    def ppo_minibatches_per_epoch(self) -> int:
-        """Optimiser steps per PPO epoch."""
-        return self.ppo.rollout_batch_size // self.ppo.mini_batch_size
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (tuples as lists), the inverse of :func:`from_dict`."""
-        from pipeline.config.loading import _plain
-
-        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
-        return plain
-
-    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Config:
-        """A copy with dotted overrides applied (a Tune trial is exactly this)."""
-        from pipeline.config.loading import _parse_cli, _set_dotted, from_dict
-
-        data = self.to_dict()
-        items = overrides.items() if isinstance(overrides, dict) else _parse_cli(overrides)
-        for key, value in items:
-            _set_dotted(data, key, value)
-        return from_dict(data)

@@ -20,7 +20,8 @@ from typing import Any, Literal, cast, get_args
 import yaml
 
 from pipeline.config.describe import describe, sections
-from pipeline.config.schema import Config, ConfigError
+from pipeline.config.schema import ConfigError
+from pipeline.config.tree import Config
 
 Kind = Literal["uniform", "loguniform", "randint", "choice", "grid"]
 KINDS: tuple[Kind, ...] = get_args(Kind)

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.config import MECHANISMS
 from pipeline.evaluation.figures import (
@@ -167,8 +167,8 @@ def build_report(
     header, rows = metrics_table(metrics)
     policies = policy_names(metrics)
     info = _info(metrics, run)
-    markdown = _markdown(title, info, header, rows, figures, examples, policies)
-    page = _html(title, info, header, rows, figures, examples, policies)
+    content = _Page(title, info, header, rows, figures, examples, policies)
+    markdown, page = _markdown(content), _html(content)
     md_path, html_path = out.report_md, out.report_html
     md_path.write_text(markdown)
     html_path.write_text(page)
@@ -220,22 +220,39 @@ def md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
-def _markdown(
-    title: str,
-    info: list[tuple[str, str]],
-    header: list[str],
-    rows: list[list[str]],
-    figures: list[ReportFigure],
-    examples: Sequence[Mapping[str, Any]],
-    policies: Sequence[str],
-) -> str:
+def figures_markdown(figures: Sequence[ReportFigure]) -> list[str]:
+    """Markdown lines showing each figure with its caption below."""
+    return [line for f in figures for line in (f"![{f.caption}]({f.path})", "", f"*{f.caption}*", "")]
+
+
+def figures_html(figures: Sequence[ReportFigure]) -> list[str]:
+    """One ``<figure>`` element per figure, with its caption."""
+    e = html.escape
+    return [
+        f'<figure><img src="{e(f.path)}" alt="{e(f.caption)}"><figcaption>{e(f.caption)}</figcaption></figure>'
+        for f in figures
+    ]
+
+
+class _Page(NamedTuple):
+    """What the Markdown and the HTML report both show."""
+
+    title: str
+    info: list[tuple[str, str]]
+    header: list[str]
+    rows: list[list[str]]
+    figures: list[ReportFigure]
+    examples: Sequence[Mapping[str, Any]]
+    policies: Sequence[str]
+
+
+def _markdown(page: _Page) -> str:
+    title, info, header, rows, figures, examples, policies = page
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {md_cell(v)}" for k, v in info]
     lines += ["", "## Metrics", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
-    lines += ["", NOTES, "", "## Figures", ""]
-    for f in figures:
-        lines += [f"![{f.caption}]({f.path})", "", f"*{f.caption}*", ""]
+    lines += ["", NOTES, "", "## Figures", "", *figures_markdown(figures)]
     if examples:
         lines += ["## Sample responses", "", "Levels are ER/IP/EX (0 none, 1 weak, 2 strong).", ""]
         for i, row in enumerate(examples):
@@ -262,16 +279,9 @@ figcaption, .note { color: #555; font-size: 0.9em; }
 """
 
 
-def _html(
-    title: str,
-    info: list[tuple[str, str]],
-    header: list[str],
-    rows: list[list[str]],
-    figures: list[ReportFigure],
-    examples: Sequence[Mapping[str, Any]],
-    policies: Sequence[str],
-) -> str:
+def _html(page: _Page) -> str:
     e = html.escape
+    title, info, header, rows, figures, examples, policies = page
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -283,10 +293,11 @@ def _html(
         "</tr></thead><tbody>",
     ]
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
-    parts += ["</tbody></table>", f'<p class="note">{e(NOTES)}</p>', "<h2>Figures</h2>"]
     parts += [
-        f'<figure><img src="{e(f.path)}" alt="{e(f.caption)}"><figcaption>{e(f.caption)}</figcaption></figure>'
-        for f in figures
+        "</tbody></table>",
+        f'<p class="note">{e(NOTES)}</p>',
+        "<h2>Figures</h2>",
+        *figures_html(figures),
     ]
     if examples:
         parts.append(

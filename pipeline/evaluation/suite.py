@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import MECHANISMS
-from pipeline.evaluation.bootstrap import BootstrapResult, paired_bootstrap, paired_bootstrap_mean
+from pipeline.evaluation.bootstrap import (
+    BootstrapResult,
+    FloatArray,
+    IntArray,
+    paired_bootstrap,
+    paired_bootstrap_mean,
+)
 from pipeline.evaluation.classification import classification_report, emp_f1, level_distribution
 from pipeline.evaluation.text import (
     bleu_from_stats,
@@ -36,9 +41,6 @@ from pipeline.evaluation.text import (
 from pipeline.training.sft import perplexity
 
 logger = logging.getLogger(__name__)
-
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
 
 
 class EvaluationInputError(ValueError):

@@ -27,7 +27,14 @@ from pipeline.evaluation.pareto import (
     metric_label,
     pareto_fronts,
 )
-from pipeline.evaluation.report import STYLE, ReportFigure, format_value, md_cell
+from pipeline.evaluation.report import (
+    STYLE,
+    ReportFigure,
+    figures_html,
+    figures_markdown,
+    format_value,
+    md_cell,
+)
 from pipeline.layout import SweepDir
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -184,9 +191,7 @@ def sweep_markdown(
     for caption, header, cells in _front_tables(rows, best):
         lines += [f"**{caption}**", "", *_md_table(header, cells), ""]
     if figures:
-        lines += ["## Figures", ""]
-        for f in figures:
-            lines += [f"![{f.caption}]({f.path})", "", f"*{f.caption}*", ""]
+        lines += ["## Figures", "", *figures_markdown(figures)]
     lines += ["## Trials", "", *_md_table(*_trials_table(rows, keys, best)), ""]
     return "\n".join(lines)
 
@@ -231,11 +236,7 @@ def sweep_html(
     for caption, header, cells in _front_tables(rows, best):
         parts += [f"<h3>{e(caption)}</h3>", _html_table(header, cells)]
     if figures:
-        parts.append("<h2>Figures</h2>")
-        parts += [
-            f'<figure><img src="{e(f.path)}" alt="{e(f.caption)}"><figcaption>{e(f.caption)}</figcaption></figure>'
-            for f in figures
-        ]
+        parts += ["<h2>Figures</h2>", *figures_html(figures)]
     parts += ["<h2>Trials</h2>", _html_table(*_trials_table(rows, keys, best)), "</body></html>"]
     return "\n".join(parts) + "\n"
 

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from pipeline.config import ModelConfig
+from pipeline.models.decoder import decode, decoder_output
 from pipeline.models.sources import ModelSourceError, as_float32, load_pretrained, resolve_source
 from pipeline.models.tokenizer import load_tokenizer
 
@@ -205,18 +206,11 @@ class PolicyWithValueHead(nn.Module):
             ``PolicyOutput(logits (B, T, V), values (B, T))``: position t predicts token t + 1 of
             ``decoder_input_ids`` and holds the value of the state after token t.
         """
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            output_hidden_states=True,
-            use_cache=False,
-            return_dict=True,
+        encoded = self.policy.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)[0]
+        out = decode(
+            self.policy, encoded, attention_mask, decoder_input_ids, decoder_mask=decoder_attention_mask
         )
-        # The last entry is the decoder output after the final layer norm, the input of lm_head.
-        hidden = cast(torch.Tensor, out.decoder_hidden_states[-1])
-        return PolicyOutput(cast(torch.Tensor, out.logits), self.value_head(hidden))
+        return PolicyOutput(cast(torch.Tensor, out.logits), self.value_head(decoder_output(out)))
 
     def packed(
         self,
@@ -259,17 +253,14 @@ class PolicyWithValueHead(nn.Module):
         ).last_hidden_state
         decoder = plan.decoder
         memory = plan.memory.pack(encoder.unpack(hidden))  # each decoder row's own prompts
-        out = self.policy(
-            encoder_outputs=(memory,),
-            attention_mask=_for_kernel(plan.cross_mask(), config, self.policy.dtype),
-            decoder_input_ids=decoder.pack(decoder_input_ids),
-            decoder_attention_mask=_for_kernel(decoder.block_mask(causal=True), config, self.policy.dtype),
-            output_hidden_states=True,
-            use_cache=False,
-            return_dict=True,
+        out = decode(
+            self.policy,
+            memory,
+            _for_kernel(plan.cross_mask(), config, self.policy.dtype),
+            decoder.pack(decoder_input_ids),
+            decoder_mask=_for_kernel(decoder.block_mask(causal=True), config, self.policy.dtype),
         )
-        states = cast(torch.Tensor, out.decoder_hidden_states[-1])
-        return PackedOutput(cast(torch.Tensor, out.logits), self.value_head(states), decoder)
+        return PackedOutput(cast(torch.Tensor, out.logits), self.value_head(decoder_output(out)), decoder)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:

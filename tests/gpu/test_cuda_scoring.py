@@ -5,24 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
+from tiny import SHORT_DIALOGUE as TEXTS
 
 from pipeline.config import IdentifiersConfig
 from pipeline.models import build_identifier, save_identifier, train_tokenizer
 from pipeline.scoring import EmpathyScorer
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
-
-TEXTS = [
-    "I lost my job today and I do not know what to do.",
-    "I am so sorry, that must be really hard. How are you holding up?",
-    "We finally adopted a puppy!",
-    "That is wonderful, what breed is she?",
-]
 
 
 def test_gpu_scores_match_cpu_scores(tmp_path: Path) -> None:

@@ -11,11 +11,6 @@ from pipeline.generation import encode_prompts, sample_responses
 from pipeline.models import build_policy, train_tokenizer
 from pipeline.ppo.iteration import response_forward
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
-
 TEXTS = [
     "I just got a new puppy and I am so happy about it",
     "My car broke down on the way to work this morning",

@@ -15,11 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 

@@ -15,12 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
@@ -37,11 +31,10 @@ def gpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import ray
     from ppo_inputs import build_run_dir, tiny_config
     from processes import free_port
-    from ray import serve
 
     import jobs  # noqa: F401  (loopback-only Ray)
     from actors.cluster.session import init_ray
-    from actors.serving.app import build_app, start_serve
+    from actors.serving.app import serving
     from pipeline.config import ResourcesConfig
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -52,12 +45,10 @@ def gpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     run = build_run_dir(folder / "run", folder / "cache")
     cfg = tiny_config(serve__port=free_port(), serve__policy_gpus=0.5, serve__identifier_gpus=0.25,
                       serve__policy_cpus=1, serve__identifier_cpus=1)  # fmt: skip
-    start_serve(cfg)
     try:
-        serve.run(build_app(cfg, run / "sft" / "policy", run / "identifiers"), name="emprl", route_prefix="/")
-        yield f"http://127.0.0.1:{cfg.serve.port}"
+        with serving(cfg, run / "sft" / "policy", run / "identifiers") as url:
+            yield url
     finally:
-        serve.shutdown()
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -4,36 +4,24 @@ members on one GPU, which NCCL refuses), and the reference policy and identifier
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny import IDENTIFIERS as IDENT
+from tiny import POLICY as SHAPE
+from tiny import SHORT_DIALOGUE as TEXTS
+from tiny import broadcast_in_threads, save_frozen_models
 
 from actors.ppo.reference import ReferenceWorker
 from actors.ppo.reward import RewardWorker
-from actors.ppo.weight_sync import WeightGroup, checksum, device_id, host_store, layout, sync_tensors
-from pipeline.config import MECHANISMS, IdentifiersConfig, ModelConfig, RewardConfig
+from actors.ppo.weight_sync import WeightGroup, checksum, device_id, layout, sync_tensors
+from pipeline.config import MECHANISMS, RewardConfig
 from pipeline.generation import encode_prompts
-from pipeline.models import build_identifier, build_policy, save_identifier, save_policy, train_tokenizer
+from pipeline.models import build_policy, train_tokenizer
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
-
-TEXTS = [
-    "I lost my job today and I do not know what to do.",
-    "I am so sorry, that must be really hard. How are you holding up?",
-    "We finally adopted a puppy!",
-    "That is wonderful, what breed is she?",
-]
-SHAPE = ModelConfig(
-    vocab_size=400, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1, num_heads=2
-)
-IDENT = IdentifiersConfig(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=400)
 BUCKET = 16 * 1024  # several buckets for the tiny policy
 
 
@@ -88,25 +76,7 @@ def test_gloo_stages_cuda_weights_through_host_memory_for_members_on_one_gpu() -
     assert layout(sender) == layout(receiver) and checksum(sender) != checksum(receiver)
     assert device_id(torch.device("cuda")) is not None
     live = [t.data_ptr() for t in sync_tensors(receiver)]
-    store, port = host_store("127.0.0.1", 2, timeout_s=60)
-    errors: list[BaseException] = []
-
-    def member(rank: int) -> None:
-        try:
-            group = WeightGroup.join(
-                host="127.0.0.1", port=port, rank=rank, world_size=2, backend="gloo", own_host="127.0.0.1",
-                store=store if rank == 0 else None, timeout_s=60,
-            )  # fmt: skip
-            group.broadcast(sync_tensors(sender if rank == 0 else receiver), bucket_bytes=BUCKET)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=member, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    broadcast_in_threads(sender, receiver, bucket_bytes=BUCKET)
     torch.cuda.synchronize()
     assert checksum(receiver) == checksum(sender)
     assert [t.data_ptr() for t in sync_tensors(receiver)] == live  # in place, still on the GPU
@@ -115,14 +85,7 @@ def test_gloo_stages_cuda_weights_through_host_memory_for_members_on_one_gpu() -
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("frozen")
-    tokenizer = train_tokenizer(TEXTS * 10, 400)
-    torch.manual_seed(0)
-    save_policy(build_policy(SHAPE, tokenizer), tokenizer, root / "policy")
-    for i, m in enumerate(MECHANISMS):
-        torch.manual_seed(i)
-        save_identifier(build_identifier(IDENT, tokenizer), tokenizer, root / "identifiers" / m)
-    return root / "policy", root / "identifiers"
+    return save_frozen_models(tmp_path_factory.mktemp("frozen"), train_tokenizer(TEXTS * 10, 400))
 
 
 def test_reference_policy_and_identifiers_in_bf16_on_cuda(folders: tuple[Path, Path]) -> None:

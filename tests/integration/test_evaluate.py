@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from ppo_inputs import POLICY, build_run_dir, tiny_config
+from ppo_inputs import POLICY, tiny_config
 
 from actors.inference.evaluator import EvaluationWorker, evaluate_policies, prompt_chunks
 from actors.inference.scorer import IdentifierScorerWorker
@@ -30,10 +30,9 @@ N = 20
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(sweep_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run with ``sft/policy``, a second random ``ppo/policy``, identifiers, labelled valid and training logs."""
-    run = build_run_dir(tmp_path_factory.mktemp("eval_run"), tmp_path_factory.mktemp("cache"), rows=32)
-    shutil.copy(run / "labeled" / "train.parquet", run / "labeled" / "valid.parquet")
+    run = shutil.copytree(sweep_run, tmp_path_factory.mktemp("eval") / "run")
     tokenizer = load_tokenizer(str(run / "sft" / "policy"), key="test")
     torch.manual_seed(7)
     save_policy(build_policy(POLICY, tokenizer), tokenizer, run / "ppo" / "policy")

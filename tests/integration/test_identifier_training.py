@@ -10,15 +10,8 @@ from typing import Any
 import pytest
 
 from actors.training.identifiers import TrainSpec, fit_mechanism, train_identifiers
-from pipeline.config import (
-    DataConfig,
-    EngineConfig,
-    IdentifiersConfig,
-    OptimizerConfig,
-    ResourcesConfig,
-    load_config,
-)
-from pipeline.data import PreparedData, prepare_datasets
+from pipeline.config import EngineConfig, IdentifiersConfig, OptimizerConfig, ResourcesConfig, load_config
+from pipeline.data import PreparedData
 from pipeline.models import load_identifier, train_tokenizer
 from pipeline.training.identifiers import LabeledPairs, evaluate
 
@@ -28,11 +21,6 @@ TINY = IdentifiersConfig(
     max_response_len=32,
 )  # fmt: skip
 RES = ResourcesConfig(num_cpus=2, trainer_cpus=1.0, torch_threads=1)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    return prepare_datasets(DataConfig(cache_dir=str(tmp_path_factory.mktemp("cache"))))
 
 
 @pytest.fixture(scope="module")

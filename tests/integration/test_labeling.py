@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,35 +12,22 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from ppo_inputs import IDENTIFIERS
 
 from actors.inference.labeling import LabelingError, label_splits, part_path
 from actors.inference.scorer import IdentifierScorerWorker
-from pipeline.config import MECHANISMS, DataConfig, IdentifiersConfig, ResourcesConfig
-from pipeline.data import PreparedData, prepare_datasets
+from pipeline.config import MECHANISMS, ResourcesConfig
+from pipeline.data import PreparedData
 from pipeline.layout import LabeledDir
 from pipeline.models import ModelSourceError, build_identifier, save_identifier, train_tokenizer
 from pipeline.scoring import EmpathyScorer, level_columns
 
 pytestmark = pytest.mark.integration
 
-CFG = IdentifiersConfig(
-    d_model=32,
-    d_ff=64,
-    num_layers=1,
-    num_heads=2,
-    vocab_size=400,
-    max_context_len=64,
-    max_response_len=32,
-    score_batch_size=32,
-)
+CFG = replace(IDENTIFIERS, score_batch_size=32)
 RES = ResourcesConfig(reward_cpus=0.5, torch_threads=1)
 SHARD_ROWS = 64
 ORIGINAL = ["conv_id", "turn", "emotion", "situation", "history", "context", "response"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    return prepare_datasets(DataConfig(cache_dir=str(tmp_path_factory.mktemp("cache"))))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import ray
 import torch
-from ppo_inputs import build_run_dir, tiny_config
+from ppo_inputs import tiny_config
 from safetensors.torch import load_file
 
 from actors.ppo.controller import PPOController
@@ -32,11 +32,6 @@ EXACT = (
     "ppo/policy_loss",
     "ppo/value_loss",
 )
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_run_dir(tmp_path_factory.mktemp("ppo_inputs"), tmp_path_factory.mktemp("cache"))
 
 
 def _fresh(inputs: Path, tmp_path: Path, name: str) -> Path:
@@ -67,9 +62,9 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def baseline(ray_cluster: None, inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def baseline(ray_cluster: None, ppo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three uninterrupted iterations with two rollout workers and one learner rank."""
-    run_dir = _fresh(inputs, tmp_path_factory.mktemp("baseline"), "run")
+    run_dir = _fresh(ppo_run, tmp_path_factory.mktemp("baseline"), "run")
     cfg = tiny_config(rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2)
     summary = ppo_stage(cfg, RunLayout(run_dir)).metrics
     assert summary["iterations"] == 3 and summary["samples"] == 24
@@ -83,9 +78,9 @@ def baseline(ray_cluster: None, inputs: Path, tmp_path_factory: pytest.TempPathF
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_one_iteration_with_two_rollout_workers_and_two_learner_ranks(
-    ray_cluster: None, inputs: Path, tmp_path: Path, zero_stage: int
+    ray_cluster: None, ppo_run: Path, tmp_path: Path, zero_stage: int
 ) -> None:
-    run_dir = _fresh(inputs, tmp_path, "run")
+    run_dir = _fresh(ppo_run, tmp_path, "run")
     # the learner recomputes the old log-probs and values (trl's way), after the scorers ran alone;
     # learner rank 0 broadcasts the weights over its second process group (gloo), beside DeepSpeed's
     # (under ZeRO-3 both ranks gather the parameters for it)
@@ -135,15 +130,15 @@ def test_one_iteration_with_two_rollout_workers_and_two_learner_ranks(
 
 
 def test_one_or_two_rollout_workers_give_the_same_run(
-    ray_cluster: None, inputs: Path, baseline: Path, tmp_path: Path
+    ray_cluster: None, ppo_run: Path, baseline: Path, tmp_path: Path
 ) -> None:
-    run_dir = _fresh(inputs, tmp_path, "one_worker")
+    run_dir = _fresh(ppo_run, tmp_path, "one_worker")
     ppo_stage(tiny_config(rollout__num_workers=1, ppo__total_steps=3, ppo__save_every=2), RunLayout(run_dir))
     _assert_same_run(baseline, run_dir)
 
 
 def test_killed_rollout_worker_and_learner_recover_exactly(
-    ray_cluster: None, inputs: Path, baseline: Path, tmp_path: Path
+    ray_cluster: None, ppo_run: Path, baseline: Path, tmp_path: Path
 ) -> None:
     """With the collective weight sync (gloo, buckets of 32 KiB): every publish leaves the workers with
     the learner's exact weights, each replaced member rebuilds the group, and the run equals the
@@ -166,7 +161,7 @@ def test_killed_rollout_worker_and_learner_recover_exactly(
             os.kill(pid, signal.SIGKILL)
             killed.append("learner")
 
-    run_dir = _fresh(inputs, tmp_path, "faults")
+    run_dir = _fresh(ppo_run, tmp_path, "faults")
     cfg = tiny_config(
         rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2, learner__weight_sync="collective",
         learner__weight_sync_bucket_mb=1 / 32,
@@ -190,7 +185,9 @@ def test_killed_rollout_worker_and_learner_recover_exactly(
     _assert_same_run(baseline, run_dir)
 
 
-def test_crashed_job_resumes_exactly(ray_cluster: None, inputs: Path, baseline: Path, tmp_path: Path) -> None:
+def test_crashed_job_resumes_exactly(
+    ray_cluster: None, ppo_run: Path, baseline: Path, tmp_path: Path
+) -> None:
     class Crash(RuntimeError):
         pass
 
@@ -198,7 +195,7 @@ def test_crashed_job_resumes_exactly(ray_cluster: None, inputs: Path, baseline: 
         if (iteration, phase) == (3, "publish"):
             raise Crash("simulated job crash")
 
-    run_dir = _fresh(inputs, tmp_path, "crash")
+    run_dir = _fresh(ppo_run, tmp_path, "crash")
     cfg = tiny_config(rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2)
     with pytest.raises(Crash):
         ppo_stage(cfg, RunLayout(run_dir), hooks=[crash])

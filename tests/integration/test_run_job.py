@@ -1,4 +1,7 @@
-"""The main job end to end on the demo data, on a real local Ray cluster bound to loopback."""
+"""The main job end to end on the demo data, on a real local Ray cluster bound to loopback.
+
+The new user's `python -m jobs.cli.run` and the Ray head for `ray job submit` start with the module and
+run beside its other tests: on two cores one pipeline run leaves a core mostly idle."""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from processes import BIN, RAY, job_env, leftovers, processes_with, ray_head
+from processes import BIN, RAY, BackgroundJob, RayHead, job_env, leftovers, processes_with, selected_tests
 
 from jobs.cli.run import STAGE_NAMES
 from pipeline.config import load_config
@@ -31,10 +35,39 @@ def test_local_cluster_stays_on_loopback(ray_cluster: None) -> None:
     assert ray.util.get_node_ip_address() == "127.0.0.1"
 
 
-@pytest.fixture
-def head() -> Iterator[tuple[str, dict[str, str]]]:
-    with ray_head() as started:
+SUBMIT_TEST = "test_emprl_run_through_ray_job_submit_writes_every_stage_into_one_folder"
+CLI_TEST = "test_cli_run_as_a_new_user_would"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def background(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """What the module's selected tests need, started with the module: the Ray head of the submit test and
+    the run of the CLI test (in its own folder, as a new user would run it)."""
+    selected = selected_tests(request)
+    started: dict[str, Any] = {}
+    try:
+        if SUBMIT_TEST in selected:
+            started["head"] = RayHead()
+        if CLI_TEST in selected:
+            folder = tmp_path_factory.mktemp("cli_run")
+            command = [sys.executable, "-m", "jobs.cli.run", f"run.output_dir={folder}", "run.name=cli",
+                       f"data.cache_dir={folder / 'cache'}"]  # fmt: skip
+            started["cli"] = (BackgroundJob(command, folder, cwd=ROOT), folder)
         yield started
+    finally:
+        if "cli" in started:
+            started["cli"][0].stop()
+        if "head" in started:
+            started["head"].stop()
+
+
+@pytest.fixture
+def head(background: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The dashboard address of the module's Ray head, and the environment to talk to it with."""
+    started: RayHead = background["head"]
+    return started.ready()
 
 
 @pytest.mark.slow
@@ -42,7 +75,7 @@ def test_emprl_run_through_ray_job_submit_writes_every_stage_into_one_folder(
     head: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
     """`ray job submit ... -- emprl run` on the demo data against a head on loopback, as on a cluster
-    (README: Running on a cluster): every stage's output in the run folder, and the report."""
+    (docs/cluster.md): every stage's output in the run folder, and the report."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     address, env = head
@@ -102,50 +135,17 @@ def test_emprl_run_through_ray_job_submit_writes_every_stage_into_one_folder(
     assert evaluation["policies"]["sft"]["perplexity"] == pytest.approx(sft_val_ppl, rel=1e-4)
 
 
-def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "override"), [("run", "learner.engine.zero_stage=4"), ("sft", "sft.engine.zero_stage=4")]
+)
+def test_cli_rejects_bad_config_before_any_work(command: str, override: str, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli.run", "learner.engine.zero_stage=4", f"run.output_dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
-    assert proc.returncode != 0
-    assert "learner.engine.zero_stage=4" in proc.stderr and "Fix:" in proc.stderr
-    assert not any(tmp_path.iterdir()), "no run folder may be created for an invalid config"
-
-
-@pytest.mark.slow
-def test_cli_run_as_a_new_user_would(tmp_path: Path) -> None:
-    """`python -m jobs.cli.run` in a fresh process: a short terminal, Ray's and the libraries' output in the
-    run's log, the report path last, and no process of the job left behind."""
-    env, marker = job_env()
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli.run", f"run.output_dir={tmp_path}", "run.name=cli",
-         f"data.cache_dir={tmp_path / 'cache'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+        [sys.executable, "-m", f"jobs.cli.{command}", override, f"run.output_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""},
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    layout = RunLayout(tmp_path / "cli")
-    config = yaml.safe_load(layout.config.read_text())
-    assert config["data"]["source"] == "demo"
-    terminal = (proc.stdout + proc.stderr).splitlines()
-    # every stage starts and reports its headline; the last lines say where the results are
-    for index, name in enumerate(STAGE_NAMES, 1):
-        assert any(f"stage {index}/{len(STAGE_NAMES)}: {name}" in line for line in terminal), name
-        assert any(f"stage {index}/{len(STAGE_NAMES)} {name} done" in line for line in terminal), name
-    assert (
-        proc.stdout.splitlines()[-1] == f"report (open in a browser): {layout.evaluate.report_html.resolve()}"
-    )
-    assert any("ETA" in line for line in terminal), "long stages show progress with an ETA"
-    # the chatter went to the run's log, not the terminal
-    log = layout.log.read_text()
-    for chatter in ("Started a local Ray instance", "(RayTrainWorker pid=", "(RewardWorker pid="):
-        assert chatter in log and not any(chatter in line for line in terminal), chatter
-    assert not any("Loading weights" in line or "PlacementGroupCleaner" in line for line in terminal)
-    assert len(terminal) < 120, "\n".join(terminal)
-    assert leftovers(marker) == []
+    assert proc.returncode != 0
+    assert override in proc.stderr and "Fix:" in proc.stderr
+    assert not any(tmp_path.iterdir()), "no run folder may be created for an invalid config"
 
 
 @pytest.mark.slow
@@ -188,3 +188,30 @@ def test_interrupted_or_failed_run_leaves_no_process(tmp_path: Path) -> None:
     assert "no_such_encoder" in failed.stderr, failed.stderr[-3000:]
     assert "Traceback" in failed.stderr, "the error reaches the terminal in full"
     assert leftovers(marker) == []
+
+
+@pytest.mark.slow
+def test_cli_run_as_a_new_user_would(background: dict[str, Any]) -> None:
+    """`python -m jobs.cli.run` in a fresh process: a short terminal, Ray's and the libraries' output in the
+    run's log, the report path last, and no process of the job left behind. (Started with the module, it
+    ran beside the tests above.)"""
+    job, folder = background["cli"]
+    returncode, stdout, stderr = job.finish(timeout_s=900)
+    assert returncode == 0, stderr[-3000:]
+    layout = RunLayout(folder / "cli")
+    config = yaml.safe_load(layout.config.read_text())
+    assert config["data"]["source"] == "demo"
+    terminal = (stdout + stderr).splitlines()
+    # every stage starts and reports its headline; the last lines say where the results are
+    for index, name in enumerate(STAGE_NAMES, 1):
+        assert any(f"stage {index}/{len(STAGE_NAMES)}: {name}" in line for line in terminal), name
+        assert any(f"stage {index}/{len(STAGE_NAMES)} {name} done" in line for line in terminal), name
+    assert stdout.splitlines()[-1] == f"report (open in a browser): {layout.evaluate.report_html.resolve()}"
+    assert any("ETA" in line for line in terminal), "long stages show progress with an ETA"
+    # the chatter went to the run's log, not the terminal
+    log = layout.log.read_text()
+    for chatter in ("Started a local Ray instance", "(RayTrainWorker pid=", "(RewardWorker pid="):
+        assert chatter in log and not any(chatter in line for line in terminal), chatter
+    assert not any("Loading weights" in line or "PlacementGroupCleaner" in line for line in terminal)
+    assert len(terminal) < 120, "\n".join(terminal)
+    assert leftovers(job.marker) == []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ppo_inputs import build_run_dir, tiny_config
+from ppo_inputs import tiny_config
 from processes import free_port
 
 from jobs.cli.serve import served_folders
@@ -53,15 +53,12 @@ def call(
 
 
 @pytest.fixture(scope="module")
-def service(
-    ray_cluster: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Config, Path]]:
+def service(ray_cluster: None, ppo_run: Path) -> Iterator[tuple[str, Config, Path]]:
     from ray import serve
 
     from actors.serving.app import build_app, start_serve
 
-    tmp = tmp_path_factory.mktemp("serve")
-    run = build_run_dir(tmp / "run", tmp / "cache")
+    run = ppo_run
     cfg = tiny_config(
         serve__port=free_port(),
         serve__policy_cpus=0.25,

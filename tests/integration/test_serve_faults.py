@@ -21,11 +21,11 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 import torch
-from ppo_inputs import POLICY, build_run_dir, tiny_config
+from ppo_inputs import POLICY, tiny_config
 from processes import free_port
 
-from pipeline.config import Config, DataConfig
-from pipeline.data import prepare_datasets
+from pipeline.config import Config
+from pipeline.data import PreparedData
 from pipeline.generation import SamplingSettings, generate_each
 from pipeline.models import build_policy, build_policy_tokenizer, load_policy, save_policy
 from pipeline.serving import dialogue_context
@@ -135,15 +135,17 @@ def measure_long_generation(folder: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    ray_cluster: None, ppo_run: Path, demo: PreparedData, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     """Serve with an HTTP timeout a quarter of the slow policy's longest generation; ``slow`` on ``/slow``."""
     from ray import serve
 
     from actors.serving.app import build_app, start_serve
 
     tmp = tmp_path_factory.mktemp("serve_faults")
-    run = build_run_dir(tmp / "run", tmp / "cache")
-    train = prepare_datasets(DataConfig(cache_dir=str(tmp / "cache"))).ed["train"]
+    run = ppo_run
+    train = demo.ed["train"]
     texts = list(train["context"])[:64] + list(train["response"])[:64]
     tokenizer = build_policy_tokenizer(SLOW_POLICY, texts)
     torch.manual_seed(0)

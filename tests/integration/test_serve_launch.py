@@ -1,6 +1,7 @@
 """The three ways to start the service, each for real in its own processes on 127.0.0.1: `emprl serve`
 in the foreground (Ctrl-C stops it, nothing left behind), `serve run configs/serve.yaml`, and
-`serve deploy` of the same file onto a running Ray head."""
+`serve deploy` of the same file onto a running Ray head (started with the module, it comes up while the
+other launches run)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from ppo_inputs import build_run_dir, tiny_overrides
-from processes import BIN, free_port, job_env, kill_all, leftovers, ray_head
+from ppo_inputs import tiny_overrides
+from processes import BIN, RayHead, free_port, job_env, kill_all, leftovers, selected_tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,9 +27,19 @@ SERVE_OVERRIDES = {"serve__policy_cpus": 0.25, "serve__identifier_cpus": 0.25}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("launch")
-    return build_run_dir(tmp / "run", tmp / "cache")
+def run_dir(ppo_run: Path) -> Path:
+    return ppo_run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def head(request: pytest.FixtureRequest) -> Iterator[RayHead | None]:
+    """The Ray head of the deploy test, started with the module when that test is selected."""
+    started = RayHead() if DEPLOY_TEST in selected_tests(request) else None
+    try:
+        yield started
+    finally:
+        if started is not None:
+            started.stop()
 
 
 def get(url: str, body: Any = None) -> tuple[int, str]:
@@ -138,32 +150,37 @@ def test_serve_run_of_the_shipped_config_file(run_dir: Path, tmp_path: Path) -> 
             kill_all(marker)
 
 
-def test_serve_deploy_of_the_same_file_onto_a_running_cluster(run_dir: Path, tmp_path: Path) -> None:
+DEPLOY_TEST = "test_serve_deploy_of_the_same_file_onto_a_running_cluster"
+
+
+def test_serve_deploy_of_the_same_file_onto_a_running_cluster(
+    run_dir: Path, tmp_path: Path, head: RayHead
+) -> None:
     port = free_port()
     config = serve_config(run_dir, port, tmp_path)
-    with ray_head() as (address, env):
-        serve = [str(BIN / "serve")]
-        deploy = subprocess.run([*serve, "deploy", str(config), "--address", address],
-                                env=env, capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
-        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-        log = tmp_path / "status.log"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # the app is built on the cluster after deploy returns
-            status = subprocess.run([*serve, "status", "--address", address],
-                                    env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
-            log.write_text(status.stdout + status.stderr)
-            if "DEPLOY_FAILED" in status.stdout:
-                pytest.fail(f"deploy failed:\n{status.stdout}")
-            if "status: RUNNING" in status.stdout:
-                break
-            time.sleep(1)
-        wait_until_serving(f"http://127.0.0.1:{port}", None, log, limit_s=60)
-        round_trip(f"http://127.0.0.1:{port}")
-        shutdown = subprocess.run([*serve, "shutdown", "--address", address, "--yes"],
-                                  env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert shutdown.returncode == 0, shutdown.stdout + shutdown.stderr
-        with pytest.raises(OSError):  # the HTTP proxy is gone with the app
-            get(f"http://127.0.0.1:{port}/healthz")
+    address, env = head.ready()
+    serve = [str(BIN / "serve")]
+    deploy = subprocess.run([*serve, "deploy", str(config), "--address", address],
+                            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    log = tmp_path / "status.log"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # the app is built on the cluster after deploy returns
+        status = subprocess.run([*serve, "status", "--address", address],
+                                env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        log.write_text(status.stdout + status.stderr)
+        if "DEPLOY_FAILED" in status.stdout:
+            pytest.fail(f"deploy failed:\n{status.stdout}")
+        if "status: RUNNING" in status.stdout:
+            break
+        time.sleep(1)
+    wait_until_serving(f"http://127.0.0.1:{port}", None, log, limit_s=60)
+    round_trip(f"http://127.0.0.1:{port}")
+    shutdown = subprocess.run([*serve, "shutdown", "--address", address, "--yes"],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shutdown.returncode == 0, shutdown.stdout + shutdown.stderr
+    with pytest.raises(OSError):  # the HTTP proxy is gone with the app
+        get(f"http://127.0.0.1:{port}/healthz")
 
 
 def test_app_builder_refuses_bad_args_with_the_fix(run_dir: Path) -> None:

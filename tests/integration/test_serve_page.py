@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ppo_inputs import build_run_dir, tiny_config
+from ppo_inputs import tiny_config
 from processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -32,22 +32,17 @@ def post(url: str, body: dict[str, Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def page_service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def page_service(ray_cluster: None, ppo_run: Path) -> Iterator[str]:
     from ray import serve
 
-    from actors.serving.app import build_app, start_serve
+    from actors.serving.app import serving
 
-    tmp = tmp_path_factory.mktemp("page")
-    run = build_run_dir(tmp / "run", tmp / "cache")
+    run = ppo_run
     cfg = tiny_config(serve__port=free_port(), serve__policy_cpus=0.25, serve__identifier_cpus=0.25,
                       serve__max_text_chars=200)  # fmt: skip
     serve.shutdown()  # HTTP options are global to a Serve instance: this module starts its own
-    start_serve(cfg)
-    try:
-        serve.run(build_app(cfg, run / "sft" / "policy", run / "identifiers"), name="emprl", route_prefix="/")
-        yield f"http://127.0.0.1:{cfg.serve.port}"
-    finally:
-        serve.shutdown()
+    with serving(cfg, run / "sft" / "policy", run / "identifiers") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 import ray
-from ppo_inputs import build_run_dir, linked_run, tiny_config
+from ppo_inputs import linked_run, tiny_config
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.cluster.placement import Reservation, ReservationError, evaluation_bundles, ppo_bundles
-from actors.ppo.controller import IterationReport, PPOController
+from actors.ppo.controller import PPOController
+from actors.ppo.metrics import IterationReport
 from jobs.stages import evaluate_stage, load_evaluation_inputs, ppo_stage
 from pipeline.config import Config
 from pipeline.layout import RunLayout
@@ -26,13 +27,6 @@ pytestmark = pytest.mark.integration
 
 TRIAL_BUNDLE = {"CPU": 0.1}
 """Bundle 0 of a Tune trial's placement group: the trial function itself."""
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_run_dir(
-        tmp_path_factory.mktemp("stage_inputs"), tmp_path_factory.mktemp("cache"), rows=32, valid=True
-    )
 
 
 def _placements(controller: PPOController) -> dict[str, list[dict[str, Any]]]:
@@ -85,10 +79,10 @@ def _check_roles_match_bundles(placements: dict[str, list[dict[str, Any]]], cfg:
 
 
 def test_ppo_and_evaluation_run_inside_the_callers_reservation_and_create_no_placement_group(
-    ray_cluster: None, inputs: Path, tmp_path: Path
+    ray_cluster: None, sweep_run: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_config(rollout__num_workers=2, ppo__total_steps=2, ppo__save_every=1, rollout__batch_size=4)
-    layout = linked_run(inputs, tmp_path)
+    layout = linked_run(sweep_run, tmp_path)
     bundles = [TRIAL_BUNDLE, *(dict(b.resources) for b in ppo_bundles(cfg))]
     # evaluation with as many workers as rollout workers fits the PPO bundles it follows
     assert [dict(b.resources) for b in evaluation_bundles(cfg, 2)] == bundles[1:4]
@@ -120,10 +114,10 @@ def test_ppo_and_evaluation_run_inside_the_callers_reservation_and_create_no_pla
 
 
 def test_a_stage_reserves_exactly_its_bundle_list_and_releases_it(
-    ray_cluster: None, inputs: Path, tmp_path: Path
+    ray_cluster: None, sweep_run: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_config(reward__num_scorers=2, ppo__total_steps=1)
-    layout = linked_run(inputs, tmp_path)
+    layout = linked_run(sweep_run, tmp_path)
     seen: dict[str, Any] = {}
 
     def look(controller: PPOController, iteration: int, phase: str) -> None:
@@ -183,9 +177,9 @@ def test_on_an_autoscaling_cluster_a_reservation_waits_for_nodes_then_fails_nami
 
 
 def test_resume_takes_hyperparameters_from_the_config_in_force(
-    ray_cluster: None, inputs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ray_cluster: None, sweep_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    layout = linked_run(inputs, tmp_path)
+    layout = linked_run(sweep_run, tmp_path)
     base = {"ppo__total_steps": 2, "ppo__save_every": 2, "ppo__lr_schedule": "constant"}
     first = ppo_stage(tiny_config(**base), layout).metrics
     state = json.loads(

@@ -11,22 +11,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
-from ppo_inputs import build_run_dir, linked_run, tiny_config, tiny_overrides
+from ppo_inputs import tiny_config, tiny_overrides
 
 from actors.ppo.controller import PPOController
 from jobs.cli.tune import main as tune_main
 from jobs.stages.tune import SweepError, SweepSettings, tune_stage
 from pipeline.config.search_space import parse_search_space
+from pipeline.layout import RunLayout
 from pipeline.models import load_policy
 
 pytestmark = pytest.mark.integration
 
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the trials cannot import this module
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_run_dir(
-        tmp_path_factory.mktemp("tune_inputs"), tmp_path_factory.mktemp("cache"), rows=32, valid=True
-    )
+
+SPACE = {"ppo.kl_coef": {"grid": [0.05, 0.3]}, "reward.weights.ex": {"uniform": [0.5, 2.0]}}
 
 
 def _record(controller: PPOController, iteration: int, phase: str) -> None:
@@ -49,14 +48,11 @@ def _record(controller: PPOController, iteration: int, phase: str) -> None:
 
 
 def test_two_trials_complete_and_the_best_policy_is_published(
-    ray_cluster: None, inputs: Path, tmp_path: Path
+    ray_cluster: None, sweep_layout: RunLayout
 ) -> None:
+    layout = sweep_layout
     cfg = tiny_config(ppo__total_steps=2, ppo__save_every=1, ppo__kl_mode="fixed")
-    layout = linked_run(inputs, tmp_path)
-    space = parse_search_space(
-        {"ppo.kl_coef": {"grid": [0.05, 0.3]}, "reward.weights.ex": {"uniform": [0.5, 2.0]}}, cfg
-    )
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+    space = parse_search_space(SPACE, cfg)
     settings = SweepSettings(max_concurrent_trials=2, grace_period=2, dev_examples=8, eval_examples=8)
     result = tune_stage(cfg, layout, space, settings, hooks=[_record])  # grace 2: both trials run to the end
     sweep = layout.sweep()
@@ -109,8 +105,8 @@ def test_two_trials_complete_and_the_best_policy_is_published(
     assert first_phases == [(1, "generate"), (2, "generate"), (2, "generate")], events
 
 
-def test_a_bad_space_fails_before_any_trial_naming_the_key(inputs: Path, tmp_path: Path) -> None:
-    layout = linked_run(inputs, tmp_path)
+def test_a_bad_space_fails_before_any_trial_naming_the_key(sweep_layout: RunLayout, tmp_path: Path) -> None:
+    layout = sweep_layout
     base = ["--run-dir", str(layout.root), *tiny_overrides()]
     bad_key = tmp_path / "bad_key.yaml"
     bad_key.write_text("ppo.kl_targt: {uniform: [1.0, 6.0]}\n")
@@ -128,10 +124,10 @@ def test_a_bad_space_fails_before_any_trial_naming_the_key(inputs: Path, tmp_pat
 
 
 def test_a_trial_too_big_for_the_cluster_fails_before_any_trial(
-    ray_cluster: None, inputs: Path, tmp_path: Path
+    ray_cluster: None, sweep_layout: RunLayout
 ) -> None:
+    layout = sweep_layout
     cfg = tiny_config(resources__rollout_cpus=3.0)
-    layout = linked_run(inputs, tmp_path)
     space = parse_search_space({"ppo.kl_coef": {"grid": [0.05, 0.3]}}, cfg)
     with pytest.raises(
         SweepError, match=r"no trial fits the cluster \(0 at once\).*rollout worker.*but the cluster has 2"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from ppo_inputs import build_run_dir, linked_run, tiny_overrides
+from ppo_inputs import linked_run, tiny_overrides
 from processes import job_env, kill_all, leftovers
 
 from pipeline.layout import SweepDir
@@ -57,9 +57,8 @@ def _ppo_iterations(sweep: SweepDir, trial_id: str) -> list[int]:
     return [json.loads(line)["iteration"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
-    inputs = build_run_dir(tmp_path / "inputs", tmp_path / "cache", rows=32, valid=True)
-    layout = linked_run(inputs, tmp_path)
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(sweep_run: Path, tmp_path: Path) -> None:
+    layout = linked_run(sweep_run, tmp_path)
     sweep = layout.sweep()
     space = tmp_path / "space.yaml"
     space.write_text("ppo.kl_coef: {uniform: [0.05, 0.5]}\n")

@@ -6,25 +6,23 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import ray
-from ppo_inputs import build_run_dir, linked_run, tiny_config
+from ppo_inputs import tiny_config
 
 from actors.ppo.controller import PPOController
 from jobs.stages.tune import SweepSettings, tune_stage
 from pipeline.config.search_space import parse_search_space
+from pipeline.layout import RunLayout
 
 pytestmark = pytest.mark.integration
 
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the trials cannot import this module
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_run_dir(
-        tmp_path_factory.mktemp("tune_sched_inputs"), tmp_path_factory.mktemp("cache"), rows=32, valid=True
-    )
+
+PBT_SPACE = {"ppo.kl_coef": {"uniform": [0.02, 0.5]}, "ppo.kl_target": {"uniform": [1.0, 8.0]}}
 
 
 def _in_force(controller: PPOController, iteration: int, phase: str) -> None:
@@ -41,18 +39,15 @@ def _in_force(controller: PPOController, iteration: int, phase: str) -> None:
 
 
 def test_a_pbt_exploit_resumes_the_worse_trial_under_mutated_kl_settings(
-    ray_cluster: None, inputs: Path, tmp_path: Path
+    ray_cluster: None, sweep_layout: RunLayout
 ) -> None:
-    cfg = tiny_config(ppo__total_steps=3, ppo__save_every=1, ppo__kl_mode="adaptive")
-    layout = linked_run(inputs, tmp_path)
-    space = parse_search_space(
-        {"ppo.kl_coef": {"uniform": [0.02, 0.5]}, "ppo.kl_target": {"uniform": [1.0, 8.0]}}, cfg
-    )
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
     settings = SweepSettings(
         num_samples=2, scheduler="pbt", max_concurrent_trials=2, perturbation_interval=1,
         quantile_fraction=0.5, resample_probability=1.0, dev_examples=8, eval_examples=8,
     )  # fmt: skip
+    layout = sweep_layout
+    cfg = tiny_config(ppo__total_steps=3, ppo__save_every=1, ppo__kl_mode="adaptive")
+    space = parse_search_space(PBT_SPACE, cfg)
     result = tune_stage(cfg, layout, space, settings, hooks=[_in_force])
     sweep = layout.sweep()
     rows = {r["trial_id"]: r for r in pq.read_table(sweep.trials).to_pylist()}
@@ -83,10 +78,10 @@ def test_a_pbt_exploit_resumes_the_worse_trial_under_mutated_kl_settings(
 
 
 def test_asha_stops_the_weaker_trial_after_its_first_report(
-    ray_cluster: None, inputs: Path, tmp_path: Path
+    ray_cluster: None, sweep_layout: RunLayout
 ) -> None:
+    layout = sweep_layout
     cfg = tiny_config(ppo__total_steps=3, ppo__kl_mode="fixed")
-    layout = linked_run(inputs, tmp_path)
     # ranked on the (fixed) KL coefficient itself: the 0.3 trial is worse than the 0.05 one at every report
     space = parse_search_space({"ppo.kl_coef": {"grid": [0.05, 0.3]}}, cfg)
     settings = SweepSettings(

@@ -10,8 +10,9 @@ import yaml
 
 from actors.cluster.placement import ppo_bundles, total
 from pipeline.config import Config, ConfigError, load_config
-from pipeline.config.schema import LearnerConfig, ResourcesConfig
-from pipeline.config.validation import pack_gpu_shares
+from pipeline.config.deployment import ResourcesConfig
+from pipeline.config.gpu_shares import pack_gpu_shares
+from pipeline.config.schema import LearnerConfig
 
 pytestmark = pytest.mark.unit
 

@@ -66,87 +66,34 @@ def _ep(bad: bytes) -> Callable[[Path], Path]:
     return lambda tmp: epitome_folder(tmp, bad)
 
 
+def _ed_case(name: str, bad: bytes, column: str | None, problem: str, official: bool = False) -> Case:
+    """A bad line 4 of an ED file (the variant header, or with ``official`` the official one)."""
+    return (name, _ed(OFFICIAL if official else VARIANT, bad, official), parse_ed, 4, column, problem)
+
+
+def _ep_case(name: str, bad: bytes, column: str | None, problem: str) -> Case:
+    """A bad line 3 of the EPITOME ER file."""
+    return (name, _ep(bad), parse_epitome, 3, column, problem)
+
+
 CASES: list[Case] = [
-    (
-        "ed empty response",
-        _ed(VARIANT, b"c,2,sad,p,listener,  "),
-        parse_ed,
-        4,
-        "utterance",
-        "empty listener response",
-    ),
-    (
-        "ed official empty response",
-        _ed(OFFICIAL, b"c,2,sad,p,2,,,", True),
-        parse_ed,
-        4,
-        "utterance",
-        "empty listener",
-    ),
-    (
-        "ed too few fields",
-        _ed(VARIANT, b"c,2,sad,p,listener"),
-        parse_ed,
-        4,
-        "utterance",
-        "wrong number of fields",
-    ),
-    (
-        "ed too many fields",
-        _ed(VARIANT, b"c,2,sad,p,listener,a,b"),
-        parse_ed,
-        4,
-        "utterance",
-        "wrong number of fields",
-    ),
-    (
-        "ed official too few",
-        _ed(OFFICIAL, b"c,2,sad,p,2", True),
-        parse_ed,
-        4,
-        "utterance",
-        "wrong number of fields",
-    ),
-    ("ed unbalanced quote", _ed(VARIANT, b'c,2,sad,p,listener,"oops'), parse_ed, 4, None, "malformed CSV"),
-    (
-        "ed bad utf-8",
-        _ed(VARIANT, b"c,2,sad,p,listener,caf\xe9 \xff"),
-        parse_ed,
-        4,
-        "utterance",
-        "invalid UTF-8",
-    ),
-    (
-        "ed bad turn number",
-        _ed(VARIANT, b"c,x,sad,p,listener,hi"),
-        parse_ed,
-        4,
-        "utterance_idx",
-        "not a turn number",
-    ),
-    ("ed bad role", _ed(VARIANT, b"c,2,sad,p,helper,hi"), parse_ed, 4, "speaker_role", "'helper' is not"),
-    (
-        "ed duplicate turn",
-        _ed(VARIANT, b"a,2,sad,p,listener,again"),
-        parse_ed,
-        4,
-        "utterance_idx",
-        "appears twice",
-    ),
-    ("ed empty emotion", _ed(VARIANT, b"c,2,,p,listener,hi"), parse_ed, 4, "context", "empty emotion"),
-    ("epitome level 3", _ep(b"s9,r9,a,b,3,"), parse_epitome, 3, "level", "invalid level '3'"),
-    ("epitome level x", _ep(b"s9,r9,a,b,x,"), parse_epitome, 3, "level", "invalid level 'x'"),
-    (
-        "epitome empty response",
-        _ep(b's9,r9,a," ",0,'),
-        parse_epitome,
-        3,
-        "response_post",
-        "empty response_post",
-    ),
-    ("epitome too few fields", _ep(b"s9,r9,a,b,0"), parse_epitome, 3, "rationales", "wrong number of fields"),
-    ("epitome bad quote", _ep(b's9,r9,"a"b,c,0,'), parse_epitome, 3, None, "malformed CSV"),
-    ("epitome bad utf-8", _ep(b"s9,r9,\xc3\x28,b,0,"), parse_epitome, 3, "seeker_post", "invalid UTF-8"),
+    _ed_case("ed empty response", b"c,2,sad,p,listener,  ", "utterance", "empty listener response"),
+    _ed_case("ed official empty response", b"c,2,sad,p,2,,,", "utterance", "empty listener", official=True),
+    _ed_case("ed too few fields", b"c,2,sad,p,listener", "utterance", "wrong number of fields"),
+    _ed_case("ed too many fields", b"c,2,sad,p,listener,a,b", "utterance", "wrong number of fields"),
+    _ed_case("ed official too few", b"c,2,sad,p,2", "utterance", "wrong number of fields", official=True),
+    _ed_case("ed unbalanced quote", b'c,2,sad,p,listener,"oops', None, "malformed CSV"),
+    _ed_case("ed bad utf-8", b"c,2,sad,p,listener,caf\xe9 \xff", "utterance", "invalid UTF-8"),
+    _ed_case("ed bad turn number", b"c,x,sad,p,listener,hi", "utterance_idx", "not a turn number"),
+    _ed_case("ed bad role", b"c,2,sad,p,helper,hi", "speaker_role", "'helper' is not"),
+    _ed_case("ed duplicate turn", b"a,2,sad,p,listener,again", "utterance_idx", "appears twice"),
+    _ed_case("ed empty emotion", b"c,2,,p,listener,hi", "context", "empty emotion"),
+    _ep_case("epitome level 3", b"s9,r9,a,b,3,", "level", "invalid level '3'"),
+    _ep_case("epitome level x", b"s9,r9,a,b,x,", "level", "invalid level 'x'"),
+    _ep_case("epitome empty response", b's9,r9,a," ",0,', "response_post", "empty response_post"),
+    _ep_case("epitome too few fields", b"s9,r9,a,b,0", "rationales", "wrong number of fields"),
+    _ep_case("epitome bad quote", b's9,r9,"a"b,c,0,', None, "malformed CSV"),
+    _ep_case("epitome bad utf-8", b"s9,r9,\xc3\x28,b,0,", "seeker_post", "invalid UTF-8"),
 ]
 
 

@@ -9,17 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import (
-    EPITOME_FILES,
-    EPITOME_SPLITS,
-    DataError,
-    EpitomeData,
-    EpitomePair,
-    level_distribution,
-    read_epitome,
-    resolve_level,
-    split_epitome,
-)
+from pipeline.data import EPITOME_FILES, EPITOME_SPLITS, DataError, EpitomeData, EpitomePair
+from pipeline.data.epitome import level_distribution, read_epitome, resolve_level, split_epitome
 
 FRACTIONS = (0.75, 0.05, 0.20)
 HEADER = ["sp_id", "rp_id", "seeker_post", "response_post", "level", "rationales"]

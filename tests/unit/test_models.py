@@ -14,6 +14,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
+from tiny import DIALOGUE
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from pipeline.config import IdentifiersConfig, ModelConfig
@@ -36,38 +37,7 @@ from pipeline.models import (
 
 pytestmark = pytest.mark.unit
 
-TEXTS = [
-    "I am so sorry to hear that, it must have been really hard for you.",
-    "That's great! I'm so happy for you and your family.",
-    "My dog died last week and I can't stop crying about it.",
-    "What happened? Did you talk to anyone about how you feel?",
-    "I feel lonely since I moved to a new city for work.",
-    "Have you tried joining a club or a gym to meet new people?",
-    "I got the job I wanted after three interviews!",
-    "Congratulations, you must be very proud of yourself.",
-    "My best friend forgot my birthday this year.",
-    "That sounds disappointing. Did you tell her how it made you feel?",
-    "I was terrified when the storm knocked out the power.",
-    "Storms can be scary, especially at night. Are you safe now?",
-    "I finally finished painting the house yesterday.",
-    "Wow, that is a lot of work. How long did it take you?",
-    "I can't believe my brother lied to me again.",
-    "I understand why you would be upset about that.",
-    "We are going on vacation to the beach next month.",
-    "That sounds like fun! Where are you going to stay?",
-    "I failed my driving test for the second time.",
-    "Don't give up, many people need a few tries before they pass.",
-    "My grandmother is in the hospital and I am worried.",
-    "I hope she gets better soon. Is she in good hands?",
-    "Someone stole my bike from in front of the library.",
-    "That is awful. Did you report it to the police?",
-    "I'm nervous about my exam tomorrow morning.",
-    "You will do fine, you have studied hard for it.",
-    "My neighbor keeps playing loud music late at night.",
-    "That would annoy me too. Have you asked him to turn it down?",
-    "I found twenty dollars on the sidewalk today.",
-    "Lucky you! What are you going to spend it on?",
-]
+TEXTS = DIALOGUE
 VOCAB = 400
 
 

@@ -8,8 +8,9 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
+from tiny import POLICY
 
-from pipeline.config import ModelConfig, PPOConfig, RewardConfig, RolloutConfig
+from pipeline.config import PPOConfig, RewardConfig, RolloutConfig
 from pipeline.generation import encode_prompts, response_mask, sample_responses, sampling_distribution
 from pipeline.models import PolicyWithValueHead, build_policy, train_tokenizer, use_fastest_attention
 from pipeline.models.policy import packed_encoder_states
@@ -35,9 +36,7 @@ TEXTS = [
     "My best friend forgot my birthday again",
     "I finally finished the marathon after months of training",
 ]
-MODEL = ModelConfig(
-    vocab_size=400, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1, num_heads=2
-)
+MODEL = POLICY
 ROLLOUT = RolloutConfig(min_new_tokens=2, max_new_tokens=6)
 TRAIN_RESPONSES = torch.randint(5, MODEL.vocab_size, (6, 5), generator=torch.Generator().manual_seed(3))
 

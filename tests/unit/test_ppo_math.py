@@ -25,6 +25,11 @@ def t(x: object) -> torch.Tensor:
 MASK = t([[1, 1, 1, 0], [1, 1, 0, 0]])
 
 
+def masked_cells() -> list[tuple[int, int]]:
+    """``(b, i)`` of every valid token of ``MASK``, row by row (the loop references' order)."""
+    return [(b, i) for b in range(MASK.shape[0]) for i in range(MASK.shape[1]) if MASK[b, i]]
+
+
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
 
@@ -134,14 +139,12 @@ def test_policy_loss_vs_loop() -> None:
     lp, old, adv = rand(2, 4), rand(2, 4, seed=1), rand(2, 4, seed=2)
     loss, stats = policy_loss(lp, old, adv, MASK, clip_ratio=0.2)
     terms, clipped = [], []
-    for b in range(2):
-        for i in range(4):
-            if MASK[b, i]:
-                r = math.exp(float(lp[b, i] - old[b, i]))
-                a = float(adv[b, i])
-                u, c = -a * r, -a * min(max(r, 0.8), 1.2)
-                terms.append(max(u, c))
-                clipped.append(c > u)
+    for b, i in masked_cells():
+        r = math.exp(float(lp[b, i] - old[b, i]))
+        a = float(adv[b, i])
+        u, c = -a * r, -a * min(max(r, 0.8), 1.2)
+        terms.append(max(u, c))
+        clipped.append(c > u)
     assert float(loss) == pytest.approx(np.mean(terms))
     assert float(stats["clipfrac"]) == pytest.approx(np.mean(clipped))
 
@@ -172,13 +175,11 @@ def test_value_loss_hand_computed_and_loop() -> None:
     v, o, r = rand(2, 4), rand(2, 4, seed=1), rand(2, 4, seed=2)
     loss, stats = value_loss(v, o, r, MASK, value_clip=0.2)
     terms, fr = [], []
-    for b in range(2):
-        for i in range(4):
-            if MASK[b, i]:
-                vc = min(max(float(v[b, i]), float(o[b, i]) - 0.2), float(o[b, i]) + 0.2)
-                e1, e2 = (float(v[b, i] - r[b, i])) ** 2, (vc - float(r[b, i])) ** 2
-                terms.append(max(e1, e2))
-                fr.append(e2 > e1)
+    for b, i in masked_cells():
+        vc = min(max(float(v[b, i]), float(o[b, i]) - 0.2), float(o[b, i]) + 0.2)
+        e1, e2 = (float(v[b, i] - r[b, i])) ** 2, (vc - float(r[b, i])) ** 2
+        terms.append(max(e1, e2))
+        fr.append(e2 > e1)
     assert float(loss) == pytest.approx(0.5 * np.mean(terms))
     assert float(stats["vf_clipfrac"]) == pytest.approx(np.mean(fr))
 

@@ -7,21 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import IDENTIFIERS as IDENT
+from tiny import save_frozen_models
 
 from actors.ppo.checkpoints import CheckpointStore
 from actors.ppo.reference import ReferenceWorker
 from actors.ppo.reward import RewardWorker
 from actors.ppo.rollout import RolloutWorker
-from pipeline.config import (
-    MECHANISMS,
-    IdentifiersConfig,
-    ModelConfig,
-    RewardConfig,
-    RolloutConfig,
-    load_config,
-)
+from pipeline.config import MECHANISMS, RewardConfig, RolloutConfig, load_config
 from pipeline.generation import encode_prompts
-from pipeline.models import build_identifier, build_policy, save_identifier, save_policy, train_tokenizer
+from pipeline.models import train_tokenizer
 from pipeline.ppo.iteration import response_forward
 
 pytestmark = pytest.mark.unit
@@ -32,22 +27,11 @@ TEXTS = [
     "That sounds awful, are you okay?",
     "Congratulations! What kind of puppy is it?",
 ]
-IDENT = IdentifiersConfig(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=400)
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("roles")
-    tokenizer = train_tokenizer(TEXTS * 3, 400)
-    torch.manual_seed(0)
-    model = ModelConfig(
-        vocab_size=400, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1, num_heads=2
-    )
-    save_policy(build_policy(model, tokenizer), tokenizer, root / "policy")
-    for i, m in enumerate(MECHANISMS):
-        torch.manual_seed(i)
-        save_identifier(build_identifier(IDENT, tokenizer), tokenizer, root / "identifiers" / m)
-    return root / "policy", root / "identifiers"
+    return save_frozen_models(tmp_path_factory.mktemp("roles"), train_tokenizer(TEXTS * 3, 400))
 
 
 def test_rollout_worker_adopts_published_weights_and_version(folders: tuple[Path, Path]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import DIALOGUE
 
 from pipeline.config import MECHANISMS, IdentifiersConfig
 from pipeline.models import (
@@ -25,20 +26,7 @@ from pipeline.scoring import EmpathyScorer, LevelScores, level_columns
 
 pytestmark = pytest.mark.unit
 
-TEXTS = [
-    "I am so sorry to hear that, it must have been really hard for you.",
-    "That's great! I'm so happy for you and your family.",
-    "My dog died last week and I can't stop crying about it.",
-    "What happened? Did you talk to anyone about how you feel?",
-    "I feel lonely since I moved to a new city for work.",
-    "Have you tried joining a club or a gym to meet new people?",
-    "I got the job I wanted after three interviews!",
-    "Congratulations, you must be very proud of yourself.",
-    "My best friend forgot my birthday this year.",
-    "That sounds disappointing. Did you tell her how it made you feel?",
-    "I was terrified when the storm knocked out the power.",
-    "Storms can be scary, especially at night. Are you safe now?",
-]
+TEXTS = DIALOGUE[:12]
 CFG = IdentifiersConfig(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=400, dropout=0.1)
 MAX_CONTEXT, MAX_RESPONSE = 40, 16
 

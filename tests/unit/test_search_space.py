@@ -45,42 +45,45 @@ def test_every_shipped_space_is_valid_for_every_preset() -> None:
         assert load_search_space(space, real).dimensions
 
 
+def rejects(space: dict[str, object], message: str) -> None:
+    """``space`` fails against the local preset with a :class:`SearchSpaceError` matching ``message``."""
+    with pytest.raises(SearchSpaceError, match=message):
+        parse_search_space(space, BASE)
+
+
 def test_an_unknown_key_is_named_with_the_closest_one() -> None:
-    with pytest.raises(
-        SearchSpaceError, match=r"unknown config key 'ppo.kl_coeff'.*did you mean 'ppo.kl_coef'"
-    ):
-        parse_search_space({"ppo.kl_coeff": {"uniform": [0.1, 0.2]}}, BASE)
-    with pytest.raises(SearchSpaceError, match=r"reward.weights is a config section.*reward.weights.er"):
-        parse_search_space({"reward.weights": {"uniform": [0.1, 0.2]}}, BASE)
+    rejects(
+        {"ppo.kl_coeff": {"uniform": [0.1, 0.2]}},
+        r"unknown config key 'ppo.kl_coeff'.*did you mean 'ppo.kl_coef'",
+    )
+    rejects(
+        {"reward.weights": {"uniform": [0.1, 0.2]}}, r"reward.weights is a config section.*reward.weights.er"
+    )
 
 
 def test_a_range_the_config_rejects_fails_naming_the_key_value_and_rule() -> None:
-    with pytest.raises(
-        SearchSpaceError, match=r"ppo.kl_target=0 \(from uniform \[0, 6\]\).*must be > 0.*narrow"
-    ):
-        parse_search_space({"ppo.kl_target": {"uniform": [0, 6]}}, BASE)
-    with pytest.raises(SearchSpaceError, match=r"reward.weights.ex=-1.0 .*reward.weights.ex"):
-        parse_search_space({"reward.weights.ex": {"uniform": [-1.0, 1.0]}}, BASE)
-    with pytest.raises(SearchSpaceError, match=r"ppo.kl_horizon=0 \(from choice \[0, 100\]\)"):
-        parse_search_space({"ppo.kl_horizon": {"choice": [0, 100]}}, BASE)
+    rejects(
+        {"ppo.kl_target": {"uniform": [0, 6]}},
+        r"ppo.kl_target=0 \(from uniform \[0, 6\]\).*must be > 0.*narrow",
+    )
+    rejects({"reward.weights.ex": {"uniform": [-1.0, 1.0]}}, r"reward.weights.ex=-1.0 .*reward.weights.ex")
+    rejects({"ppo.kl_horizon": {"choice": [0, 100]}}, r"ppo.kl_horizon=0 \(from choice \[0, 100\]\)")
     assert issubclass(SearchSpaceError, ConfigError)
 
 
 def test_a_value_of_the_wrong_type_fails_naming_the_key() -> None:
-    with pytest.raises(SearchSpaceError, match=r"ppo.kl_mode=0.1 .*must be one of \['adaptive', 'fixed'\]"):
-        parse_search_space({"ppo.kl_mode": {"uniform": [0.1, 0.2]}}, BASE)
-    with pytest.raises(SearchSpaceError, match=r"ppo.ppo_epochs=1.5 .*expected an integer"):
-        parse_search_space({"ppo.ppo_epochs": {"uniform": [1.5, 3]}}, BASE)
+    rejects(
+        {"ppo.kl_mode": {"uniform": [0.1, 0.2]}}, r"ppo.kl_mode=0.1 .*must be one of \['adaptive', 'fixed'\]"
+    )
+    rejects({"ppo.ppo_epochs": {"uniform": [1.5, 3]}}, r"ppo.ppo_epochs=1.5 .*expected an integer")
 
 
 def test_combinations_that_break_a_cross_key_rule_are_caught() -> None:
     # each value alone is valid with the base config, but a mini-batch of 16 does not divide 24
-    with pytest.raises(
-        SearchSpaceError, match=r"ppo.rollout_batch_size=24 .*ppo.mini_batch_size=16 .*must divide"
-    ):
-        parse_search_space(
-            {"ppo.rollout_batch_size": {"choice": [16, 24]}, "ppo.mini_batch_size": {"choice": [8, 16]}}, BASE
-        )
+    rejects(
+        {"ppo.rollout_batch_size": {"choice": [16, 24]}, "ppo.mini_batch_size": {"choice": [8, 16]}},
+        r"ppo.rollout_batch_size=24 .*ppo.mini_batch_size=16 .*must divide",
+    )
 
 
 @pytest.mark.parametrize(

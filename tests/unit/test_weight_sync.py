@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
+from tiny import POLICY, broadcast_in_threads
 
-from actors.ppo.weight_sync import WeightGroup, buckets, checksum, host_store, layout, sync_tensors
-from pipeline.config import ModelConfig
+from actors.ppo.weight_sync import buckets, checksum, layout, sync_tensors
 from pipeline.models import build_policy, train_tokenizer
 
 pytestmark = pytest.mark.unit
-
-SHAPE = ModelConfig(
-    vocab_size=400, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1, num_heads=2
-)
 
 
 def test_buckets_are_bounded_single_dtype_runs_in_order() -> None:
@@ -36,41 +30,17 @@ def test_buckets_are_bounded_single_dtype_runs_in_order() -> None:
 def test_rank_zero_broadcasts_its_weights_into_the_other_members_parameters() -> None:
     tokenizer = train_tokenizer(["a tiny corpus for a tiny tokenizer", "hello there"] * 5, 400)
     torch.manual_seed(0)
-    sender = build_policy(SHAPE, tokenizer)
+    sender = build_policy(POLICY, tokenizer)
     torch.manual_seed(1)
-    receiver = build_policy(SHAPE, tokenizer)
+    receiver = build_policy(POLICY, tokenizer)
     assert layout(sender) == layout(receiver)
     assert checksum(sender) != checksum(receiver)
     live = [t.data_ptr() for t in sync_tensors(receiver)]
-
-    store, port = host_store("127.0.0.1", 2, timeout_s=60)
-    groups: dict[int, WeightGroup] = {}
-    sent: dict[int, int] = {}
-    errors: list[BaseException] = []
-
-    def member(rank: int) -> None:
-        try:
-            groups[rank] = WeightGroup.join(
-                host="127.0.0.1", port=port, rank=rank, world_size=2, backend="gloo", own_host="127.0.0.1",
-                store=store if rank == 0 else None, timeout_s=60,
-            )  # fmt: skip
-            model = sender if rank == 0 else receiver
-            # a bucket of 16 KiB: the tiny policy (~50k parameters) needs several
-            sent[rank] = groups[rank].broadcast(sync_tensors(model), bucket_bytes=16 * 1024)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=member, args=(rank,)) for rank in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    # a bucket of 16 KiB: the tiny policy (~50k parameters) needs several
+    sent = broadcast_in_threads(sender, receiver, bucket_bytes=16 * 1024)
     total = sum(t.numel() * t.element_size() for t in sync_tensors(sender))
     assert sent == {0: total, 1: total}
     assert total > 3 * 16 * 1024  # more than a few buckets went over the wire
     assert checksum(receiver) == checksum(sender)
     # received in place: the receiver's parameters are the same tensors as before
     assert [t.data_ptr() for t in sync_tensors(receiver)] == live
-    for g in groups.values():
-        g.close()

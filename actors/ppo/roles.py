@@ -1,0 +1,147 @@
+"""The PPO run's role groups, placed in one reservation, and the weight sync between two of them.
+
+Rollout workers, reward scorers and the reference policy start with :class:`PPORoles` (Ray restarts
+a failed one, up to ``ppo.max_restarts``); the learner group starts when first needed and, after it
+died, again from scratch (:meth:`PPORoles.kill_learner`). Every actor takes its own bundle of the
+reservation (:func:`~actors.cluster.placement.ppo_bundles`). The weight sync lives here because
+learner rank 0 and the rollout workers are its members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from actors.cluster.group import RoleGroup, gather
+from actors.cluster.placement import Placement, Reservation, ppo_bundles
+from actors.cluster.session import worker_runtime_env
+from actors.ppo.learner import LearnerWorker
+from actors.ppo.reference import ReferenceWorker
+from actors.ppo.reward import RewardWorker
+from actors.ppo.rollout import RolloutWorker
+from actors.ppo.weight_sync import WeightSync, make_weight_sync
+from pipeline.config import Config
+
+
+class PPORoles:
+    """Every role group of a PPO run from ``policy_dir`` and ``identifiers_dir``.
+
+    Placed in ``reservation`` (by default one made from :func:`ppo_bundles` and released on
+    :meth:`shutdown`). ``version()`` is the weight version the rollout workers should hold: a
+    replaced rollout worker gets it before its shards run again.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        policy_dir: Path,
+        identifiers_dir: Path,
+        *,
+        reservation: Reservation | None,
+        version: Callable[[], int],
+    ) -> None:
+        self.cfg, self.policy_dir, self.identifiers_dir = cfg, policy_dir, identifiers_dir
+        self.learner: RoleGroup | None = None
+        """The learner group while it runs (see :meth:`learner_group`)."""
+        self.sync: WeightSync = make_weight_sync(cfg)
+        self.reservation = reservation or Reservation.create(
+            "PPO", ppo_bundles(cfg), scale_up_wait_s=cfg.resources.scale_up_wait_s
+        )
+        try:
+            self.placement: Placement = self.reservation.place("PPO", ppo_bundles(cfg))
+            self.rollout, self.reward, self.reference = self._make_workers()
+            self.rollout.on_replace = lambda rank: self.sync.replaced(
+                self.learner_group(), self.rollout, version()
+            )
+        except BaseException:
+            self.reservation.release()
+            raise
+
+    def _group(self, role: str, cls: type, args: tuple[Any, ...], **kwargs: Any) -> RoleGroup:
+        """``placement.count(role)`` actors of ``cls``, each in its own bundle of the reservation."""
+        placement = self.placement
+        return RoleGroup(
+            role,
+            cls,
+            args,
+            count=placement.count(role),
+            options={"runtime_env": worker_runtime_env(self.cfg.resources)},
+            make_options=lambda rank: placement.options(role, rank),
+            **kwargs,
+        )
+
+    def _make_workers(self) -> tuple[RoleGroup, RoleGroup, RoleGroup]:
+        cfg, res = self.cfg, self.cfg.resources
+        device = "cuda" if res.use_gpu else "cpu"
+        restarts = cfg.ppo.max_restarts
+        rollout = self._group(
+            "rollout worker",
+            RolloutWorker,
+            (str(self.policy_dir), cfg.rollout, res.rollout_threads or res.torch_threads, device),
+            max_restarts=restarts,
+        )
+        reward = self._group(
+            "reward scorer",
+            RewardWorker,
+            (
+                str(self.identifiers_dir),
+                cfg.identifiers,
+                cfg.reward,
+                res.reward_threads or res.torch_threads,
+                device,
+                res.frozen_weights,
+            ),
+            max_restarts=restarts,
+        )
+        reference = self._group(
+            "reference policy",
+            ReferenceWorker,
+            (str(self.policy_dir), res.reference_threads or res.torch_threads, device, res.frozen_weights),
+            max_restarts=restarts,
+        )
+        return rollout, reward, reference
+
+    def learner_group(self) -> RoleGroup:
+        """The learner group, started (its ranks joined in one process group) if none runs."""
+        if self.learner is None:
+            cfg, res = self.cfg, self.cfg.resources
+            group = self._group(
+                "learner",
+                LearnerWorker,
+                (cfg.learner.num_ranks, str(self.policy_dir), cfg.ppo, cfg.learner,
+                 res.learner_threads or res.torch_threads, res.use_gpu),
+                rank_args=True,
+                restartable=False,
+            )  # fmt: skip
+            host, port = ray.get(group.actors[0].address.remote())
+            gather(group.submit_all("setup", host, port, cfg.run.seed))
+            self.learner = group
+        return self.learner
+
+    def kill_learner(self) -> None:
+        """End the learner group (the next :meth:`learner_group` starts a new one)."""
+        if self.learner is not None:
+            self.learner.kill()
+            self.learner = None
+            self.sync.invalidate()  # learner rank 0 belongs to the weight-sync group
+
+    def publish(self, version: int) -> None:
+        """The learner's weights to every rollout worker as ``version`` (see :mod:`actors.ppo.weight_sync`)."""
+        self.sync.publish(self.learner_group(), self.rollout, version)
+
+    def groups(self) -> dict[str, RoleGroup]:
+        """Every role group that is running, by role."""
+        groups = {g.role: g for g in (self.rollout, self.reward, self.reference)}
+        if self.learner is not None:
+            groups[self.learner.role] = self.learner
+        return groups
+
+    def shutdown(self) -> None:
+        """End every actor and release a reservation made here."""
+        self.kill_learner()
+        for group in (self.rollout, self.reward, self.reference):
+            group.kill()
+        self.reservation.release()

@@ -1,0 +1,232 @@
+"""What a finished sweep leaves behind: ``trials.parquet`` (one row per trial), ``history.parquet`` (every
+report, the learning curves), ``report.md``/``report.html`` with the Pareto fronts, and the best feasible
+trial's policy and config (see :class:`~pipeline.layout.SweepDir`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from actors.sweep.trial import plain_values
+from actors.training.harness import replace_folder
+from jobs.stages.result import StageResult
+from jobs.stages.tune.settings import SweepError
+from jobs.stages.tune.trial import TrialSetup
+from pipeline.config import Config, save_config
+from pipeline.config.objective import DEV_METRICS, Objective
+from pipeline.config.search_space import SearchSpace
+from pipeline.evaluation.sweep_report import write_sweep_report
+from pipeline.layout import PPODir, SweepDir
+
+logger = logging.getLogger(__name__)
+
+TABLE_METRICS = (
+    "eval/emp_f1", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity", "eval/dist2",
+    *DEV_METRICS, "rollout/kl", "rollout/kl_coef", "reward/score",
+)  # fmt: skip
+"""Metric columns of ``trials.parquet`` (besides the objective's and the constraints' keys)."""
+
+HISTORY_METRICS = ("dev/emp_f1", "dev/perplexity", "rollout/kl", "rollout/kl_coef", "reward/score")
+"""Per-report columns of ``history.parquet`` (the learning curves)."""
+
+
+def record_sweep(
+    results: Sequence[Any], setup: TrialSetup, space: SearchSpace, started: float
+) -> StageResult:
+    """Writes the tables, the report and the best trial's policy and config of Tune's ``results``.
+
+    Raises:
+        SweepError: after writing them, when the objective has no best trial (no trial completed, or
+            none that completed satisfies the constraints): the sweep failed.
+    """
+    cfg, objective, sweep = setup.cfg, setup.objective, setup.sweep
+    rows = [trial_row(r, space, cfg, objective) for r in results]
+    pq.write_table(trials_table(rows, space), sweep.trials)
+    history = history_rows(results)
+    pq.write_table(pa.Table.from_pylist(history) if history else pa.table({}), sweep.history)
+    completed = [r for r in rows if r["status"] == "completed"]
+    best = objective.best(rows)
+    constraints = [str(c) for c in objective.constraints]
+    repro = None
+    if best is not None:
+        publish_best(best, space, cfg, sweep)
+        # the resolved config holds every setting: no overrides needed
+        repro = f"emprl ppo --run-dir {setup.layout.root} --preset {sweep.best_config} --out {sweep.best_ppo}"
+    files = write_sweep_report(
+        rows, history, keys=space.keys, metric=objective.metric, mode=objective.mode, best=best,
+        command=repro, sweep=sweep, constraints=constraints,
+    )  # fmt: skip
+    errors = sum(r["status"] == "error" for r in rows)
+    headline = f"{len(rows)} trial(s), {len(completed)} completed, {errors} failed"
+    failures = failed_trials(results)
+    if best is None:
+        raise SweepError(no_best_message(headline, failures, constraints if completed else [], sweep))
+    headline += (
+        f"; best {best['trial_id']} {objective.metric} {float(best[objective.metric]):.3f} ("
+        + ", ".join(f"{k}={_shown(best[k])}" for k in space.keys)
+        + ")"
+    )
+    if failures:
+        shown = ", ".join(str(f) for f, _ in failures[:3]) + (" ..." if len(failures) > 3 else "")
+        headline += f"; errors of the failed trials: {shown}"
+        logger.warning(
+            "%d trial(s) failed; first error: %s (%s)", len(failures), failures[0][1], failures[0][0]
+        )
+    outputs = {"trials": sweep.trials, "history": sweep.history, **files, "best_policy": sweep.best_policy}
+    return StageResult(
+        stage="tune",
+        folder=sweep.path,
+        metrics={
+            "trials": len(rows),
+            "completed": len(completed),
+            "errors": errors,
+            "metric": objective.metric,
+            "mode": objective.mode,
+            "best": dict(best),
+        },
+        headline=headline,
+        outputs=outputs,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def failed_trials(results: Sequence[Any]) -> list[tuple[Path, str]]:
+    """The error file and the error (``module.Type: message``, the root cause) of every failed trial."""
+    failed = []
+    for result in results:
+        if result.error is None:
+            continue
+        error_file = Path(result.path) / "error.txt"
+        text = (
+            error_file.read_text()
+            if error_file.is_file()
+            else f"{type(result.error).__name__}: {result.error}"
+        )
+        failed.append((error_file, root_cause(text)))
+    return failed
+
+
+def root_cause(traceback_text: str) -> str:
+    """The last ``Type: message`` line of a (possibly chained, possibly remote) traceback, or its last line."""
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        head = lines[i].split(":", 1)[0]
+        if head.replace(".", "").replace("_", "").isalnum() and head.endswith(
+            ("Error", "Exception", "Interrupt")
+        ):
+            return " ".join(line.strip() for line in lines[i:])[:1000]
+    return lines[-1][:1000] if lines else "(no error text)"
+
+
+def no_best_message(
+    headline: str, failures: list[tuple[Path, str]], constraints: list[str], sweep: SweepDir
+) -> str:
+    """Why a sweep has no best trial, with the first trial's error and where every error file is."""
+    if constraints:
+        reason = (
+            "no completed trial satisfies "
+            + ", ".join(constraints)
+            + "; loosen --constraint or widen the space"
+        )
+    elif failures:
+        error_file, cause = failures[0]
+        reason = f"no trial completed. First trial's error: {cause} (full traceback: {error_file})"
+        if len(failures) > 1:
+            reason += f"; {len(failures) - 1} more error file(s) under {sweep.path}"
+    else:
+        reason = (
+            "no trial completed (all were stopped early); give the trials more iterations or --num-samples"
+        )
+    return f"{headline}: {reason}. Tables and report: {sweep.path}"
+
+
+def trial_row(result: Any, space: SearchSpace, cfg: Config, objective: Objective) -> dict[str, Any]:
+    """One trial's row of ``trials.parquet``: status, swept values, last metrics, feasibility, error."""
+    metrics: dict[str, Any] = dict(result.metrics or {})
+    config = plain_values(result.config or {})
+    if result.error is not None:
+        status = "error"
+    elif metrics.get("final"):
+        status = "completed"
+    else:
+        status = "stopped"
+    row: dict[str, Any] = {
+        "trial_id": str(metrics.get("trial_id") or Path(result.path).name),
+        "status": status,
+        **{k: config.get(k) for k in space.keys},
+    }
+    extra = [c.key for c in objective.constraints] + [objective.ranked_metric]  # shown and judged too
+    for key in [*TABLE_METRICS, *(k for k in dict.fromkeys(extra) if k not in TABLE_METRICS)]:
+        row[key] = float(metrics[key]) if _finite(metrics.get(key)) else math.nan
+    row["iteration"] = int(metrics.get("iteration", 0))
+    row["total_steps"] = cfg.with_overrides(config).ppo.total_steps if config else cfg.ppo.total_steps
+    row["reports"] = int(metrics.get("training_iteration", 0))
+    row["wall_s"] = float(metrics.get("time_total_s", math.nan))
+    row["feasible"] = objective.feasible(row)
+    row["error"] = str(result.error).splitlines()[0][:500] if result.error is not None else ""
+    return row
+
+
+def history_rows(results: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every report of every trial (Tune's ``progress.csv``), in report order per trial."""
+    rows: list[dict[str, Any]] = []
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is None or frame.empty:
+            continue
+        trial_id = str(Path(result.path).name)
+        for record in frame.to_dict("records"):
+            row: dict[str, Any] = {
+                "trial_id": trial_id,
+                "training_iteration": _count(record.get("training_iteration")),
+                "iteration": _count(record.get("iteration")),
+            }
+            for key in HISTORY_METRICS:
+                value = record.get(key)
+                row[key] = float(value) if _finite(value) else math.nan
+            rows.append(row)
+    return rows
+
+
+def trials_table(rows: list[dict[str, Any]], space: SearchSpace) -> pa.Table:
+    """The trial rows as one table; a swept column of mixed types (e.g. 1 and 0.5) becomes strings."""
+    columns: dict[str, list[Any]] = {}
+    for row in rows:
+        for key in row:
+            columns.setdefault(key, [])
+    for key in columns:
+        values = [row.get(key) for row in rows]
+        if key in space.keys:  # a choice may mix types (e.g. 1 and 0.5): keep the column one type
+            kinds = {type(v) for v in values if v is not None}
+            if len(kinds) > 1:
+                values = [str(v) for v in values]
+        columns[key] = values
+    return pa.table(columns)
+
+
+def publish_best(best: Mapping[str, Any], space: SearchSpace, cfg: Config, sweep: SweepDir) -> None:
+    """Copies the best trial's policy to ``sweep.best_policy`` and writes its resolved config."""
+    source = PPODir(sweep.trial(str(best["trial_id"])).ppo).policy
+    replace_folder(source, sweep.best_policy)
+    save_config(cfg.with_overrides({k: best[k] for k in space.keys}), sweep.best_config)
+    logger.info("best trial %s: policy copied to %s", best["trial_id"], sweep.best_policy)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _count(value: Any) -> int:
+    """An integer column of Tune's progress table (NaN where a report lacked it) as an int, 0 if absent."""
+    return int(value) if _finite(value) else 0
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,154 @@
+"""How a sweep runs, apart from its base config and search space: :class:`SweepSettings`.
+
+The settings are checked before Ray starts (counts, objective, scheduler/search combinations, PBT's
+needs) and saved as ``settings.json`` so ``--resume`` continues with the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from actors.cluster.placement import ppo_bundles
+from pipeline.config import Config, ConfigError
+from pipeline.config.objective import Objective
+from pipeline.config.search_space import SearchSpace
+
+
+class SweepError(ConfigError):
+    """A sweep setting is unusable (scheduler, search, resources, resume); the message names it and the fix."""
+
+
+Scheduler = Literal["asha", "fifo", "pbt"]
+Search = Literal["random", "optuna"]
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How a sweep runs (everything but the base config and the space); saved as ``settings.json`` so
+    ``--resume`` continues with the same settings."""
+
+    num_samples: int = 1
+    """Samples of the space (times the grid)."""
+    metric: str = "dev/emp_f1"
+    """Reported metric the trials are ranked on."""
+    mode: Literal["max", "min"] = "max"
+    """Whether a higher (``max``) or lower (``min``) ``metric`` is better."""
+    constraints: tuple[str, ...] = ()
+    """``KEY<=X`` / ``KEY>=X``: the best trial must satisfy them (``eval/*`` allowed)."""
+    penalty: float = 0.0
+    """> 0: the scheduler and search rank on ``objective`` = metric worsened by penalty × violations."""
+    objectives: tuple[str, ...] = ()
+    """Extra ``METRIC:MODE`` objectives of a multi-objective Optuna search."""
+    scheduler: Scheduler = "asha"
+    """ASHA stops weak trials early, FIFO runs every trial to the end, PBT mutates and clones trials."""
+    search: Search = "random"
+    """Seeded random/grid sampling, or Optuna's TPE."""
+    max_concurrent_trials: int = 1
+    """Trials running at once (fewer when fewer fit the cluster)."""
+    report_every: int = 1
+    """PPO iterations between reports (a report carries the dev metrics and a PPO checkpoint)."""
+    grace_period: int = 1
+    """ASHA: reports before a trial can be stopped."""
+    reduction_factor: float = 2.0
+    """ASHA: the fraction ``1 / reduction_factor`` of trials goes on at each rung."""
+    perturbation_interval: int = 1
+    """PBT: reports between exploit/explore steps."""
+    quantile_fraction: float = 0.25
+    """PBT: the bottom fraction that copies the top fraction."""
+    resample_probability: float = 0.25
+    """PBT: chance a mutated value is drawn afresh instead of scaled by 0.8 / 1.2 (or moved to a
+    neighbouring option)."""
+    dev_examples: int = 32
+    """Rows of the seeded dev slice every report scores."""
+    split: str = "valid"
+    """Labelled split of the dev slice and of the final evaluation."""
+    eval_examples: int | None = None
+    """Rows of the final evaluation (``None``: the whole split)."""
+    max_failures: int = 1
+    """Restarts of a failed trial."""
+    trial_cpus: float = 0.1
+    """CPUs of the trial function's bundle (the PPO roles have bundles of their own)."""
+
+    @property
+    def objective(self) -> Objective:
+        """The parsed metric, mode, constraints and extra objectives."""
+        return Objective.parse(
+            self.metric, self.mode, constraints=self.constraints, penalty=self.penalty, also=self.objectives
+        )
+
+    def check(self, space: SearchSpace, probes: Sequence[Config]) -> Objective:
+        """Everything that can be checked before Ray: counts, objective, scheduler/search combinations.
+
+        Raises:
+            SweepError: naming the setting and the fix.
+            ObjectiveError: a metric or constraint no trial reports.
+        """
+        counts = {
+            "report_every": self.report_every, "num_samples": self.num_samples,
+            "max_concurrent_trials": self.max_concurrent_trials, "grace_period": self.grace_period,
+            "perturbation_interval": self.perturbation_interval,
+        }  # fmt: skip
+        bad = {k: v for k, v in counts.items() if v < 1}
+        if bad:
+            raise SweepError(f"{bad}: each must be >= 1. Fix: pass positive values.")
+        objective = self.objective
+        if self.objectives and self.search != "optuna":
+            raise SweepError(
+                f"--objective {' '.join(self.objectives)}: a multi-objective search is Optuna's. Fix: add "
+                "--search optuna, or drop --objective."
+            )
+        if self.search == "optuna":
+            self._check_optuna(space)
+        if self.scheduler == "pbt":
+            self._check_pbt(probes)
+        return objective
+
+    def _check_optuna(self, space: SearchSpace) -> None:
+        grids = [d.key for d in space.dimensions if d.kind == "grid"]
+        if grids:
+            raise SweepError(
+                f"--search optuna: {', '.join(grids)} is a grid, which Optuna cannot sample. Fix: write "
+                "{choice: [...]} instead of {grid: [...]}, or use --search random."
+            )
+        if self.scheduler == "pbt":
+            raise SweepError(
+                "--scheduler pbt with --search optuna: PBT mutates the configs Optuna suggested, so "
+                "Optuna would learn from configs it never proposed. Fix: use one of them."
+            )
+
+    def _check_pbt(self, probes: Sequence[Config]) -> None:
+        for probe in probes:
+            if self.report_every % probe.ppo.save_every:
+                raise SweepError(
+                    f"--scheduler pbt exploits through the PPO checkpoint, so every report must carry "
+                    f"one; ppo.save_every={probe.ppo.save_every} does not divide --report-every "
+                    f"{self.report_every}. Fix: ppo.save_every=1 (or a divisor of --report-every)."
+                )
+        shapes = {tuple(tuple(sorted(b.resources.items())) for b in ppo_bundles(p)) for p in probes}
+        if len(shapes) > 1:
+            raise SweepError(
+                "--scheduler pbt: the space changes the PPO roles' resources (e.g. a worker count or "
+                "resources.*), but an exploited trial keeps its reservation. Fix: sweep such keys with "
+                "asha or fifo, or fix them in the config."
+            )
+        if not 0 < self.quantile_fraction <= 0.5 or not 0 <= self.resample_probability <= 1:
+            raise SweepError(
+                f"--quantile-fraction {self.quantile_fraction} must be in (0, 0.5] and "
+                f"--resample-probability {self.resample_probability} in [0, 1]."
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SweepSettings:
+        """The settings a sweep saved (or a command line's values); unknown keys are ignored, missing ones
+        take the defaults, lists become tuples."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known
+        }
+        return cls(**values)

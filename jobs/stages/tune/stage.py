@@ -1,0 +1,171 @@
+"""The tune stage driver: :func:`tune_stage` checks the settings and the cluster before Ray Tune starts,
+writes the sweep's config, space and settings, runs (or resumes) the Tuner with one placement group per
+trial, and hands Tune's results to :func:`~jobs.stages.tune.results.record_sweep`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import tune
+
+from actors.cluster.placement import RoleBundle, cluster_shortfall, ppo_bundles, total
+from actors.ppo.controller import Hook
+from actors.sweep.trial import param_space, trial_resources
+from jobs.stages.ppo import load_ppo_inputs
+from jobs.stages.result import StageResult
+from jobs.stages.tune.results import record_sweep
+from jobs.stages.tune.search import make_scheduler, make_search
+from jobs.stages.tune.settings import SweepError, SweepSettings
+from jobs.stages.tune.trial import TrialSetup, reports_per_trial, run_trial
+from pipeline.config import Config, save_config
+from pipeline.config.search_space import SearchSpace
+from pipeline.evaluation.suite import read_labeled_split
+from pipeline.layout import RunLayout, SweepDir
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SETTINGS = SweepSettings()
+
+
+def tune_stage(
+    cfg: Config,
+    layout: RunLayout,
+    space: SearchSpace,
+    settings: SweepSettings = DEFAULT_SETTINGS,
+    *,
+    sweep_dir: Path | None = None,
+    resume: bool = False,
+    hooks: Sequence[Hook] = (),
+) -> StageResult:
+    """Sweep ``space`` over ``cfg`` with Ray Tune into ``layout.sweep(sweep_dir)``; Ray must be up.
+
+    Each sample of ``space`` (``settings.num_samples`` times the grid) is one PPO trial reading the run's
+    SFT policy, identifiers and labelled train split; ``settings.split`` gives the dev slice and the final
+    evaluation. The objective (metric, mode, constraints) drives the scheduler and picks the best trial
+    among those that completed and satisfy the constraints. ``resume`` continues the sweep in the folder
+    (Tune's restore: finished trials stay, unfinished ones go on from their last checkpoint). ``hooks`` go
+    to every trial's :func:`~jobs.stages.ppo.ppo_stage` (they travel pickled into the trials).
+    """
+    started = time.perf_counter()
+    probes = [c for _, c in space.probe_configs(cfg)]
+    objective = settings.check(space, probes)
+    fits = min(_trials_that_fit(probe, settings.trial_cpus) for probe in probes)
+    if fits < settings.max_concurrent_trials:
+        logger.warning(
+            "only %d trial(s) fit in the cluster at once (--max-concurrent %d asks for more): the others wait",
+            fits, settings.max_concurrent_trials,
+        )  # fmt: skip
+    load_ppo_inputs(layout)  # before any trial: missing inputs fail once, here
+    read_labeled_split(
+        layout.labeled.split(settings.split), name=settings.split, max_examples=settings.eval_examples
+    )
+    sweep = layout.sweep(sweep_dir)
+    _prepare_folder(sweep, cfg, space, settings, resume=resume)
+    setup = TrialSetup(cfg, layout, sweep, settings, objective, tuple(hooks))
+    max_t = max(reports_per_trial(p, settings.report_every) for p in probes)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, setup=setup), trial_resources(cfg, trial_cpus=settings.trial_cpus)
+    )
+    # the experiment state (which trials finished, each one's newest checkpoint) is what --resume reads:
+    # save it every few seconds rather than Tune's default of at least 10
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
+    experiment = sweep.experiment
+    if resume:
+        logger.info("sweep: resuming %s (finished trials stay, unfinished ones continue)", experiment)
+        tuner = tune.Tuner.restore(
+            str(experiment.resolve()),
+            trainable=trainable,
+            resume_unfinished=True,
+            param_space=param_space(space),
+        )
+    else:
+        logger.info(
+            "sweep: %s trial(s) over %s; %s, %s search; objective %s; up to %d at once, %d report(s) per trial",
+            "?" if settings.search == "optuna" else settings.num_samples * space.grid_size,
+            ", ".join(space.keys), settings.scheduler, settings.search, objective.describe(),
+            settings.max_concurrent_trials, max_t,
+        )  # fmt: skip
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(space),
+            tune_config=tune.TuneConfig(
+                scheduler=make_scheduler(settings, objective, space, max_t=max_t, seed=cfg.run.seed),
+                num_samples=settings.num_samples,
+                search_alg=make_search(settings, objective, seed=cfg.run.seed),
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=experiment.name,
+                storage_path=str(sweep.tune.resolve()),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                # PBT clones other trials' checkpoints: keep enough that a donor's is still there
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if settings.scheduler == "pbt" else 2),
+                verbose=0,
+            ),
+        )
+    grid = tuner.fit()
+    return record_sweep([grid[i] for i in range(len(grid))], setup, space, started)
+
+
+def _prepare_folder(
+    sweep: SweepDir, cfg: Config, space: SearchSpace, settings: SweepSettings, *, resume: bool
+) -> None:
+    """Checks the folder holds a sweep to resume (or none to overwrite), then writes the config, space
+    and settings into it.
+
+    Raises:
+        SweepError: ``--resume`` without a sweep, or a new sweep over an old one.
+    """
+    experiment = sweep.experiment
+    if resume and not tune.Tuner.can_restore(str(experiment.resolve())):
+        raise SweepError(
+            f"--resume: no sweep to continue in {sweep.path} (no Tune experiment state under {experiment}). "
+            "Fix: run the sweep without --resume first, or pass the folder it wrote (--out)."
+        )
+    if not resume and experiment.exists():
+        raise SweepError(
+            f"{sweep.path} already holds a sweep. Fix: continue it with --resume, or write this one "
+            "elsewhere with --out (or delete the folder)."
+        )
+    sweep.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, sweep.config)
+    sweep.space.write_text(
+        yaml.safe_dump({d.key: {d.kind: list(d.args)} for d in space.dimensions}, sort_keys=False)
+    )
+    sweep.settings.write_text(json.dumps(settings.to_json(), indent=2) + "\n")
+
+
+def _trial_dirname(trial: Any) -> str:
+    return str(trial.trial_id)
+
+
+def _trials_that_fit(cfg: Config, trial_cpus: float) -> int:
+    """How many trials of ``cfg`` the cluster holds at once (0 when none does now but
+    ``resources.scale_up_wait_s`` lets them wait for an autoscaler).
+
+    Raises:
+        SweepError: not even one fits, with requested vs available.
+    """
+    bundles = [RoleBundle("sweep trial", 0, {"CPU": trial_cpus}), *ppo_bundles(cfg)]
+    shortfall = cluster_shortfall("one sweep trial", bundles)
+    if shortfall is not None:
+        if cfg.resources.scale_up_wait_s > 0:
+            # an autoscaling cluster grows for the trials' pending placement groups
+            logger.warning("%s; the trials wait for the autoscaler to add nodes", shortfall)
+            return 0
+        raise SweepError(
+            f"no trial fits the cluster (0 at once): {shortfall}. Fix: lower resources.*_cpus or the worker "
+            "counts, or add nodes."
+        )
+    have: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    need = {k: v for k, v in total(bundles).items() if v > 0}
+    return int(min(math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items()))

@@ -1,0 +1,119 @@
+"""One sweep trial, ``cfg.with_overrides(trial config)``: :func:`run_trial` runs PPO in the trial's reservation,
+reports every ``report_every`` iterations a dev Emp-F1 with the newest PPO checkpoint (a restarted, resumed
+or PBT-exploiting trial goes on from it under its own config) and the full evaluation (``eval/*``) last.
+Tune pickles :func:`run_trial` by module path, so it stays a module-level function here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from actors.cluster.placement import Reservation
+from actors.ppo.controller import Hook, PPOController
+from actors.ppo.metrics import IterationReport
+from actors.sweep.trial import DevEvaluator, dev_slice, metric_row, plain_values, restore_checkpoint
+from jobs.stages.evaluate import evaluate_stage, load_evaluation_inputs
+from jobs.stages.ppo import load_ppo_inputs, ppo_stage
+from jobs.stages.tune.settings import SweepSettings
+from pipeline.config import Config
+from pipeline.config.objective import Objective
+from pipeline.evaluation.suite import read_labeled_split
+from pipeline.layout import RunLayout, SweepDir
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial function receives besides its sampled config."""
+
+    cfg: Config
+    layout: RunLayout
+    sweep: SweepDir
+    settings: SweepSettings
+    objective: Objective
+    hooks: tuple[Hook, ...] = ()
+    """Passed to every trial's PPO stage (fault-injection and placement tests)."""
+
+
+def reports_per_trial(cfg: Config, report_every: int) -> int:
+    """Reports of a full trial: every ``report_every`` iterations before the last, then the final one."""
+    return (cfg.ppo.total_steps - 1) // report_every + 1
+
+
+class TrialReporter:
+    """The trial's PPO sink: every ``report_every`` iterations, the dev metric of the current policy and
+    ``tune.report`` with the newest PPO checkpoint."""
+
+    def __init__(self, setup: TrialSetup, cfg: Config, dev: DevEvaluator, dev_policy: Path) -> None:
+        self.cfg, self.dev, self.dev_policy = cfg, dev, dev_policy
+        self.every, self.objective = setup.settings.report_every, setup.objective
+        self.controller: PPOController | None = None
+        self.pending: Path | None = None
+        self.last: dict[str, float] = {}
+
+    def hook(self, controller: PPOController, iteration: int, phase: str) -> None:
+        """Remembers the controller, whose learner exports the current policy."""
+        self.controller = controller
+
+    def sink(self, report: IterationReport) -> None:
+        """Reports at every ``report_every``-th iteration except the last (the trial reports that one)."""
+        if report.checkpoint is not None:
+            self.pending = report.checkpoint
+        self.last = dict(report.metrics)
+        if report.iteration % self.every or report.iteration >= self.cfg.ppo.total_steps:
+            return
+        assert self.controller is not None
+        policy = self.controller.export_policy(self.dev_policy)
+        self.report({**self.last, **self.dev(policy)})
+
+    def report(self, metrics: dict[str, float]) -> None:
+        """``tune.report`` (with the penalised objective, if any) and the PPO checkpoint written since the
+        last report, if any."""
+        checkpoint = tune.Checkpoint.from_directory(str(self.pending)) if self.pending is not None else None
+        tune.report({**metrics, **self.objective.penalised(metrics)}, checkpoint=checkpoint)
+        self.pending = None
+
+
+def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
+    """One trial: PPO in the trial's reservation, periodic dev reports, the full evaluation last."""
+    settings = setup.settings
+    cfg = setup.cfg.with_overrides(plain_values(trial_config))
+    trial = setup.sweep.trial(tune.get_context().get_trial_id())
+    layout = setup.layout.moved(ppo=trial.ppo, evaluate=trial.evaluate)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a restarted or resumed trial, or a PBT exploit of another trial's state
+        with checkpoint.as_directory() as folder:
+            restore_checkpoint(Path(folder), layout.ppo.checkpoints)
+    else:  # a retried trial that never reported a checkpoint starts afresh
+        shutil.rmtree(trial.path, ignore_errors=True)
+    trial.path.mkdir(parents=True, exist_ok=True)
+    split = read_labeled_split(layout.labeled.split(settings.split), name=settings.split)
+    dev = DevEvaluator(
+        cfg, dev_slice(split, settings.dev_examples, seed=cfg.run.seed), layout.identifiers.path
+    )
+    reporter = TrialReporter(setup, cfg, dev, trial.dev_policy)
+    reservation = Reservation.current(first=1)
+    ppo_stage(
+        cfg,
+        layout,
+        resume=True,
+        inputs=load_ppo_inputs(layout),
+        sinks=[reporter.sink],
+        hooks=[reporter.hook, *setup.hooks],
+        reservation=reservation,
+    )
+    final = dev(layout.ppo.policy)
+    inputs = load_evaluation_inputs(
+        layout,
+        policies=[("trial", layout.ppo.policy)],
+        split=settings.split,
+        max_examples=settings.eval_examples,
+    )
+    evaluation: dict[str, Any] = {}
+    evaluate_stage(cfg, layout, inputs, n_resamples=1, reservation=reservation, sinks=[evaluation.update])
+    full = metric_row("eval", evaluation["policies"]["trial"])
+    reporter.report({**reporter.last, **final, **full, "final": 1.0})
