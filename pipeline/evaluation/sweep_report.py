@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,125 +159,111 @@ def learning_curves_figure(
     return save_figure(fig, path)
 
 
-def sweep_markdown(
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    keys: Sequence[str],
-    metric: str,
-    mode: str,
-    best: Mapping[str, Any] | None,
-    command: str | None,
-    title: str = "Sweep",
-    constraints: Sequence[str] = (),
-    figures: Sequence[ReportFigure] = (),
-) -> str:
-    """The Markdown report of ``rows`` (each with ``trial_id``, ``status``, the swept ``keys`` and the
-    :data:`COLUMNS` metrics): ``best`` is the chosen row, ``command`` reproduces it, ``constraints`` are
-    shown as given and ``figures`` are linked."""
-    lines = [f"# {title}", "", f"{_counts(rows)}; best by `{metric}` ({mode}).", ""]
-    if constraints:
-        lines += ["Constraints: " + ", ".join(f"`{c}`" for c in constraints) + f" ({CONSTRAINT_NOTE}).", ""]
-    if best is not None:
-        swept = ", ".join(f"`{k}={_value(best.get(k))}`" for k in keys)
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a sweep report says besides its rows."""
+
+    keys: Sequence[str]
+    """The swept dotted keys (a column each)."""
+    metric: str
+    """The objective's metric."""
+    mode: str
+    """``max`` or ``min``."""
+    best: Mapping[str, Any] | None
+    """The chosen row, or ``None`` when no trial qualifies."""
+    command: str | None = None
+    """The command that reproduces the best trial."""
+    title: str = "Sweep"
+    constraints: Sequence[str] = ()
+    """The objective's constraints, shown as given."""
+    figures: Sequence[ReportFigure] = ()
+    """Figures to link (paths relative to the report)."""
+
+
+def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
+    """The Markdown report of ``rows`` (each with ``trial_id``, ``status``, the swept keys and the
+    :data:`COLUMNS` metrics) under ``summary``."""
+    s = summary
+    lines = [f"# {s.title}", "", f"{_counts(rows)}; best by `{s.metric}` ({s.mode}).", ""]
+    if s.constraints:
+        lines += ["Constraints: " + ", ".join(f"`{c}`" for c in s.constraints) + f" ({CONSTRAINT_NOTE}).", ""]
+    if s.best is not None:
+        swept = ", ".join(f"`{k}={_value(s.best.get(k))}`" for k in s.keys)
         lines += [
-            f"**Best trial:** `{best['trial_id']}` ({swept}): `{metric}` = {format_value(best.get(metric), 3)}.",
+            f"**Best trial:** `{s.best['trial_id']}` ({swept}): `{s.metric}` = {format_value(s.best.get(s.metric), 3)}.",
             "",
         ]
-        if command:
-            lines += ["Reproduce it:", "", "```bash", command, "```", ""]
+        if s.command:
+            lines += ["Reproduce it:", "", "```bash", s.command, "```", ""]
     else:
-        headline, rest = _no_best(rows, constraints)
+        headline, rest = _no_best(rows, s.constraints)
         lines += [f"**{headline}**: {rest}", ""]
     lines += ["## Pareto front", "", FRONT_NOTE, ""]
-    for caption, header, cells in _front_tables(rows, best):
+    for caption, header, cells in _front_tables(rows, s.best):
         lines += [f"**{caption}**", "", *_md_table(header, cells), ""]
-    if figures:
-        lines += ["## Figures", "", *figures_markdown(figures)]
-    lines += ["## Trials", "", *_md_table(*_trials_table(rows, keys, best)), ""]
+    if s.figures:
+        lines += ["## Figures", "", *figures_markdown(s.figures)]
+    lines += ["## Trials", "", *_md_table(*_trials_table(rows, s.keys, s.best)), ""]
     return "\n".join(lines)
 
 
-def sweep_html(
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    keys: Sequence[str],
-    metric: str,
-    mode: str,
-    best: Mapping[str, Any] | None,
-    command: str | None,
-    title: str = "Sweep",
-    constraints: Sequence[str] = (),
-    figures: Sequence[ReportFigure] = (),
-) -> str:
+def sweep_html(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
     """The HTML twin of :func:`sweep_markdown`: inline styles, figures as relative links, every value
     escaped."""
+    s = summary
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(title)}</title><style>{STYLE}{PRE_STYLE}</style></head><body>",
-        f"<h1>{e(title)}</h1>",
-        f"<p>{e(_counts(rows))}; best by <code>{e(metric)}</code> ({e(mode)}).</p>",
+        f"<title>{e(s.title)}</title><style>{STYLE}{PRE_STYLE}</style></head><body>",
+        f"<h1>{e(s.title)}</h1>",
+        f"<p>{e(_counts(rows))}; best by <code>{e(s.metric)}</code> ({e(s.mode)}).</p>",
     ]
-    if constraints:
-        shown = ", ".join(f"<code>{e(c)}</code>" for c in constraints)
+    if s.constraints:
+        shown = ", ".join(f"<code>{e(c)}</code>" for c in s.constraints)
         parts.append(f"<p>Constraints: {shown} ({e(CONSTRAINT_NOTE)}).</p>")
-    if best is not None:
-        swept = ", ".join(f"<code>{e(f'{k}={_value(best.get(k))}')}</code>" for k in keys)
+    if s.best is not None:
+        swept = ", ".join(f"<code>{e(f'{k}={_value(s.best.get(k))}')}</code>" for k in s.keys)
         parts.append(
-            f"<p><b>Best trial:</b> <code>{e(str(best['trial_id']))}</code> ({swept}): "
-            f"<code>{e(metric)}</code> = {e(format_value(best.get(metric), 3))}.</p>"
+            f"<p><b>Best trial:</b> <code>{e(str(s.best['trial_id']))}</code> ({swept}): "
+            f"<code>{e(s.metric)}</code> = {e(format_value(s.best.get(s.metric), 3))}.</p>"
         )
-        if command:
-            parts += ["<p>Reproduce it:</p>", f"<pre>{e(command)}</pre>"]
+        if s.command:
+            parts += ["<p>Reproduce it:</p>", f"<pre>{e(s.command)}</pre>"]
     else:
-        headline, rest = _no_best(rows, constraints)
+        headline, rest = _no_best(rows, s.constraints)
         parts.append(f"<p><b>{e(headline)}</b>: {e(rest)}</p>")
     parts += ["<h2>Pareto front</h2>", f'<p class="note">{e(FRONT_NOTE)}</p>']
-    for caption, header, cells in _front_tables(rows, best):
+    for caption, header, cells in _front_tables(rows, s.best):
         parts += [f"<h3>{e(caption)}</h3>", _html_table(header, cells)]
-    if figures:
-        parts += ["<h2>Figures</h2>", *figures_html(figures)]
-    parts += ["<h2>Trials</h2>", _html_table(*_trials_table(rows, keys, best)), "</body></html>"]
+    if s.figures:
+        parts += ["<h2>Figures</h2>", *figures_html(s.figures)]
+    parts += ["<h2>Trials</h2>", _html_table(*_trials_table(rows, s.keys, s.best)), "</body></html>"]
     return "\n".join(parts) + "\n"
 
 
 def write_sweep_report(
     rows: Sequence[Mapping[str, Any]],
     history: Sequence[Mapping[str, Any]],
-    *,
-    keys: Sequence[str],
-    metric: str,
-    mode: str,
-    best: Mapping[str, Any] | None,
-    command: str | None,
+    summary: SweepSummary,
     sweep: SweepDir,
-    constraints: Sequence[str] = (),
-    title: str = "Sweep",
 ) -> dict[str, Path]:
     """Draws the Pareto and learning-curve figures and writes ``report.md`` and ``report.html`` into the
     ``sweep`` folder; returns their paths as ``report_md``, ``report_html``, ``pareto`` and ``curves`` (a
     figure only when drawn)."""
-    best_id = None if best is None else str(best["trial_id"])
+    best_id = None if summary.best is None else str(summary.best["trial_id"])
     drawn = {
         "pareto": pareto_figure(rows, best_id=best_id, path=sweep.pareto_figure),
         "curves": learning_curves_figure(history, best_id=best_id, path=sweep.curves_figure),
     }
     figures = {name: path for name, path in drawn.items() if path is not None}
-    content: dict[str, Any] = {
-        "keys": keys,
-        "metric": metric,
-        "mode": mode,
-        "best": best,
-        "command": command,
-        "title": title,
-        "constraints": constraints,
-        "figures": [ReportFigure(path.name, CAPTIONS[name]) for name, path in figures.items()],
-    }
+    linked = replace(
+        summary, figures=[ReportFigure(path.name, CAPTIONS[name]) for name, path in figures.items()]
+    )
     sweep.path.mkdir(parents=True, exist_ok=True)
     markdown, page = sweep.report_md, sweep.report_html
-    markdown.write_text(sweep_markdown(rows, **content), encoding="utf-8")
-    page.write_text(sweep_html(rows, **content), encoding="utf-8")
+    markdown.write_text(sweep_markdown(rows, linked), encoding="utf-8")
+    page.write_text(sweep_html(rows, linked), encoding="utf-8")
     return {"report_md": markdown, "report_html": page, **figures}
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.evaluation.pareto import metric_label, pareto_front, pareto_fronts
 from pipeline.evaluation.sweep_report import (
+    SweepSummary,
     learning_curves_figure,
     pareto_figure,
     sweep_markdown,
@@ -28,11 +29,7 @@ def test_the_report_names_the_best_trial_and_shows_every_row() -> None:
     ]  # fmt: skip
     text = sweep_markdown(
         rows,
-        keys=["ppo.kl_coef"],
-        metric="dev/emp_f1",
-        mode="max",
-        best=rows[0],
-        command="emprl ppo --preset b.yaml",
+        SweepSummary(["ppo.kl_coef"], "dev/emp_f1", "max", best=rows[0], command="emprl ppo --preset b.yaml"),
     )
     assert "**Best trial:** `a_0` (`ppo.kl_coef=0.05`): `dev/emp_f1` = 40.000." in text
     assert "```bash\nemprl ppo --preset b.yaml\n```" in text
@@ -43,9 +40,7 @@ def test_the_report_names_the_best_trial_and_shows_every_row() -> None:
 
 def test_without_a_completed_trial_the_report_says_so() -> None:
     rows = [{"trial_id": "a_0", "status": "error", "ppo.kl_coef": 0.05}]
-    text = sweep_markdown(
-        rows, keys=["ppo.kl_coef"], metric="dev/emp_f1", mode="max", best=None, command=None
-    )
+    text = sweep_markdown(rows, SweepSummary(["ppo.kl_coef"], "dev/emp_f1", "max", best=None))
     assert "No trial completed" in text and "| a_0 | error | 0.05 |" in text
 
 
@@ -144,10 +139,11 @@ def test_without_a_plottable_value_no_figure_is_drawn(tmp_path: Path) -> None:
 
 def test_the_written_report_lists_the_fronts_links_the_figures_and_escapes_values(tmp_path: Path) -> None:
     rows = [{**r, "reward.mode": "a<b" if i == 2 else "plain"} for i, r in enumerate(ROWS)]
-    files = write_sweep_report(
-        rows, HISTORY, keys=["ppo.kl_coef", "reward.mode"], metric="dev/emp_f1", mode="max", best=rows[1],
-        command="emprl ppo --preset <best>.yaml", sweep=SweepDir(tmp_path), constraints=["rollout/kl <= 2"],
+    summary = SweepSummary(
+        ["ppo.kl_coef", "reward.mode"], "dev/emp_f1", "max", best=rows[1],
+        command="emprl ppo --preset <best>.yaml", constraints=["rollout/kl <= 2"],
     )  # fmt: skip
+    files = write_sweep_report(rows, HISTORY, summary, SweepDir(tmp_path))
     assert files == {
         "report_md": tmp_path / "report.md",
         "report_html": tmp_path / "report.html",
@@ -180,8 +176,6 @@ def test_the_written_report_lists_the_fronts_links_the_figures_and_escapes_value
 
 def test_a_sweep_without_constraints_has_no_feasible_column() -> None:
     rows = [{k: v for k, v in r.items() if k != "feasible"} for r in ROWS]
-    text = sweep_markdown(
-        rows, keys=["ppo.kl_coef"], metric="dev/emp_f1", mode="max", best=None, command=None
-    )
+    text = sweep_markdown(rows, SweepSummary(["ppo.kl_coef"], "dev/emp_f1", "max", best=None))
     assert "| trial | status | ppo.kl_coef |" in text and "feasible" not in text
     assert "| 5f2c1_00003 | completed | 46.00 | 3.000 |" in text  # a plain front entry

@@ -22,7 +22,7 @@ from jobs.stages.tune.trial import TrialSetup
 from pipeline.config import Config, save_config
 from pipeline.config.objective import DEV_METRICS, Objective
 from pipeline.config.search_space import SearchSpace
-from pipeline.evaluation.sweep_report import write_sweep_report
+from pipeline.evaluation.sweep_report import SweepSummary, write_sweep_report
 from pipeline.layout import PPODir, SweepDir
 
 logger = logging.getLogger(__name__)
@@ -59,10 +59,8 @@ def record_sweep(
         publish_best(best, space, cfg, sweep)
         # the resolved config holds every setting: no overrides needed
         repro = f"emprl ppo --run-dir {setup.layout.root} --preset {sweep.best_config} --out {sweep.best_ppo}"
-    files = write_sweep_report(
-        rows, history, keys=space.keys, metric=objective.metric, mode=objective.mode, best=best,
-        command=repro, sweep=sweep, constraints=constraints,
-    )  # fmt: skip
+    summary = SweepSummary(space.keys, objective.metric, objective.mode, best, repro, constraints=constraints)
+    files = write_sweep_report(rows, history, summary, sweep)
     errors = sum(r["status"] == "error" for r in rows)
     headline = f"{len(rows)} trial(s), {len(completed)} completed, {errors} failed"
     failures = failed_trials(results)
