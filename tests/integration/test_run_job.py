@@ -1,12 +1,16 @@
-"""The main job end to end on the demo data, on a real local Ray cluster bound to loopback.
+"""The main job end to end on the demo data, on a real local Ray cluster bound to loopback, and the
+README's "try it" commands run as written (relative paths and all) from the root of a fresh checkout.
 
-The new user's `python -m jobs.cli.run` and the Ray head for `ray job submit` start with the module and
-run beside its other tests: on two cores one pipeline run leaves a core mostly idle."""
+The README's `emprl run` (a new user's first command) and the Ray head for `ray job submit` start with the
+module and run beside its other tests: on two cores one pipeline run leaves a core mostly idle. The
+README's commands are read out of README.md, so the README cannot drift from what works."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,29 +40,67 @@ def test_local_cluster_stays_on_loopback(ray_cluster: None) -> None:
 
 
 SUBMIT_TEST = "test_emprl_run_through_ray_job_submit_writes_every_stage_into_one_folder"
-CLI_TEST = "test_cli_run_as_a_new_user_would"
+README_TESTS = {
+    "test_readme_run_as_a_new_user_would",
+    "test_readme_sweep_and_serve_as_written",
+    "test_a_sweep_whose_every_trial_fails_exits_non_zero_with_the_first_error",
+}
+VENV = Path(sys.executable).parent.parent
+MARK = "<!-- readme-test: {} -->"
+
+
+def readme_block(name: str) -> list[str]:
+    """The command lines of the README's shell block marked ``<!-- readme-test: name -->``."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(MARK.format(name)) + 1
+    assert lines[start].startswith("```"), f"README: {MARK.format(name)} must sit right above a ``` block"
+    end = lines.index("```", start + 1)
+    return [line for line in lines[start + 1 : end] if line.strip() and not line.lstrip().startswith("#")]
+
+
+def readme_lines(prefix: str) -> list[str]:
+    """The lines of the README's try-it block that start with ``prefix``."""
+    return [line for line in readme_block("try-it") if line.startswith(prefix)]
+
+
+def in_shell(*lines: str) -> list[str]:
+    """A bash command running ``lines`` as a script, stopping at the first that fails."""
+    return ["bash", "-e", "-c", "\n".join(lines)]
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tracked files of this repository in a new folder, with the test's virtualenv as ``.venv`` (what
+    `make run` leaves behind): a new user's clone."""
+    folder = tmp_path_factory.mktemp("clone") / "emprl"
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in listed.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, folder / name)
+    (folder / ".venv").symlink_to(VENV)
+    return folder
 
 
 @pytest.fixture(scope="module", autouse=True)
 def background(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, checkout: Path
 ) -> Iterator[dict[str, Any]]:
     """What the module's selected tests need, started with the module: the Ray head of the submit test and
-    the run of the CLI test (in its own folder, as a new user would run it)."""
+    the README's `emprl run` in the fresh checkout, as written."""
     selected = selected_tests(request)
     started: dict[str, Any] = {}
     try:
         if SUBMIT_TEST in selected:
             started["head"] = RayHead()
-        if CLI_TEST in selected:
-            folder = tmp_path_factory.mktemp("cli_run")
-            command = [sys.executable, "-m", "jobs.cli.run", f"run.output_dir={folder}", "run.name=cli",
-                       f"data.cache_dir={folder / 'cache'}"]  # fmt: skip
-            started["cli"] = (BackgroundJob(command, folder, cwd=ROOT), folder)
+        if selected & README_TESTS:
+            (run,) = readme_lines("emprl run ")
+            command = in_shell(*readme_lines("source "), run)
+            started["cli"] = BackgroundJob(command, tmp_path_factory.mktemp("readme_run"), cwd=checkout)
         yield started
     finally:
         if "cli" in started:
-            started["cli"][0].stop()
+            started["cli"].stop()
         if "head" in started:
             started["head"].stop()
 
@@ -190,15 +232,25 @@ def test_interrupted_or_failed_run_leaves_no_process(tmp_path: Path) -> None:
     assert leftovers(marker) == []
 
 
-@pytest.mark.slow
-def test_cli_run_as_a_new_user_would(background: dict[str, Any]) -> None:
-    """`python -m jobs.cli.run` in a fresh process: a short terminal, Ray's and the libraries' output in the
-    run's log, the report path last, and no process of the job left behind. (Started with the module, it
-    ran beside the tests above.)"""
-    job, folder = background["cli"]
+@pytest.fixture(scope="module")
+def readme_run(background: dict[str, Any], checkout: Path) -> tuple[RunLayout, str, str, str]:
+    """The README's `emprl run` (started with the module) finished: its layout, stdout, stderr and the
+    marker of its processes."""
+    job: BackgroundJob = background["cli"]
     returncode, stdout, stderr = job.finish(timeout_s=900)
     assert returncode == 0, stderr[-3000:]
-    layout = RunLayout(folder / "cli")
+    (run,) = readme_lines("emprl run ")
+    name = re.search(r"run\.name=(\S+)", run)
+    assert name, run
+    return RunLayout(checkout / "runs" / name.group(1)), stdout, stderr, job.marker
+
+
+@pytest.mark.slow
+def test_readme_run_as_a_new_user_would(readme_run: tuple[RunLayout, str, str, str]) -> None:
+    """The README's `emprl run`, as written in a fresh checkout: a short terminal, Ray's and the libraries'
+    output in the run's log, the report path last, and no process of the job left behind. (Started with
+    the module, it ran beside the tests above.)"""
+    layout, stdout, stderr, marker = readme_run
     config = yaml.safe_load(layout.config.read_text())
     assert config["data"]["source"] == "demo"
     terminal = (stdout + stderr).splitlines()
@@ -214,4 +266,81 @@ def test_cli_run_as_a_new_user_would(background: dict[str, Any]) -> None:
         assert chatter in log and not any(chatter in line for line in terminal), chatter
     assert not any("Loading weights" in line or "PlacementGroupCleaner" in line for line in terminal)
     assert len(terminal) < 120, "\n".join(terminal)
-    assert leftovers(job.marker) == []
+    assert leftovers(marker) == []
+
+
+@pytest.mark.slow
+def test_readme_sweep_and_serve_as_written(
+    readme_run: tuple[RunLayout, str, str, str], checkout: Path
+) -> None:
+    """The rest of the README's try-it block on that run folder: the demo sweep completes with a Pareto
+    figure and a best policy, and `emprl serve` answers the README's request, then stops on Ctrl-C."""
+    setup = readme_lines("source ")
+    (tune,) = readme_lines("emprl tune ")
+    (serve,) = readme_lines("emprl serve ")
+    env, marker = job_env()
+    done = subprocess.run(
+        in_shell(*setup, tune), cwd=checkout, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    sweep = readme_run[0].sweep()
+    trials = pq.read_table(sweep.trials).to_pylist()
+    statuses = sorted(t["status"] for t in trials)  # ASHA may stop the weaker trial early
+    assert len(statuses) == 2 and "completed" in statuses and "error" not in statuses, trials
+    assert sweep.pareto_figure.is_file() and sweep.report_html.is_file()
+    assert (sweep.best_policy / "config.json").is_file()
+    assert re.search(r"2 trial\(s\), [12] completed, 0 failed; best \S+ dev/emp_f1", done.stdout), done.stdout
+
+    server = subprocess.Popen(
+        in_shell(*setup, "exec " + serve), cwd=checkout, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        request = in_shell(*readme_block("try-it-request"))
+        deadline = time.monotonic() + 240
+        while True:
+            answer = subprocess.run(
+                request, cwd=checkout, env=env, capture_output=True, text=True, timeout=60
+            )
+            if answer.returncode == 0 and answer.stdout.startswith("{"):
+                break
+            assert server.poll() is None and time.monotonic() < deadline, (answer, server.poll())
+            time.sleep(2)
+        body = json.loads(answer.stdout)
+        assert isinstance(body["response"], str) and body["response"].strip(), body
+        assert {"er", "ip", "ex"} <= set(body["levels"]), body
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C, as the README says
+        output, _ = server.communicate(timeout=120)
+    assert server.returncode == 0, output[-3000:]
+    assert leftovers(marker) == []
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_trial_fails_exits_non_zero_with_the_first_error(
+    readme_run: tuple[RunLayout, str, str, str], checkout: Path
+) -> None:
+    """The README's sweep command on a copy of the run whose ER identifier is corrupt: every trial fails,
+    `emprl tune` exits 1 naming the first trial's error and its file, the tables are still written."""
+    run = readme_run[0].root
+    broken = checkout / "runs" / "broken"
+    shutil.copytree(run, broken, ignore=shutil.ignore_patterns("sweep", "ppo", "evaluate"))
+    for weights in (broken / "identifiers" / "ER").glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    (tune,) = readme_lines("emprl tune ")
+    env, marker = job_env()
+    command = in_shell(
+        *readme_lines("source "), tune.replace(f"--run-dir runs/{run.name}", "--run-dir runs/broken")
+    )
+    done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-2000:])
+    message = next(
+        (line for line in done.stderr.splitlines() if line.startswith("sweep error:")), done.stderr
+    )
+    assert message.startswith(
+        "sweep error: 2 trial(s), 0 completed, 2 failed: no trial completed. First trial's error:"
+    ), message
+    error_file = Path(message.split("(full traceback: ", 1)[1].split(")", 1)[0])
+    assert error_file.is_file() and error_file.is_relative_to(broken / "sweep")
+    assert (broken / "sweep" / "trials.parquet").is_file()
+    assert leftovers(marker) == []
