@@ -61,9 +61,9 @@ def record_sweep(
         repro = f"emprl ppo --run-dir {setup.layout.root} --preset {sweep.best_config} --out {sweep.best_ppo}"
     summary = SweepSummary(space.keys, objective.metric, objective.mode, best, repro, constraints=constraints)
     files = write_sweep_report(rows, history, summary, sweep)
-    errors = sum(r["status"] == "error" for r in rows)
+    failures = failed_trials(results)  # a row's status is "error" exactly when its result has an error
+    errors = len(failures)
     headline = f"{len(rows)} trial(s), {len(completed)} completed, {errors} failed"
-    failures = failed_trials(results)
     if best is None:
         raise SweepError(no_best_message(headline, failures, constraints if completed else [], sweep))
     headline += (
