@@ -1,11 +1,14 @@
-"""Shared fixtures: the read-only real datasets in ``shared/data`` (skipped when absent)."""
+"""Shared fixtures: the read-only real datasets in ``shared/data`` (skipped when absent) and a real S3
+server on loopback (``s3_server``, ``s3_bucket``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from s3 import S3Server, s3_env
 
 from pipeline.config import DataConfig
 from pipeline.data import EDSplit, EpitomeData, parse_ed_split, read_epitome
@@ -35,3 +38,17 @@ def real_ed(shared_data: Path) -> dict[str, EDSplit]:
 def real_epitome(shared_data: Path) -> EpitomeData:
     """The real EPITOME pairs, joined and deduplicated once per session."""
     return read_epitome(shared_data / "epitome")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 protocol server (moto) on 127.0.0.1 for the whole session."""
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh bucket's URI (``s3://emprl-…``), this process pointed at the server with its own scratch root."""
+    return s3_env(s3_server, monkeypatch, tmp_path / "scratch")
