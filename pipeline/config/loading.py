@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pipeline import storage
 from pipeline.config.dotted import apply_overrides, merge
 from pipeline.config.schema import CONFIGS_DIR, ConfigError
 from pipeline.config.tree import Config, from_dict
@@ -26,6 +27,7 @@ def load_config(preset: str | Path | None = "local", overrides: list[str] | None
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    storage.publish(Path(path))
 
 
 def preset_path(preset: str | Path) -> Path:

@@ -30,6 +30,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from pipeline import storage
 from pipeline.config import IdentifiersConfig
 from pipeline.models.sources import ModelSourceError, as_float32, load_pretrained, resolve_source
 from pipeline.models.tokenizer import load_tokenizer
@@ -226,12 +227,13 @@ def save_identifier(model: EmpathyIdentifier, tokenizer: PreTrainedTokenizerBase
         "head": HEAD_FILE,
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    storage.publish(folder)  # a folder mirroring a URI is uploaded by the process that wrote it
     return folder
 
 
 def load_identifier(folder: str | Path) -> tuple[EmpathyIdentifier, PreTrainedTokenizerBase]:
     """Restore an identifier and its tokenizer from :func:`save_identifier`'s folder."""
-    root = Path(folder).expanduser()
+    root = storage.fetch(storage.local_path(str(folder)).expanduser())
     key = "identifier folder"
     meta_file = root / META_FILE
     if not meta_file.is_file():

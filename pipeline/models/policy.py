@@ -22,6 +22,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from pipeline import storage
 from pipeline.config import ModelConfig
 from pipeline.models.decoder import decode, decoder_output
 from pipeline.models.sources import ModelSourceError, as_float32, load_pretrained, resolve_source
@@ -367,6 +368,7 @@ def save_policy(model: PolicyWithValueHead, tokenizer: PreTrainedTokenizerBase, 
     tokenizer.save_pretrained(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.value_head.state_dict().items()}
     save_file(state, folder / VALUE_HEAD_FILE)
+    storage.publish(folder)  # a folder mirroring a URI is uploaded by the process that wrote it
     return folder
 
 
@@ -379,7 +381,7 @@ def load_policy(folder: str | Path) -> tuple[PolicyWithValueHead, PreTrainedToke
     tokenizer = load_tokenizer(str(folder), key=key)
     model = PolicyWithValueHead(_load_t5(str(folder), key=key))
     _check_tokenizer(model.policy, tokenizer, key=key)
-    head_file = Path(folder).expanduser() / VALUE_HEAD_FILE
+    head_file = storage.local_path(str(folder)).expanduser() / VALUE_HEAD_FILE
     if head_file.is_file():
         model.value_head.load_state_dict(load_file(head_file))
     else:

@@ -18,6 +18,8 @@ from typing import TypeVar, cast
 from huggingface_hub import constants as hf_constants
 from transformers import PreTrainedModel
 
+from pipeline import storage
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -45,11 +47,13 @@ def resolve_source(name_or_path: str, *, key: str, need: str = "config.json") ->
     for tokenizers). Anything that looks like a path (absolute, ``./``, ``~``, several ``/``) must
     exist; a bare ``name`` or ``org/name`` that is not a folder is taken as a hub name.
     """
-    path = Path(name_or_path).expanduser()
+    path = storage.fetch(storage.local_path(name_or_path).expanduser())
+    if storage.is_uri(name_or_path) or storage.uri_of(path):
+        name_or_path = str(path)
     if path.is_dir():
         if not (path / need).is_file():
             raise ModelSourceError(
-                f"{key}={name_or_path!r}: folder {path.resolve()} has no {need}. Fix: pass a folder "
+                f"{key}={storage.display(name_or_path)!r}: folder {storage.display(path.resolve())} has no {need}. Fix: pass a folder "
                 "written by save_pretrained (or by this project's save_* functions)."
             )
         return str(path)
@@ -60,8 +64,9 @@ def resolve_source(name_or_path: str, *, key: str, need: str = "config.json") ->
         )
     if not _HUB_ID.match(name_or_path):
         raise ModelSourceError(
-            f"{key}={name_or_path!r}: no such folder (resolved to {path.resolve()}). Fix: pass an "
-            "existing folder written by save_pretrained, or a hub name such as 't5-base'."
+            f"{key}={storage.display(name_or_path)!r}: no such folder (resolved to {storage.display(path.resolve())}). "
+            "Fix: pass an existing folder written by save_pretrained (on an object store: a complete one, "
+            "with its .emprl-complete.json marker), or a hub name such as 't5-base'."
         )
     return name_or_path
 
