@@ -20,6 +20,7 @@ from ray.train.torch import TorchTrainer
 
 from pipeline.config import ResourcesConfig
 from pipeline.progress import WORKER_MARK
+from pipeline.storage import ray_storage
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,13 @@ up to 256 MiB more resident memory per process. Set either variable in the drive
 allocators (jemalloc, tcmalloc via ``LD_PRELOAD``) ignore them."""
 
 
+STORAGE_ENV = ("EMPRL_SCRATCH", "GOOGLE_APPLICATION_CREDENTIALS")
+"""Variables that say where a node's scratch folder is and how to reach the object store; with
+:data:`STORAGE_ENV_PREFIXES` they travel to every actor in the runtime environment (never into a
+config, a run folder or a log). Nodes with an instance role or service account need none of them."""
+STORAGE_ENV_PREFIXES = ("AWS_",)
+
+
 def worker_env(res: ResourcesConfig) -> dict[str, str]:
     """Environment every Ray worker process gets: thread caps and quiet, offline-safe libraries."""
     threads = str(res.torch_threads)
@@ -47,8 +55,11 @@ def worker_env(res: ResourcesConfig) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    for key in ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "HF_HOME"):
+    for key in ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "HF_HOME", *STORAGE_ENV):
         if key in os.environ:
+            env[key] = os.environ[key]
+    for key in os.environ:  # the object store's endpoint, region, profile and keys, wherever they are set
+        if key.startswith(STORAGE_ENV_PREFIXES):
             env[key] = os.environ[key]
     env.update(MALLOC_TUNING)
     for key in MALLOC_TUNING:  # the caller's own settings win
@@ -162,9 +173,11 @@ def torch_trainer(
     """A Ray Train run of ``num_workers`` ranks placed with ``res.trainer_cpus`` CPUs (or a GPU) each.
 
     Worker failures are retried ``max_failures`` times from the latest checkpoint; the last
-    ``keep_checkpoints`` checkpoints are kept under ``storage/name``. ``trainer_cls`` is
+    ``keep_checkpoints`` checkpoints are kept under ``storage/name`` (in the bucket when ``storage``
+    mirrors a URI, so workers on every node persist there). ``trainer_cls`` is
     ``TorchTrainer`` or a subclass (the training stages use :mod:`actors.training.harness`'s).
     """
+    storage_path, storage_filesystem = ray_storage(storage)
     return trainer_cls(
         loop,
         train_loop_config=loop_config,
@@ -175,7 +188,8 @@ def torch_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
             worker_runtime_env=worker_runtime_env(res),  # type: ignore[call-arg]  # V2 RunConfig
