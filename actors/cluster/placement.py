@@ -45,9 +45,10 @@ class RoleBundle:
     resources: Mapping[str, float]
 
 
-def _role_resources(cpus: float, gpus: float) -> dict[str, float]:
-    """One bundle's resources (``gpus`` is 0 without ``resources.use_gpu``: see ``Config.ppo_gpu_shares``)."""
-    return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+def _role_resources(cpus: float, gpus: float, pinned: Mapping[str, float] | None = None) -> dict[str, float]:
+    """One bundle's resources (``gpus`` is 0 without ``resources.use_gpu``: see ``Config.ppo_gpu_shares``),
+    with the node resource ``resources.role_nodes`` pins the role to."""
+    return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {}), **(pinned or {})}
 
 
 def ppo_bundles(cfg: Config) -> list[RoleBundle]:
@@ -61,8 +62,9 @@ def ppo_bundles(cfg: Config) -> list[RoleBundle]:
         "reference policy": res.reference_cpus,
         "learner": res.learner_cpus,
     }
+    pinned = res.role_node_resources
     return [
-        RoleBundle(role, rank, _role_resources(cpus[role], gpus[role]))
+        RoleBundle(role, rank, _role_resources(cpus[role], gpus[role], pinned.get(role)))
         for role, count in cfg.ppo_role_counts.items()
         for rank in range(count)
     ]
@@ -73,11 +75,13 @@ def evaluation_bundles(cfg: Config, num_workers: int) -> list[RoleBundle]:
 
     With ``num_workers == rollout.num_workers`` these match the first bundles of :func:`ppo_bundles`
     bundle for bundle, so an evaluation can run inside a PPO run's reservation after PPO ends."""
-    res, gpus = cfg.resources, cfg.ppo_gpu_shares
+    res, gpus, pinned = cfg.resources, cfg.ppo_gpu_shares, cfg.resources.role_node_resources
     return [
-        *(RoleBundle("evaluation worker", r, _role_resources(res.rollout_cpus, gpus["rollout worker"]))
+        *(RoleBundle("evaluation worker", r,
+                     _role_resources(res.rollout_cpus, gpus["rollout worker"], pinned.get("evaluation worker")))
           for r in range(num_workers)),
-        *(RoleBundle("identifier scorer", r, _role_resources(res.reward_cpus, gpus["reward scorer"]))
+        *(RoleBundle("identifier scorer", r,
+                     _role_resources(res.reward_cpus, gpus["reward scorer"], pinned.get("identifier scorer")))
           for r in range(cfg.reward.num_scorers)),
     ]  # fmt: skip
 
@@ -136,12 +140,14 @@ class Reservation:
         *,
         timeout_s: float = 300.0,
         scale_up_wait_s: float = 0.0,
+        strategy: str = "PACK",
     ) -> Reservation:
         """Reserve ``bundles`` in a new placement group (released by :meth:`release`).
 
         A cluster that lacks the resources now fails at once, unless ``scale_up_wait_s`` > 0
         (``resources.scale_up_wait_s``): then the request waits that long for an autoscaler to add
-        nodes (the pending placement group is the demand it scales up for).
+        nodes (the pending placement group is the demand it scales up for). ``strategy`` is the
+        placement group's (``resources.placement``).
 
         Raises:
             ReservationError: the cluster cannot hold the bundles, or they are not granted in time
@@ -157,7 +163,7 @@ class Reservation:
                 )
             timeout_s = scale_up_wait_s
             logger.warning("%s; waiting up to %g s for the autoscaler to add nodes", shortfall, timeout_s)
-        group = placement_group([dict(b.resources) for b in bundles], strategy="PACK")
+        group = placement_group([dict(b.resources) for b in bundles], strategy=strategy)
         ready, _ = ray.wait([group.ready()], timeout=timeout_s)
         if not ready:
             remove_placement_group(group)

@@ -184,7 +184,7 @@ def torch_trainer(
         scaling_config=ScalingConfig(
             num_workers=num_workers,
             use_gpu=res.use_gpu,
-            resources_per_worker={"CPU": res.trainer_cpus},
+            resources_per_worker={"CPU": res.trainer_cpus, **res.role_node_resources.get("trainer", {})},
         ),
         run_config=RunConfig(
             name=name,

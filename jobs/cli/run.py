@@ -27,6 +27,7 @@ from jobs.stages import (
     sft_stage,
 )
 from jobs.stages.result import write_json
+from pipeline import storage
 from pipeline.config import Config
 from pipeline.data import DataError, PreparedData
 from pipeline.layout import RunLayout
@@ -56,6 +57,7 @@ def run(cfg: Config, layout: RunLayout) -> dict[str, Any]:
     def record(index: int, result: StageResult) -> None:
         summary[result.stage] = result.summary()
         write_json(layout.summary, summary)
+        storage.publish(layout.log)  # the bucket's copy of the log follows the run stage by stage
         logger.info("stage %d/%d %s done in %.0f s: %s", index, len(STAGE_NAMES), result.stage,
                     result.seconds, result.headline)  # fmt: skip
 
@@ -81,14 +83,16 @@ def main_args(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     layout = RunLayout(make_run_dir(cfg, "run"))
     with stage_console(args, layout) as terminal:
-        logger.info("run folder: %s", layout.root.resolve())
+        logger.info("run folder: %s", storage.display(layout.root.resolve()))
         try:
             with ray_session(cfg.resources):
                 summary = run(cfg, layout)
         except DataError as exc:
             raise SystemExit(f"data error: {exc}") from None
-        terminal.write(f"run complete in {summary['total_seconds']:.0f} s: {layout.root.resolve()}\n")
-        terminal.write(f"summary: {layout.summary.resolve()}\n")
+        terminal.write(
+            f"run complete in {summary['total_seconds']:.0f} s: {storage.display(layout.root.resolve())}\n"
+        )
+        terminal.write(f"summary: {storage.display(layout.summary.resolve())}\n")
         if layout.evaluate.report_html.is_file():
             terminal.write(f"report (open in a browser): {layout.evaluate.report_html.resolve()}\n")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from jobs.launch.console import console
+from pipeline import storage
 from pipeline.config import Config, ConfigError, load_config, save_config
 from pipeline.config.paths import absolute, absolute_paths
 from pipeline.layout import RunLayout
@@ -67,27 +68,46 @@ def load_or_exit(preset: str, overrides: list[str]) -> Config:
 
 
 def user_path(text: str) -> Path:
-    """An argparse ``type`` for a file or folder the user names: absolute against the working directory
-    at once, so a Ray worker or a Tune trial (each in its own folder) finds the same place.
+    """An argparse ``type`` for a file or folder the user names: a URI (``s3://``, ``gs://``) as its
+    node-local mirror folder (:func:`pipeline.storage.local_path`), a path made absolute against the
+    working directory at once, so a Ray worker or a Tune trial (each in its own folder) finds the same place.
 
     Raises:
-        argparse.ArgumentTypeError: ``text`` is a URI; run folders are local or mounted paths for now.
+        argparse.ArgumentTypeError: a URI of an unknown scheme or without a bucket, with the fix.
     """
-    if "://" in text:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is a URI; stages read and write local (or mounted, e.g. NFS) folders. Fix: give a "
-            "local path, or mount the bucket on every node and give its mount point."
-        )
+    if storage.is_uri(text):
+        try:
+            return storage.local_path(text)
+        except storage.StorageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return Path(absolute(os.path.expanduser(text)))
+
+
+_PROBED: set[str] = set()
+
+
+def check_storage(*folders: Path | str) -> None:
+    """Probe each folder that mirrors a URI (or is one) with a small write before any work, once per
+    process; exit with the named error and its fix when one cannot be used."""
+    for folder in folders:
+        uri = storage.uri_of(folder) if not storage.is_uri(folder) else str(folder)
+        if uri is None or uri in _PROBED:
+            continue
+        try:
+            storage.check_location(uri)
+        except storage.StorageError as exc:
+            raise SystemExit(f"storage error: {exc}") from None
+        _PROBED.add(uri)
 
 
 def make_run_dir(cfg: Config, stage: str) -> Path:
     """``<run.output_dir>/<run.name or timestamp>`` with the resolved config written into it."""
     name = cfg.run.name or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{stage}"
-    layout = RunLayout(Path(os.path.expanduser(cfg.run.output_dir)) / name)
+    check_storage(cfg.run.output_dir)
+    layout = RunLayout(storage.local_path(os.path.expanduser(cfg.run.output_dir)) / name)
     layout.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, layout.config)
-    logger.info("run folder: %s", layout.root.resolve())
+    logger.info("run folder: %s", storage.display(layout.root.resolve()))
     return layout.root
 
 
@@ -98,6 +118,13 @@ def run_layout(cfg: Config, run_dir: Path | None, stage: str) -> RunLayout:
 
 @contextmanager
 def stage_console(args: argparse.Namespace, layout: RunLayout) -> Iterator[TextIO]:
-    """:func:`jobs.launch.console.console` into the run's log, with the job's ``--verbose`` and ``--log-level``."""
-    with console(layout.log, verbose=args.verbose, level=args.log_level) as terminal:
-        yield terminal
+    """:func:`jobs.launch.console.console` into the run's log, with the job's ``--verbose`` and ``--log-level``,
+    once the run's storage took a probe write; the log is published when the command ends."""
+    check_storage(layout.root, *(folder for _, folder in layout.folders))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    try:
+        with console(layout.log, verbose=args.verbose, level=args.log_level) as terminal:
+            yield terminal
+    finally:
+        if layout.log.is_file():
+            storage.publish(layout.log)

@@ -10,6 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+"""Ray placement strategies ``resources.placement`` may name."""
+PINNABLE_ROLES = (
+    "rollout worker",
+    "reward scorer",
+    "reference policy",
+    "learner",
+    "evaluation worker",
+    "identifier scorer",
+    "trainer",
+)
+"""Roles ``resources.role_nodes`` may pin to a node resource."""
+NODE_RESOURCE_SHARE = 0.001
+"""How much of a pinning resource a role asks for (many roles fit one node that has 1 of it)."""
+
 
 @dataclass(frozen=True)
 class ResourcesConfig:
@@ -82,6 +97,26 @@ class ResourcesConfig:
     available resources (a fixed cluster). On an autoscaling cluster whose GPU workers start at 0
     (``cluster.yaml``) set about the time a node takes to boot, e.g. ``900``: the stage's demand is
     what makes the autoscaler start them."""
+    placement: str = "PACK"
+    """How a stage's role bundles (PPO roles, evaluation workers, a sweep trial's roles) lie on the
+    nodes, as a Ray placement strategy: ``PACK`` (as few nodes as possible, spilling onto others when
+    one is full), ``SPREAD``, ``STRICT_PACK`` (all on one node: learner ranks that talk NCCL, no
+    cross-node weight traffic) or ``STRICT_SPREAD``. Every artifact moves through the run folder (an
+    object store or a mount every node sees), so any of them works on a multi-node cluster."""
+    role_nodes: str = ""
+    """Pin roles to nodes by custom resource, ``"learner=big_gpu,rollout worker=small_gpu"``: each named
+    role asks for 0.001 of that resource, so only nodes started with it (``ray start --resources``,
+    ``cluster.yaml`` ``resources:``) hold it. Roles: rollout worker, reward scorer, reference policy,
+    learner, evaluation worker, identifier scorer, trainer (the identifier and SFT Train workers)."""
+
+    @property
+    def role_node_resources(self) -> dict[str, dict[str, float]]:
+        """``{role: {custom resource: 0.001}}`` parsed from :attr:`role_nodes`."""
+        pinned: dict[str, dict[str, float]] = {}
+        for item in filter(None, (part.strip() for part in self.role_nodes.split(","))):
+            role, _, resource = item.partition("=")
+            pinned[role.strip()] = {resource.strip(): NODE_RESOURCE_SHARE}
+        return pinned
 
     @property
     def frozen_weights(self) -> Literal["fp32", "bf16"]:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 
 from pipeline.config import schema
-from pipeline.config.deployment import ResourcesConfig, ServeConfig
+from pipeline.config.deployment import PINNABLE_ROLES, PLACEMENTS, ResourcesConfig, ServeConfig
 from pipeline.config.gpu_shares import check_gpu_shares
 from pipeline.config.schema import require
 
@@ -397,6 +397,22 @@ def check_resources(
         "must be >= 0",
         "use 0 on a fixed cluster, e.g. 900 on an autoscaling one",
     )
+    require(
+        res.placement in PLACEMENTS,
+        "resources.placement",
+        res.placement,
+        f"must be one of {', '.join(PLACEMENTS)}",
+        "use PACK (the default) unless roles must share or avoid a node",
+    )
+    for item in filter(None, (part.strip() for part in res.role_nodes.split(","))):
+        role, eq, resource = item.partition("=")
+        require(
+            bool(eq) and role.strip() in PINNABLE_ROLES and bool(resource.strip()),
+            "resources.role_nodes",
+            item,
+            f"each entry is ROLE=RESOURCE with ROLE one of {', '.join(PINNABLE_ROLES)}",
+            'write e.g. "learner=big_gpu,rollout worker=small_gpu"',
+        )
 
 
 def _check_weight_sync(le: schema.LearnerConfig, res: ResourcesConfig) -> None:

@@ -10,7 +10,15 @@ May import: the standard library and ``pyarrow`` only (no torch, no Ray).
 """
 
 from pipeline.storage.errors import StorageError
-from pipeline.storage.location import display, is_uri, local_path, mirror_root, scratch_root, uri_of
+from pipeline.storage.location import (
+    display,
+    is_uri,
+    local_path,
+    mirror_root,
+    normalise,
+    scratch_root,
+    uri_of,
+)
 from pipeline.storage.probe import check_location
 from pipeline.storage.remote import ray_storage
 from pipeline.storage.transfer import (
@@ -37,6 +45,7 @@ __all__ = [
     "local_path",
     "mark_complete",
     "mirror_root",
+    "normalise",
     "publish",
     "ray_storage",
     "read_text",

@@ -12,7 +12,7 @@ import pytest
 from jobs.cli.main import build_parser
 from jobs.launch.options import config_from_args, user_path
 from jobs.stages.tune.results import no_best_message, root_cause
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.config.paths import absolute, absolute_paths
 from pipeline.layout import SweepDir
 
@@ -62,9 +62,25 @@ def test_command_line_paths_resolve_against_the_working_directory(
     assert build_parser(["data"]).parse_args(["data", "download"]).dest == tmp_path / "data"
 
 
-def test_a_uri_run_folder_is_refused_with_a_fix() -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match=r"'s3://bucket/x' is a URI.*Fix: give a local path"):
-        user_path("s3://bucket/x")
+def test_a_uri_names_its_mirror_folder_and_a_bad_one_is_refused_with_a_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path))
+    assert user_path("s3://bucket/x/") == tmp_path / "mirror" / "s3" / "bucket" / "x"
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown scheme 'ftp://'.*Fix: give a local"):
+        user_path("ftp://host/x")
+
+
+def test_uris_in_the_config_only_where_a_location_may_be_one() -> None:
+    cfg = load_config("local", ["run.output_dir=s3://b/runs", "data.ed_path=gs://b/ed"])
+    assert absolute_paths(cfg).run.output_dir == "s3://b/runs"
+    for bad, message in [
+        ("data.cache_dir=s3://b/cache", "must be a local path"),
+        ("run.output_dir=hdfs://x/y", "unknown scheme"),
+        ("model.name_or_path=s3://b/t5", "a model source is a hub name or a local folder"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            absolute_paths(load_config("local", [bad]))
 
 
 def test_root_cause_of_a_remote_traceback() -> None:
