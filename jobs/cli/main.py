@@ -17,11 +17,13 @@ import argparse
 import sys
 
 from jobs.cli import config
+from jobs.launch.options import check_output_storage
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    check_output_storage(args)
     args.func(args)
 
 

@@ -50,6 +50,7 @@ def run_module(command: str, add_parser: Callable[[Any], None], argv: list[str] 
     parser = argparse.ArgumentParser(prog=f"python -m jobs.cli.{command}")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
+    check_output_storage(args)
     args.func(args)
 
 
@@ -84,6 +85,17 @@ def user_path(text: str) -> Path:
 
 
 _PROBED: set[str] = set()
+OUTPUT_ARGS = ("run_dir", "out", "dest")
+"""Arguments that name a folder a command writes into: probed before the command does any work."""
+READ_ONLY_COMMANDS = ("serve", "config")
+"""Commands that write nowhere (a serving role may hold read-only credentials)."""
+
+
+def check_output_storage(args: argparse.Namespace) -> None:
+    """:func:`check_storage` of the folders a parsed command will write into, before it does anything."""
+    if getattr(args, "command", None) in READ_ONLY_COMMANDS:
+        return
+    check_storage(*(value for name in OUTPUT_ARGS if isinstance(value := getattr(args, name, None), Path)))
 
 
 def check_storage(*folders: Path | str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def _s3_credentials_missing() -> bool:
     return env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
 
 
+def _detail(text: str) -> str:
+    """The telling part of a pyarrow/AWS SDK error: curl's reason when there is one."""
+    curl = re.search(r"curlCode: \d+, ([^;]+)", text)
+    return curl.group(1).strip() if curl else text.splitlines()[0][:200]
+
+
 def _classify(uri: str, bucket: str, exc: BaseException) -> StorageError:
     text = str(exc)
     upper = text.upper()
@@ -53,13 +60,13 @@ def _classify(uri: str, bucket: str, exc: BaseException) -> StorageError:
     if any(s in upper for s in ("NETWORK_CONNECTION", "CURLCODE", "TIMEOUT", "TIMED OUT", "UNREACHABLE")):
         return StorageError(
             uri,
-            f"the endpoint {_endpoint()} does not answer ({text.splitlines()[0][:200]})",
+            f"the endpoint {_endpoint()} does not answer ({_detail(text)})",
             "check AWS_ENDPOINT_URL and that the object store is reachable from every node",
         )
     if "ACCESS_DENIED" in upper or "ACCESSDENIED" in upper or "RESPONSE CODE: 403" in upper:
         return StorageError(
             uri,
-            f"no permission to write there ({text.splitlines()[0][:200]})",
+            f"no permission to write there ({_detail(text)})",
             "grant the nodes' role s3:PutObject, s3:GetObject, s3:ListBucket and s3:DeleteObject on the bucket",
         )
     return StorageError(

@@ -109,3 +109,15 @@ def test_no_best_message_names_the_first_error_and_its_file(tmp_path: Path) -> N
     assert "1 more error file(s)" in message
     constrained = no_best_message("3 trial(s), 3 completed, 0 failed", [], ["eval/perplexity<=40"], sweep)
     assert "no completed trial satisfies eval/perplexity<=40" in constrained
+
+
+def test_a_command_probes_the_folder_it_writes_before_any_work(s3_bucket: str) -> None:
+    """A missing bucket ends `emprl ppo` before it reads a single input, naming the bucket and the fix."""
+    from jobs.cli.main import main
+
+    with pytest.raises(
+        SystemExit, match=r"storage error: .*bucket 'no-such-bucket-emprl' does not exist.*aws s3 mb"
+    ):
+        main(["ppo", "--run-dir", "s3://no-such-bucket-emprl/x"])
+    with pytest.raises(SystemExit, match=r"storage error: .*bucket 'no-such-bucket-emprl' does not exist"):
+        main(["run", "run.output_dir=s3://no-such-bucket-emprl/runs"])
