@@ -84,9 +84,9 @@ def _probe_remote(uri: str) -> None:
             "give the nodes an instance role (cluster.yaml: IamInstanceProfile) or set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY in the job's environment",
         )
-    fs, root = filesystem(uri, quick=True)
-    probe = f"{root}/.emprl-probe-{uuid.uuid4().hex}"
     try:
+        fs, root = filesystem(uri, quick=True)  # may ask S3 for the bucket's region
+        probe = f"{root}/.emprl-probe-{uuid.uuid4().hex}"
         with fs.open_output_stream(probe) as stream:
             stream.write(b"probe\n")
         fs.delete_file(probe)

@@ -111,7 +111,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         seen.append(namespace)
         return namespace
 
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_only):
+    # parsing only: no storage probe (the docs' buckets are examples, and nothing leaves 127.0.0.1)
+    with (
+        mock.patch.object(argparse.ArgumentParser, "parse_args", parse_only),
+        mock.patch.object(cli, "check_output_storage", lambda _: None),
+    ):
         cli.main(argv)
     return seen[-1]
 
