@@ -7,7 +7,9 @@ policy on first use and keeps the last one, so one group serves several policies
 call is self-contained (a replacement actor needs no replay). Resources: ``resources.rollout_cpus``
 CPUs (and ``resources.role_gpus`` of a GPU) and ``resources.torch_threads`` threads.
 :func:`evaluate_policies` fans a labelled split out over a group of these and a group of
-:class:`~actors.inference.scorer.IdentifierScorerWorker` (identifiers).
+:class:`~actors.inference.scorer.IdentifierScorerWorker` (identifiers). Policy and identifier folders may
+mirror URIs: every actor loads them through :func:`~pipeline.models.load_policy` and
+:func:`~actors.inference.scorer.fetch_identifiers`, which bring its node's copy up to date first.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 from actors.cluster.group import Pending, RoleGroup, gather
 from actors.cluster.placement import Reservation, RoleProcess, evaluation_bundles
 from actors.cluster.session import worker_runtime_env
-from actors.inference.scorer import IdentifierScorerWorker
+from actors.inference.scorer import IdentifierScorerWorker, portable
+from pipeline import storage
 from pipeline.config import Config, RolloutConfig
 from pipeline.evaluation.bootstrap import FloatArray, IntArray
 from pipeline.evaluation.suite import LabeledSplit, PolicyOutputs
@@ -65,14 +68,15 @@ class EvaluationWorker(RoleProcess):
         self.tokenizer: PreTrainedTokenizerBase | None = None
 
     def load(self, policy_dir: str) -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerBase]:
-        """The policy of ``policy_dir`` in eval mode, loaded unless it is the one already held."""
+        """The policy of ``policy_dir`` in eval mode, loaded unless it is the one already held (a folder
+        mirroring a URI is fetched onto this node by :func:`~pipeline.models.load_policy`)."""
         if self.folder != policy_dir or self.model is None or self.tokenizer is None:
             model, self.tokenizer = load_policy(policy_dir)
             self.model = model.to(self.device).policy
             use_fastest_attention(self.model, self.device)
             self.model.train(False)
             self.folder = policy_dir
-            logger.info("evaluation worker %d loaded %s", os.getpid(), policy_dir)
+            logger.info("evaluation worker %d loaded %s", os.getpid(), storage.display(policy_dir))
         return self.model, self.tokenizer
 
     def generate(self, policy_dir: str, prompts: PromptBatch, greedy: bool = False) -> tuple[str, ...]:
@@ -195,7 +199,7 @@ def evaluate_policies(
     scorers = RoleGroup(
         "identifier scorer",
         IdentifierScorerWorker,
-        (str(identifiers_dir), cfg.identifiers, res.torch_threads, device),
+        (portable(identifiers_dir), cfg.identifiers, res.torch_threads, device),
         count=cfg.reward.num_scorers,
         options={"runtime_env": env},
         make_options=lambda rank: placement.options("identifier scorer", rank),
@@ -249,7 +253,7 @@ def _submit(
 ) -> list[_Wave]:
     waves = []
     for p, policy in enumerate(policies):
-        folder = str(policy.folder.resolve())
+        folder = portable(policy.folder)
         for first in range(0, len(chunks[p]), per_wave):
             ks = list(range(first, min(first + per_wave, len(chunks[p]))))
             gold = [[split.references[int(i)] for i in chunks[p][k].index] for k in ks]
@@ -278,7 +282,7 @@ def _outputs(
     scores = LevelScores.concat([levels[k] for k in order])
     return PolicyOutputs(
         name=policy.name,
-        folder=str(policy.folder),
+        folder=storage.display(policy.folder),
         responses=tuple(r for k in order for r in responses[k]),
         pred_levels=dict(scores.levels),
         nll_sums=np.concatenate([nlls[k][0] for k in order]),

@@ -5,6 +5,12 @@ CPUs each, or one GPU). Consumes prepared splits (Hugging Face datasets with ``c
 ``response``); produces a part file per shard (:meth:`~pipeline.layout.LabeledDir.parts`), written
 atomically as each finishes, then the labelled split (original columns in original order + level
 columns) and the label statistics, where :class:`~pipeline.layout.LabeledDir` names them. Resumable: shards whose part file exists are not scored again.
+
+The output folder may mirror a URI (a run in a bucket): the driver, which writes every part file,
+publishes each one as soon as it is complete (one object each, so a part exists only when whole), and
+a re-run on any node takes the parts listed in the bucket as done and downloads them before merging;
+the merged splits and the statistics are published too. Scorer actors fetch the identifiers on their
+own node.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import pyarrow.parquet as pq
 import ray
 from datasets import Dataset
 
-from actors.inference.scorer import IdentifierScorerWorker
+from actors.cluster.session import worker_runtime_env
+from actors.inference.scorer import IdentifierScorerWorker, fetch_identifiers, portable
+from pipeline import storage
 from pipeline.config import MECHANISMS, IdentifiersConfig, ResourcesConfig
 from pipeline.layout import IdentifiersDir, LabeledDir
 from pipeline.models.identifier import HEAD_FILE, META_FILE, NUM_LEVELS
@@ -64,7 +72,7 @@ def part_path(out: LabeledDir | Path, split: str, index: int) -> Path:
 
 
 def _labeled(out: LabeledDir | Path | str) -> LabeledDir:
-    return out if isinstance(out, LabeledDir) else LabeledDir(Path(out))
+    return out if isinstance(out, LabeledDir) else LabeledDir(storage.local_path(str(out)))
 
 
 def label_splits(
@@ -95,7 +103,9 @@ def label_splits(
     """
     if num_workers < 1 or shard_rows < 1:
         raise ValueError(f"label_splits: num_workers={num_workers} and shard_rows={shard_rows} must be >= 1")
-    identifiers_dir = identifiers.path if isinstance(identifiers, IdentifiersDir) else Path(identifiers)
+    identifiers_dir = fetch_identifiers(
+        identifiers.path if isinstance(identifiers, IdentifiersDir) else identifiers, MECHANISMS
+    )
     labeled = _labeled(out)
     identifier_folders(identifiers_dir, MECHANISMS)  # fail here, not inside every actor
     labels = level_columns(MECHANISMS)
@@ -103,10 +113,13 @@ def label_splits(
         _check_columns(split, ds, labels)
 
     shards: list[Shard] = []
+    done: set[Path] = set()
     for split, ds in datasets.items():
-        _claim_split_dir(labeled.parts(split), _manifest(ds, identifiers_dir, cfg, shard_rows))
+        folder = labeled.parts(split)
+        _claim_split_dir(folder, _manifest(ds, identifiers_dir, cfg, shard_rows))
         shards += _shards(split, len(ds), shard_rows, labeled)
-    pending = [s for s in shards if not s.path.is_file()]
+        done |= {folder / name for name in storage.list_names(folder)}  # in the bucket for a mirror
+    pending = [s for s in shards if s.path not in done]
     skipped = len(shards) - len(pending)
     if skipped:
         logger.info(
@@ -118,7 +131,7 @@ def label_splits(
     seconds = time.perf_counter() - start
 
     stats: dict[str, Any] = {
-        "identifiers_dir": str(identifiers_dir),
+        "identifiers_dir": storage.display(identifiers_dir),
         "mechanisms": list(MECHANISMS),
         "shard_rows": shard_rows,
         "splits": {},
@@ -139,7 +152,12 @@ def label_splits(
         "num_workers": min(num_workers, len(pending)),
     }
     _write_atomic(labeled.stats, (json.dumps(stats, indent=2) + "\n").encode())
-    logger.info("labels written to %s (%s)", labeled.path, {k: v["rows"] for k, v in stats["splits"].items()})
+    storage.publish(labeled.stats)
+    logger.info(
+        "labels written to %s (%s)",
+        storage.display(labeled.path),
+        {k: v["rows"] for k, v in stats["splits"].items()},
+    )
     return stats
 
 
@@ -202,19 +220,22 @@ def _manifest(ds: Dataset, identifiers_dir: Path, cfg: IdentifiersConfig, shard_
 
 
 def _claim_split_dir(folder: Path, manifest: dict[str, Any]) -> None:
-    """Create ``folder`` with its manifest, or check that an existing one was made for the same job."""
+    """Create ``folder`` with its manifest, or check that an existing one was made for the same job
+    (for a mirror folder: the manifest in the bucket, written there when missing)."""
     file = folder / MANIFEST_FILE
-    if file.is_file():
-        found = json.loads(file.read_text())
+    text = storage.read_text(file)
+    folder.mkdir(parents=True, exist_ok=True)
+    if text is not None:
+        found = json.loads(text)
         if found != manifest:
             diff = sorted(k for k in manifest.keys() | found.keys() if manifest.get(k) != found.get(k))
+            where = storage.display(folder)
             raise LabelingError(
-                f"{folder} holds labels of a different job ({', '.join(diff)} differ), so its parts cannot be "
-                f"resumed. Fix: delete {folder} to relabel, or pass another output folder."
+                f"{where} holds labels of a different job ({', '.join(diff)} differ), so its parts cannot be "
+                f"resumed. Fix: delete {where} to relabel, or pass another output folder."
             )
     else:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(file, (json.dumps(manifest, indent=2) + "\n").encode())
+        storage.write_text(file, json.dumps(manifest, indent=2) + "\n")
     for stale in folder.glob(".*.tmp"):  # left by a crash between write and rename
         stale.unlink()
 
@@ -232,10 +253,14 @@ def _score_shards(
     if not pending:
         return
     size = min(num_workers, len(pending))
-    remote_cls = ray.remote(worker_cls).options(num_cpus=res.reward_cpus, num_gpus=1 if res.use_gpu else 0)
+    remote_cls = ray.remote(worker_cls).options(
+        num_cpus=res.reward_cpus,
+        num_gpus=1 if res.use_gpu else 0,
+        runtime_env=worker_runtime_env(res),  # with the storage settings of this driver
+    )
     actors: list[Any] = [
         remote_cls.remote(
-            str(identifiers_dir),
+            portable(identifiers_dir),
             cfg,
             torch_threads=res.torch_threads,
             device="cuda" if res.use_gpu else "cpu",
@@ -303,21 +328,25 @@ def _write_part(table: pa.Table, columns: Mapping[str, np.ndarray], shard: Shard
             )
         table = table.append_column(name, pa.array(values))
     _write_table_atomic(table.replace_schema_metadata(None), shard.path)
+    storage.publish(shard.path)  # one object: in the bucket only once complete
 
 
 def _concat_parts(split: str, shards: list[Shard], ds: Dataset, out: LabeledDir) -> pa.Table:
     """The labelled split: the parts in shard (= row) order, checked to cover every row."""
     rows = len(ds)
+    storage.sync_down(out.parts(split))  # parts written on another node or by an earlier run
     tables = [pq.read_table(s.path) for s in shards]
     for shard, table in zip(shards, tables, strict=True):
         if table.num_rows != shard.rows:
             raise LabelingError(
-                f"{shard.path} has {table.num_rows} rows, expected {shard.rows}. Fix: delete it and re-run."
+                f"{storage.display(shard.path)} has {table.num_rows} rows, expected {shard.rows}. Fix: "
+                "delete it and re-run."
             )
     table = pa.concat_tables(tables) if tables else _empty_labelled(ds)
     if table.num_rows != rows:
         raise LabelingError(f"split {split!r}: the parts hold {table.num_rows} rows, the split {rows}")
     _write_table_atomic(table, out.split(split))
+    storage.publish(out.split(split))
     return table
 
 

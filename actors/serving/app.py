@@ -1,6 +1,7 @@
 """Serve wiring: the Serve options of the deployments and the ingress from the ``serve`` section,
 the API key, :func:`build_app` (ingress -> policy, identifiers), :func:`start_serve` (the HTTP proxy
-on ``serve.host``) and :func:`serving` (both, for as long as a ``with`` block runs).
+on ``serve.host``) and :func:`serving` (both, for as long as a ``with`` block runs). The model folders may
+be URIs or mirror paths of URIs: each replica fetches them onto its own node.
 """
 
 import contextlib
@@ -17,12 +18,13 @@ from ray.serve import Application
 from actors.cluster.session import worker_env
 from actors.serving.api import ApiIngress
 from actors.serving.deployments import IdentifierDeployment, PolicyDeployment
+from pipeline import storage
 from pipeline.config import Config, ConfigError, ServeConfig
 
 
 def api_key(s: ServeConfig) -> str:
-    """The API key: the variable ``serve.api_key_env``, else the first line of ``serve.api_key_file``;
-    empty when neither is set.
+    """The API key: the variable ``serve.api_key_env``, else the first line of ``serve.api_key_file`` (a
+    local file, or an object-store URI fetched here); empty when neither is set.
 
     Raises:
         ConfigError: ``serve.api_key_file`` is set but unreadable or empty.
@@ -30,16 +32,19 @@ def api_key(s: ServeConfig) -> str:
     key = os.environ.get(s.api_key_env, "").strip()
     if key or not s.api_key_file:
         return key
-    path = Path(s.api_key_file).expanduser()
+    path = storage.local_path(s.api_key_file).expanduser()
     try:
-        lines = path.read_text().splitlines()
+        lines = storage.fetch(path).read_text().splitlines()
     except OSError as exc:
         raise ConfigError(
-            f"serve.api_key_file={path}: cannot read it ({exc.strerror}). Fix: point it at a file holding the key."
+            f"serve.api_key_file={storage.display(path)}: cannot read it ({exc.strerror}). Fix: point it "
+            "at a file holding the key."
         ) from None
     key = lines[0].strip() if lines else ""
     if not key:
-        raise ConfigError(f"serve.api_key_file={path} is empty. Fix: write the key on its first line.")
+        raise ConfigError(
+            f"serve.api_key_file={storage.display(path)} is empty. Fix: write the key on its first line."
+        )
     return key
 
 
@@ -92,9 +97,16 @@ def replica_env(cfg: Config) -> dict[str, Any]:
     return {"env_vars": worker_env(dataclasses.replace(cfg.resources, torch_threads=threads))}
 
 
+def replica_folder(folder: str | Path) -> str:
+    """How a replica on any node is told ``folder``: the URI of a URI or a mirror path (the replica
+    fetches it onto its node's mirror), else the absolute path."""
+    path = storage.local_path(str(folder)).expanduser()
+    return storage.uri_of(path) or str(path.resolve())
+
+
 def build_app(cfg: Config, policy_dir: str | Path, identifiers_dir: str | Path) -> Application:
-    """The bound application: ingress -> policy, identifiers. The API key, if any, is read here
-    (:func:`key_digest`); only its SHA-256 reaches the replicas."""
+    """The bound application: ingress -> policy, identifiers (local folders, URIs or mirror paths). The
+    API key, if any, is read here (:func:`key_digest`); only its SHA-256 reaches the replicas."""
     s = cfg.serve
     env = replica_env(cfg)
     policy = serve.deployment(name="policy")(PolicyDeployment).options(**deployment_options(s, "policy", env))
@@ -104,8 +116,8 @@ def build_app(cfg: Config, policy_dir: str | Path, identifiers_dir: str | Path) 
     digest = key_digest(s)
     ingress = serve.deployment(name="ingress")(serve.ingress()(ApiIngress)).options(**ingress_options(s, env))
     return ingress.bind(
-        policy.bind(str(Path(policy_dir).resolve()), cfg),
-        identifiers.bind(str(Path(identifiers_dir).resolve()), cfg),
+        policy.bind(replica_folder(policy_dir), cfg),
+        identifiers.bind(replica_folder(identifiers_dir), cfg),
         cfg,
         digest,
     )

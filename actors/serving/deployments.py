@@ -2,6 +2,8 @@
 response, whole or token by token; :class:`IdentifierDeployment` answers ``(context, response)`` with
 the ER/IP/EX level probabilities. Both batch with ``@serve.batch`` (``serve.max_batch_size``,
 ``serve.batch_wait_timeout_s``) and run ``serve.torch_threads`` threads, bf16 on a GPU, fp32 on the CPU.
+A replica, on whichever node Serve places it, fetches its folders onto that node before loading them
+(folders mirroring URIs; a plain local folder is read as it is).
 """
 
 import asyncio
@@ -15,6 +17,8 @@ from typing import Any, cast
 import torch
 from ray import serve
 
+from actors.inference.scorer import fetch_identifiers
+from pipeline import storage
 from pipeline.config import Config
 from pipeline.generation import Sampled, SamplingSettings, StepSampler, TextDeltas
 from pipeline.models import load_policy, use_fastest_attention
@@ -59,7 +63,8 @@ class PolicyDeployment:
     def __init__(self, policy_dir: str, cfg: Config) -> None:
         # Threads beyond the CPUs this replica was given make every process on the node crawl.
         torch.set_num_threads(cfg.serve.torch_threads)
-        model, self.tokenizer = load_policy(policy_dir)
+        model, self.tokenizer = load_policy(policy_dir)  # fetched onto this node when it is a URI
+        folder = storage.local_path(policy_dir)
         self.device = _device(cfg.serve.policy_gpus, "policy")
         dtype = _dtype(self.device)
         self.model = cast(Any, model.policy).to(self.device, dtype=dtype)
@@ -67,8 +72,8 @@ class PolicyDeployment:
         use_fastest_attention(self.model, self.device)
         self.max_source_len = cfg.model.max_source_len
         self.info = ModelInfo(
-            name=model_name(policy_dir),
-            version=model_version(policy_dir),
+            name=model_name(folder),
+            version=model_version(folder),
             runtime=_runtime(self.device, dtype),
         )
         batched: list[Any] = [self._generate_batch, self._stream_batch]  # type: ignore[misc]
@@ -76,8 +81,8 @@ class PolicyDeployment:
             method.set_max_batch_size(cfg.serve.max_batch_size)
             method.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
         logger.info(
-            "policy replica ready: %s (%s) on %s, pid %d", self.info.name, self.info.version, self.device,
-            os.getpid(),
+            "policy replica ready: %s (%s) from %s on %s, pid %d", self.info.name, self.info.version,
+            storage.display(policy_dir), self.device, os.getpid(),
         )  # fmt: skip
 
     def describe(self) -> ModelInfo:
@@ -175,13 +180,14 @@ class IdentifierDeployment:
     def __init__(self, identifiers_dir: str, cfg: Config) -> None:
         torch.set_num_threads(cfg.serve.torch_threads)
         device = _device(cfg.serve.identifier_gpus, "identifier")
-        self.scorer = EmpathyScorer.from_config(identifiers_dir, cfg.identifiers, device=device)
+        folder = fetch_identifiers(identifiers_dir)
+        self.scorer = EmpathyScorer.from_config(folder, cfg.identifiers, device=device)
         dtype = _dtype(device)
         for model in self.scorer.identifiers.values():
             model.to(dtype=dtype)
         self.info = ModelInfo(
-            name=model_name(identifiers_dir),
-            version=model_version(identifiers_dir),
+            name=model_name(folder),
+            version=model_version(folder, cfg.identifiers.mechanisms),
             runtime=_runtime(device, dtype),
         )
         self.score.set_max_batch_size(cfg.serve.max_batch_size)  # type: ignore[attr-defined]

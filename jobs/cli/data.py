@@ -2,6 +2,8 @@
 
 Laptop:        emprl data prepare [--preset local] [data.source=local data.ed_path=DIR data.epitome_path=DIR]
                emprl data download --dest data/
+               emprl data download --dest s3://bucket/data
+                   (then data.ed_path=s3://bucket/data/empatheticdialogues data.epitome_path=s3://bucket/data/epitome)
 Cluster job:   ray job submit --working-dir . -- python -m jobs.cli.data prepare --preset paper
 Sweep:         not swept; `emprl tune` reuses the prepared cache.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 from jobs.launch.console import setup_logging
 from jobs.launch.options import add_config_args, config_from_args, run_module, user_path
+from pipeline import storage
 from pipeline.data import (
     ED_URL,
     EPITOME_BASE_URL,
@@ -41,7 +44,10 @@ def add_parser(sub: Any) -> None:
 
     dl = actions.add_parser("download", help="fetch EmpatheticDialogues and EPITOME and verify checksums")
     dl.add_argument(
-        "--dest", type=user_path, default=user_path("data"), help="folder to write into (default: data/)"
+        "--dest",
+        type=user_path,
+        default=user_path("data"),
+        help="folder to write into, or an s3:// / gs:// URI to publish the files to (default: data/)",
     )
     dl.add_argument("--ed-url", default=ED_URL, help="EmpatheticDialogues tarball URL (a mirror)")
     dl.add_argument("--ed-sha256", default=None, help="expected sha256 of the tarball at --ed-url")
@@ -69,7 +75,7 @@ def prepare(args: argparse.Namespace) -> PreparedData:
 def prepare_main(args: argparse.Namespace) -> None:
     setup_logging(args.log_level)
     prepared = prepare(args)
-    logger.info("prepared datasets in %s", prepared.path)
+    logger.info("prepared datasets in %s", prepared.path)  # the cache: node-local
     json.dump(prepared.stats, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
 
@@ -87,9 +93,8 @@ def download_main(args: argparse.Namespace) -> None:
         paths = download_all(args.dest, **kwargs)
     except (DownloadError, DataError) as exc:
         raise SystemExit(f"download failed: {exc}") from None
-    sys.stdout.write(
-        f"data.source=local data.ed_path={paths['ed_path']} data.epitome_path={paths['epitome_path']}\n"
-    )
+    ed, epitome = (storage.display(paths[key]) for key in ("ed_path", "epitome_path"))
+    sys.stdout.write(f"data.source=local data.ed_path={ed} data.epitome_path={epitome}\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,8 @@ Laptop:        emprl evaluate --run-dir runs/demo            (the run's sft and 
 Cluster job:   ray job submit --working-dir . -- python -m jobs.cli.evaluate --preset paper --run-dir /shared/runs/paper \
                    resources.address=auto rollout.num_workers=8 reward.num_scorers=2
 Sweep:         for run in runs/tune/*/; do emprl evaluate --run-dir "$run"; done
+Bucket:        emprl evaluate --run-dir s3://bucket/runs/paper --policy mine=s3://bucket/policies/mine
+                   (inputs fetched onto the nodes that read them; metrics, responses and report published)
 """
 
 from __future__ import annotations

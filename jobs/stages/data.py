@@ -1,4 +1,6 @@
-"""Data stage: parse, split and cache the datasets the config names; statistics into the run folder."""
+"""Data stage: parse, split and cache the datasets the config names; statistics into the run folder
+(``data/stats.json``, published when the run folder mirrors a URI). The sources may be URIs
+(``data.ed_path=s3://...``): :func:`~pipeline.data.prepare_datasets` downloads them first."""
 
 from __future__ import annotations
 
@@ -42,5 +44,9 @@ def data_stage(cfg: Config, layout: RunLayout, *, refresh: bool = False) -> Data
 
 
 def prepared_data(cfg: Config, data: PreparedData | None) -> PreparedData:
-    """``data`` when given (a run hands it on), else the prepared datasets of ``cfg.data`` (cached)."""
+    """``data`` when given (a run hands it on), else the prepared datasets of ``cfg.data`` (cached).
+
+    Only the job's driver calls this (the stage functions); actors get their examples in their specs.
+    The cache is node-local: a driver on a node without it builds it from the (fetched) source files.
+    """
     return data if data is not None else prepare_datasets(cfg.data)

@@ -1,4 +1,9 @@
-"""Evaluate stage: responses of one or more policies on a labelled ED split, Emp-F1 and the paper's metrics."""
+"""Evaluate stage: responses of one or more policies on a labelled ED split, Emp-F1 and the paper's metrics.
+
+Any folder may mirror a URI (a run in a bucket): what the stage reads is fetched onto this node first
+(the labelled split, the policies, the identifiers) and what it writes is published (``config.yaml``,
+``responses.parquet``, ``metrics.json``, the report and its figures), by the process that runs it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import pyarrow.parquet as pq
 
 from actors.cluster.placement import Reservation
 from actors.inference.evaluator import PolicySource, evaluate_policies
+from actors.inference.scorer import fetch_identifiers
 from jobs.stages.result import StageResult, write_json
+from pipeline import storage
 from pipeline.config import Config, save_config
 from pipeline.evaluation.report import build_report
 from pipeline.evaluation.suite import (
@@ -52,11 +59,13 @@ def resolve_policies(layout: RunLayout, given: Sequence[tuple[str, Path]]) -> li
         policies = [PolicySource(name, folder) for name, folder in given]
     else:
         defaults = [("sft", layout.sft.policy), ("ppo", layout.ppo.policy)]
-        policies = [PolicySource(n, f) for n, f in defaults if (f / "config.json").is_file()]
+        # a policy in a bucket is fetched here: it is loaded below anyway
+        policies = [PolicySource(n, f) for n, f in defaults if (storage.fetch(f) / "config.json").is_file()]
         if not policies:
+            root, sft, ppo = (storage.display(p) for p in (layout.root, layout.sft.policy, layout.ppo.policy))
             raise EvaluationInputError(
-                f"{layout.root} has no SFT or PPO policy to evaluate ({layout.sft.policy}, {layout.ppo.policy}). "
-                f"Fix: run `emprl sft --run-dir {layout.root}` (and `emprl ppo`) first, or pass --policy NAME=FOLDER."
+                f"{root} has no SFT or PPO policy to evaluate ({sft}, {ppo}). Fix: run "
+                f"`emprl sft --run-dir {root}` (and `emprl ppo`) first, or pass --policy NAME=FOLDER."
             )
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
@@ -66,16 +75,17 @@ def resolve_policies(layout: RunLayout, given: Sequence[tuple[str, Path]]) -> li
             load_policy(p.folder)
         except (ModelSourceError, ValueError, OSError) as exc:
             raise EvaluationInputError(
-                f"policy {p.name!r} at {p.folder} does not load: {exc} Fix: pass a folder written by the SFT "
-                "or PPO stage (save_policy), e.g. <run>/sft/policy."
+                f"policy {p.name!r} at {storage.display(p.folder)} does not load: {exc} Fix: pass a folder "
+                "written by the SFT or PPO stage (save_policy), e.g. <run>/sft/policy."
             ) from exc
     return policies
 
 
 def check_identifiers(folder: Path) -> Path:
-    """``folder`` when it holds the ER/IP/EX identifiers, else :class:`EvaluationInputError`."""
+    """``folder`` when it holds the ER/IP/EX identifiers (fetched onto this node when it mirrors a URI),
+    else :class:`EvaluationInputError`."""
     try:
-        identifier_folders(folder)
+        identifier_folders(fetch_identifiers(folder))
     except ModelSourceError as exc:
         raise EvaluationInputError(f"{exc} Or pass --identifiers <folder>.") from exc
     return folder
@@ -95,7 +105,9 @@ def load_evaluation_inputs(
     Raises:
         EvaluationInputError: an input is missing or unusable; the message names it and the fix.
     """
-    data = read_labeled_split(layout.labeled.split(split), name=split, max_examples=max_examples)
+    data = read_labeled_split(
+        storage.fetch(layout.labeled.split(split)), name=split, max_examples=max_examples
+    )
     return EvaluationInputs(
         split=data,
         policies=resolve_policies(layout, policies),
@@ -139,6 +151,7 @@ def evaluate_stage(
     )
     table = responses_table(data, outputs)
     pq.write_table(table, out.responses)
+    storage.publish(out.responses)
     t0 = time.perf_counter()
     metrics = evaluate(data, outputs, n_resamples=n_resamples, seed=cfg.run.seed)
     stats["time/metrics"] = time.perf_counter() - t0
@@ -151,7 +164,7 @@ def evaluate_stage(
     metrics["decoding"].update(
         min_new_tokens=r.min_new_tokens, max_new_tokens=r.max_new_tokens, seed=cfg.run.seed
     )
-    metrics["identifiers"] = str(identifiers)
+    metrics["identifiers"] = storage.display(identifiers)
     write_json(out.metrics, metrics)  # before the report: a failing figure loses no numbers
     t0 = time.perf_counter()
     files = build_report(metrics, out, examples=table.slice(0, num_samples).to_pylist(), run=layout)

@@ -3,6 +3,11 @@
 Each file goes to a temporary name, is checked against its published sha256, then renamed
 into place; files already present with a right checksum are not fetched again. URLs and
 checksums are arguments, so a mirror works the same way.
+
+A destination may be the mirror folder of an object-store URI (``emprl data download --dest
+s3://bucket/data``): files are downloaded and checked here, then each dataset file (the extracted ED
+CSVs and the EPITOME CSVs, not the tarball) is published as one object, so every node reads them with
+``data.ed_path=s3://bucket/data/empatheticdialogues`` (see :func:`pipeline.data.prepare_datasets`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from pipeline import storage
 from pipeline.config import MECHANISMS
 from pipeline.data.epitome import EPITOME_FILES
 from pipeline.data.errors import DownloadError
@@ -154,11 +160,12 @@ def download_ed(
                         f"{tarball} has no member {member}. Fix: use the official tarball ({ED_URL})"
                     )
                 _extract(tar, member, folder / f"{split}.csv")
+                storage.publish(folder / f"{split}.csv")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DownloadError(
             f"{tarball} is not a readable .tar.gz ({exc}). Fix: delete it and download again"
         ) from exc
-    logger.info("EmpatheticDialogues ready in %s", folder)
+    logger.info("EmpatheticDialogues ready in %s", storage.display(folder))
     return folder
 
 
@@ -191,7 +198,8 @@ def download_epitome(
     for mech in MECHANISMS:
         name = EPITOME_FILES[mech]
         fetch(base_url.rstrip("/") + "/" + name, folder / name, sha256=sha256.get(name), timeout=timeout)
-    logger.info("EPITOME ready in %s", folder)
+        storage.publish(folder / name)
+    logger.info("EPITOME ready in %s", storage.display(folder))
     return folder
 
 
@@ -207,5 +215,9 @@ def download_all(
     """Both datasets into ``dest``; returns ``{"ed_path": ..., "epitome_path": ...}``."""
     ed = download_ed(dest, url=ed_url, sha256=ed_sha256, timeout=timeout)
     epitome = download_epitome(dest, base_url=epitome_base_url, sha256=epitome_sha256, timeout=timeout)
-    logger.info("use: data.source=local data.ed_path=%s data.epitome_path=%s", ed, epitome)
+    logger.info(
+        "use: data.source=local data.ed_path=%s data.epitome_path=%s",
+        storage.display(ed),
+        storage.display(epitome),
+    )
     return {"ed_path": ed, "epitome_path": epitome}

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import storage
+
 logger = logging.getLogger(__name__)
 
 MAX_LISTED = 20
@@ -29,7 +31,7 @@ class DataError(ValueError):
         column: str | None = None,
         fix: str | None = None,
     ) -> None:
-        self.path = str(path)
+        self.path = storage.display(path)  # the URI of a downloaded copy
         self.line = line
         self.column = column
         self.problem = problem

@@ -3,6 +3,11 @@
 A cache entry is keyed by the source files' sha256, the ``DataConfig`` fields that shape
 the examples and :data:`FORMAT_VERSION`; a re-run with the same key loads the Parquet
 files instead of parsing. Entries are written to a temporary folder and renamed into place.
+
+``data.ed_path`` and ``data.epitome_path`` may be object-store URIs (``s3://bucket/data/epitome``): their
+files are downloaded into this node's mirror of the URI (:func:`pipeline.storage.sync_down`, only the
+files it lacks) before anything reads them. The cache (``data.cache_dir``) is always node-local, so every
+node that prepares the data builds or reuses its own entry from the same files.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.config import MECHANISMS, DataConfig
 from pipeline.data.demo import write_demo_data
 from pipeline.data.download import sha256_file
@@ -83,7 +89,8 @@ class PreparedData:
 
 
 def resolve_sources(cfg: DataConfig) -> tuple[Path, Path]:
-    """The ED and EPITOME folders for ``cfg.source`` (writing the demo set on first use)."""
+    """The local ED and EPITOME folders for ``cfg.source`` (writing the demo set on first use; a URI's
+    files downloaded into its mirror folder, which is returned)."""
     if cfg.source == "demo":
         root = _demo_source(Path(cfg.cache_dir).expanduser())
         return root / "empatheticdialogues", root / "epitome"
@@ -93,7 +100,13 @@ def resolve_sources(cfg: DataConfig) -> tuple[Path, Path]:
             "data.source=local needs data.ed_path and data.epitome_path",
             fix="pass data.ed_path=DIR data.epitome_path=DIR (fetch them with `emprl data download`)",
         )
-    return Path(cfg.ed_path).expanduser(), Path(cfg.epitome_path).expanduser()
+    return _local_folder(cfg.ed_path), _local_folder(cfg.epitome_path)
+
+
+def _local_folder(location: str) -> Path:
+    """The folder of ``location`` on this node: a local path as it is, a URI's (or a mirror path's)
+    files downloaded into its mirror (plain files uploaded without a completion marker)."""
+    return storage.sync_down(storage.local_path(location).expanduser())
 
 
 def _demo_source(cache_dir: Path) -> Path:
@@ -123,7 +136,7 @@ def source_files(cfg: DataConfig, ed_dir: Path, epitome_dir: Path) -> dict[str, 
             folder = "data.ed_path" if name.startswith("ed/") else "data.epitome_path"
             raise DataError(
                 path,
-                "file not found",
+                "file not found" + (" in the bucket" if storage.uri_of(path) else ""),
                 fix=f"point {folder} at the folder holding it, or run `emprl data download`",
             )
     return files
@@ -155,7 +168,7 @@ def prepare_datasets(cfg: DataConfig, *, refresh: bool = False) -> PreparedData:
     logger.info("cache miss: preparing data into %s", entry)
     tables, stats = build(cfg, ed_dir, epitome_dir)
     stats |= {"format_version": FORMAT_VERSION, "key": key, "source": cfg.source}
-    stats["files"] = {name: str(path) for name, path in files.items()}
+    stats["files"] = {name: storage.display(path) for name, path in files.items()}
     _write(entry, tables, stats)
     return _load(entry)
 

@@ -2,7 +2,9 @@
 
 Built from the metrics dict of :func:`pipeline.evaluation.evaluate`, the first rows of the
 responses table and, when present, the run's SFT and PPO training logs. The HTML needs no server:
-styles are inline and figures are relative links to ``figures/*.png``.
+styles are inline and figures are relative links to ``figures/*.png``. When the folders mirror URIs
+(a run in a bucket), the training logs are fetched before they are read and the report is published
+(figures first, so a published report never links a figure that is not there).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipeline import storage
 from pipeline.config import MECHANISMS
 from pipeline.evaluation.figures import (
     confusion_figure,
@@ -172,7 +175,11 @@ def build_report(
     md_path, html_path = out.report_md, out.report_html
     md_path.write_text(markdown)
     html_path.write_text(page)
-    logger.info("report written: %s (%d figures)", html_path, len(figures))
+    if out.figures.is_dir():
+        storage.publish(out.figures)
+    storage.publish(md_path)
+    storage.publish(html_path)
+    logger.info("report written: %s (%d figures)", storage.display(html_path), len(figures))
     return ReportFiles(md_path, html_path, tuple(out.path / f.path for f in figures))
 
 
@@ -186,7 +193,7 @@ def _info(metrics: Mapping[str, Any], run: RunLayout | None) -> list[tuple[str, 
         ("generated", dt.datetime.now().isoformat(timespec="seconds")),
     ]
     if run is not None:
-        items.insert(0, ("run", str(run.root)))
+        items.insert(0, ("run", storage.display(run.root)))
     return items
 
 
@@ -317,7 +324,7 @@ def _html(page: _Page) -> str:
 
 
 def _sft_history(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
+    if not storage.fetch(path).is_file():
         logger.info("no SFT log at %s: the report has no SFT curves", path)
         return []
     history = json.loads(path.read_text()).get("history", [])
@@ -325,9 +332,9 @@ def _sft_history(path: Path) -> list[dict[str, Any]]:
 
 
 def _ppo_rows(ppo: PPODir) -> list[dict[str, Any]]:
-    if ppo.log.is_file():
+    if storage.fetch(ppo.log).is_file():
         return [json.loads(line) for line in ppo.log.read_text().splitlines() if line.strip()]
-    if ppo.metrics.is_file():
+    if storage.fetch(ppo.metrics).is_file():
         return [h for h in json.loads(ppo.metrics.read_text()).get("history", []) if isinstance(h, dict)]
     logger.info("no PPO log in %s: the report has no PPO curves", ppo.path)
     return []

@@ -47,12 +47,14 @@ def dialogue_context(turns: Sequence[str], emotion: str | None, cfg: DataConfig)
     return format_context(dialogue_turns(turns), label, cfg)
 
 
-def model_version(folder: str | Path) -> str:
-    """First 12 hex digits of the SHA-256 of a model folder's files (names and bytes, sorted by name):
-    the same weights give the same version wherever they are copied."""
+def model_version(folder: str | Path, parts: Sequence[str] = ()) -> str:
+    """First 12 hex digits of the SHA-256 of a model folder's files (names and bytes, sorted by name;
+    only those under ``parts`` when given; hidden files such as a storage marker left out): the same
+    weights give the same version wherever they are copied."""
     digest = hashlib.sha256()
     root = Path(folder)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    files = (p for part in parts for p in (root / part).rglob("*")) if parts else root.rglob("*")
+    for path in sorted(p for p in files if p.is_file() and not p.name.startswith(".")):
         digest.update(str(path.relative_to(root)).encode())
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -1,0 +1,566 @@
+"""Ray nodes on this machine that share no disk: a head and workers on 127.0.0.1, each a Python process in
+its own mount namespace whose ``/tmp`` is a private tmpfs (Ray's session folder, the node's scratch root
+``/tmp/emprl`` and its ``HOME`` live there and vanish with the node), with the checkout visible read-only
+(the software as a baked image). A folder outside ``/tmp`` that every node sees stands for a shared file
+system; only build caches (``TORCH_EXTENSIONS_DIR``) use one.
+
+Each node is started the way ``ray.cluster_utils`` does it (``ray._private.node.Node``), not with
+``ray start`` (which refuses a second node on loopback; see docs/ENVIRONMENT.md), with every port of its
+own. Jobs go through ``ray job submit`` against the head's dashboard, so their driver runs on the head in
+the head's namespace. A node's death (:meth:`NoSharedDiskCluster.kill_node`) is SIGKILL of every process in
+its namespace; :meth:`NoSharedDiskCluster.stop` ends only what the cluster started (never ``ray stop``).
+
+Needs root (mount namespaces). Run as a script (``python nodes.py NODE_SPEC_JSON``) it is one node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout every node sees read-only."""
+PYTHON = Path(sys.executable)
+RAY = PYTHON.parent / "ray"
+BASE_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "HF_HUB_OFFLINE": "1",
+    "DS_ACCELERATOR": "cpu",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+"""Every node's environment (loopback-only Ray, no usage stats, no auth token, offline, CPU DeepSpeed)."""
+READY = "EMPRL-NODE-READY"
+WORKER_PORTS = 150
+"""Ports of each node's worker-port range (one per worker process)."""
+NODE_TMP_SIZE = "6g"
+"""Size cap of each node's private ``/tmp`` (tmpfs pages are only used when written)."""
+_LOOPBACK = re.compile(r"^(127\.0\.0\.1|\[::ffff:127\.0\.0\.1\]|\[::1\]):\d+$")
+
+
+@dataclass
+class NodeProcess:
+    """One started node: its name, resources, ports and the process that holds its namespace."""
+
+    name: str
+    head: bool
+    num_cpus: float
+    resources: dict[str, float]
+    ports: dict[str, int]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    namespace: str = ""
+    """``mnt:[inode]`` of the node's mount namespace (``readlink /proc/PID/ns/mnt``)."""
+    started_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def _pids_in(namespace: str) -> list[int]:
+    """Every live, non-zombie process in mount namespace ``namespace``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or _namespace(int(entry)) != namespace:
+            continue
+        try:
+            state = next(
+                (
+                    ln
+                    for ln in Path(f"/proc/{entry}/status").read_text().splitlines()
+                    if ln.startswith("State:")
+                ),
+                "",
+            )
+        except OSError:
+            continue
+        if "zombie" not in state:
+            found.append(int(entry))
+    return found
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 now (all held open until all are chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _free_range(size: int, taken: set[int]) -> int:
+    """The first port of ``size`` consecutive ports, below the ephemeral range (32768) and above Ray's
+    default worker ports (10002-19999, used by other local clusters), all bindable now."""
+    for _ in range(200):
+        start = random.randrange(20000, 32000 - size)
+        ports = range(start, start + size)
+        if taken & set(ports):
+            continue
+        ok = True
+        for port in ports:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            taken.update(ports)
+            return start
+    raise RuntimeError(f"no {size} consecutive free ports found in 20000-32000 on 127.0.0.1")
+
+
+class NoSharedDiskCluster:
+    """A Ray head and worker nodes on 127.0.0.1, each in its own mount namespace with a private ``/tmp``.
+
+    ``nodes`` maps node names to ``(num_cpus, custom resources)``; the first is the head. Every node also
+    gets the resource ``{name: 1}``, so a test places work with ``resources={"node_b": 0.01}``. ``env``
+    goes to every node (e.g. the object store's endpoint and keys: the nodes' "instance role").
+    ``shared`` is a folder outside ``/tmp`` every node sees (``TORCH_EXTENSIONS_DIR`` goes there, so
+    DeepSpeed's JIT builds are not redone per node); ``None`` uses ``~/.cache``'s folder of this user.
+    """
+
+    def __init__(
+        self,
+        nodes: Mapping[str, float] | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        shared: Path | None = None,
+        object_store_memory: int = 200_000_000,
+        logs: Path | None = None,
+        readonly: Sequence[Path] = (ROOT,),
+        startup_timeout_s: float = 120.0,
+    ) -> None:
+        if os.geteuid() != 0:
+            raise RuntimeError("NoSharedDiskCluster needs root (mount namespaces via `unshare --mount`)")
+        for tool in ("unshare", "nsenter", "mount"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"NoSharedDiskCluster needs `{tool}` (util-linux) on PATH")
+        spec = nodes or {"head": 2, "node_b": 2, "node_c": 2}
+        self.env = {**BASE_ENV, **(env or {})}
+        shared_dir = shared or Path.home() / ".cache"
+        if Path("/tmp") in [shared_dir, *shared_dir.parents]:
+            raise ValueError(
+                f"shared={shared_dir} is under /tmp, which no node shares; give a folder outside /tmp"
+            )
+        self.env.setdefault("TORCH_EXTENSIONS_DIR", str(shared_dir / "torch_extensions"))
+        self.object_store_memory = object_store_memory
+        self.readonly = [Path(p).resolve() for p in readonly]
+        self.startup_timeout_s = startup_timeout_s
+        self._own_logs = logs is None
+        self.logs = logs or Path(tempfile.mkdtemp(prefix="emprl-nodes-"))
+        self.logs.mkdir(parents=True, exist_ok=True)
+        # folders outside /tmp that hold read-only paths under /tmp across the tmpfs (rarely needed)
+        self._holds = Path(
+            tempfile.mkdtemp(prefix="emprl-node-holds-", dir="/run" if os.path.isdir("/run") else "/var/tmp")
+        )
+        taken: set[int] = set()
+        names = list(spec)
+        self.nodes: dict[str, NodeProcess] = {}
+        for index, name in enumerate(names):
+            head = index == 0
+            port_names = ["node_manager", "object_manager", "metrics_export", "metrics_agent",
+                          "dashboard_agent_http", "runtime_env_agent"]  # fmt: skip
+            if head:
+                port_names += ["gcs", "dashboard"]
+            ports = dict(zip(port_names, _free_ports(len(port_names)), strict=True))
+            ports["min_worker"] = _free_range(WORKER_PORTS, taken)
+            ports["max_worker"] = ports["min_worker"] + WORKER_PORTS - 1
+            self.nodes[name] = NodeProcess(
+                name=name, head=head, num_cpus=float(spec[name]), resources={name: 1.0}, ports=ports,
+                log=self.logs / f"{name}.log",
+            )  # fmt: skip
+        self.head = self.nodes[names[0]]
+        self.startup_s = 0.0
+
+    # -- addresses -----------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """The GCS address (``127.0.0.1:PORT``)."""
+        return f"127.0.0.1:{self.head.ports['gcs']}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The head's dashboard (the jobs API): ``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.head.ports['dashboard']}"
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    def __enter__(self) -> NoSharedDiskCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> NoSharedDiskCluster:
+        """Start the head, then every worker node; return once all of them are alive in the GCS."""
+        started = time.monotonic()
+        try:
+            self._launch(self.head)
+            self._wait_ready([self.head])
+            workers = [n for n in self.nodes.values() if not n.head]
+            for node in workers:
+                self._launch(node)
+            self._wait_ready(workers)
+            self._wait_alive(len(self.nodes), started)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - started
+        return self
+
+    def _node_params(self, node: NodeProcess) -> dict[str, Any]:
+        p = node.ports
+        params: dict[str, Any] = {
+            "node_ip_address": "127.0.0.1",
+            "num_cpus": node.num_cpus,
+            "num_gpus": 0,
+            "resources": node.resources,
+            "object_store_memory": self.object_store_memory,
+            "temp_dir": "/tmp/ray",
+            "node_manager_port": p["node_manager"],
+            "object_manager_port": p["object_manager"],
+            "metrics_export_port": p["metrics_export"],
+            "metrics_agent_port": p["metrics_agent"],
+            "dashboard_agent_listen_port": p["dashboard_agent_http"],
+            "runtime_env_agent_port": p["runtime_env_agent"],
+            "min_worker_port": p["min_worker"],
+            "max_worker_port": p["max_worker"],
+            "include_log_monitor": True,  # every node has its own log folder: each needs its monitor
+            "ray_client_server_port": None,
+        }
+        if node.head:
+            params.update(
+                gcs_server_port=p["gcs"], include_dashboard=True, dashboard_host="127.0.0.1",
+                dashboard_port=p["dashboard"],
+            )  # fmt: skip
+        else:
+            params.update(gcs_address=self.address, include_dashboard=False)
+        return params
+
+    def _launch(self, node: NodeProcess) -> None:
+        spec = json.dumps({"name": node.name, "head": node.head, "params": self._node_params(node)})
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "EMPRL_SCRATCH"))}
+        env.update(self.env)
+        env["HOME"] = "/tmp/home"
+        env["EMPRL_NODE"] = node.name
+        env.pop("RAY_TMPDIR", None)
+        env.pop("TMPDIR", None)
+        hold = self._holds / node.name
+        setup = ["set -e"]
+        under_tmp = [p for p in self.readonly if Path("/tmp") in p.parents]
+        for i, path in enumerate(under_tmp):  # keep them across the new /tmp
+            setup += [f"mkdir -p {hold}/{i}", f"mount --bind {shlex.quote(str(path))} {hold}/{i}"]
+        setup.append(f"mount -t tmpfs -o size={NODE_TMP_SIZE},mode=1777 tmpfs /tmp")
+        for i, path in enumerate(under_tmp):
+            q = shlex.quote(str(path))
+            setup += [f"mkdir -p {q}", f"mount --move {hold}/{i} {q}"]
+        for path in self.readonly:
+            q = shlex.quote(str(path))
+            if path not in under_tmp:
+                setup.append(f"mount --bind {q} {q}")
+            setup.append(f"mount -o remount,bind,ro {q}")
+        setup += ["mkdir -p /tmp/home", 'exec "$@"']
+        command = [
+            "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", "\n".join(setup), "node",
+            str(PYTHON), str(Path(__file__).resolve()), spec,
+        ]  # fmt: skip
+        with node.log.open("ab") as log:
+            node.proc = subprocess.Popen(
+                command, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        node.started_s = time.monotonic()
+
+    def _wait_ready(self, nodes: list[NodeProcess]) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        waiting = list(nodes)
+        while waiting:
+            for node in list(waiting):
+                assert node.proc is not None
+                if not node.namespace:
+                    ns = _namespace(node.proc.pid)
+                    if ns and ns != _namespace(os.getpid()):
+                        node.namespace = ns
+                if READY in node.log.read_text(errors="replace"):
+                    node.extra["ready_s"] = time.monotonic() - node.started_s
+                    waiting.remove(node)
+                elif node.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"node {node.name} exited with code {node.proc.returncode} while starting; its log "
+                        f"{node.log}:\n{node.log.read_text(errors='replace')[-3000:]}"
+                    )
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(n.name for n in waiting)
+                raise RuntimeError(
+                    f"nodes {names} not up within {self.startup_timeout_s:.0f} s; logs in {self.logs}"
+                )
+            time.sleep(0.2)
+
+    def _wait_alive(self, count: int, started: float) -> None:
+        """Until the head's state API lists ``count`` alive nodes."""
+        deadline = started + self.startup_timeout_s
+        while True:
+            try:
+                if len(self.alive_nodes()) >= count:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the head did not list {count} alive nodes within {self.startup_timeout_s:.0f} s"
+                )
+            time.sleep(0.5)
+
+    def alive_nodes(self) -> list[dict[str, Any]]:
+        """The nodes the head's state API lists as ALIVE (each with ``node_ip``, ``resources_total``)."""
+        with urllib.request.urlopen(f"{self.dashboard_url}/api/v0/nodes?limit=100", timeout=5) as r:
+            body = json.loads(r.read())
+        rows = body["data"]["result"]["result"]
+        return [row for row in rows if row.get("state") == "ALIVE"]
+
+    def pids(self, name: str) -> list[int]:
+        """Every live process of node ``name`` (those in its mount namespace)."""
+        node = self.nodes[name]
+        return _pids_in(node.namespace) if node.namespace else []
+
+    def kill_node(self, name: str) -> None:
+        """A node's death: SIGKILL every process in its namespace (its private ``/tmp`` goes with them)."""
+        node = self.nodes[name]
+        if not node.namespace:  # never got past `unshare`: only its own process exists
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.kill()
+                node.proc.wait(timeout=10)
+            return
+        for _ in range(50):
+            pids = _pids_in(node.namespace)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        if node.proc is not None:
+            try:
+                node.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        left = _pids_in(node.namespace)
+        if left:
+            raise RuntimeError(f"node {name}: processes {left} survived SIGKILL")
+
+    def stop(self) -> None:
+        """End every node: SIGTERM each node's process (Ray's own shutdown), then SIGKILL whatever is left
+        in its namespace. Workers first, the head last."""
+        order = [n for n in self.nodes.values() if not n.head] + [self.head]
+        for node in order:
+            if node.proc is not None and node.proc.poll() is None:
+                try:
+                    node.proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for node in order:
+            if node.proc is not None:
+                try:
+                    node.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.kill_node(node.name)
+        shutil.rmtree(self._holds, ignore_errors=True)
+
+    # -- inspecting nodes ----------------------------------------------------------------------------
+    def node_files(self, name: str, path: str = "/tmp") -> list[str]:
+        """Every file under ``path`` as node ``name`` sees it (``find`` inside its mount namespace), relative
+        to ``path``; ``[]`` if it does not exist there."""
+        node = self.nodes[name]
+        assert node.proc is not None and node.proc.poll() is None, f"node {name} is not running"
+        done = subprocess.run(
+            ["nsenter", f"--mount=/proc/{node.proc.pid}/ns/mnt", "--", "find", path, "-type", "f"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if done.returncode != 0 and "No such file" in done.stderr:
+            return []
+        prefix = path.rstrip("/") + "/"
+        return sorted(line.removeprefix(prefix) for line in done.stdout.splitlines() if line)
+
+    def connections(self) -> dict[str, list[tuple[str, str, str]]]:
+        """TCP sockets of the cluster's processes (``ss -tanp``): ``{"established": [(process, local, peer)],
+        "listening": [...]}``."""
+        ours = {
+            pid: node.name
+            for node in self.nodes.values()
+            if node.namespace
+            for pid in _pids_in(node.namespace)
+        }
+        done = subprocess.run(["ss", "-tanpH"], capture_output=True, text=True, timeout=30, check=True)
+        found: dict[str, list[tuple[str, str, str]]] = {"established": [], "listening": []}
+        for line in done.stdout.splitlines():
+            parts = line.split()
+            if len(parts) < 6:
+                continue
+            state, local, peer, users = parts[0], parts[3], parts[4], " ".join(parts[5:])
+            owners = [
+                (int(p), n) for p, n in ((m, ours.get(int(m))) for m in re.findall(r"pid=(\d+)", users)) if n
+            ]
+            if not owners:
+                continue
+            name = re.search(r'\(\("([^"]+)"', users)
+            who = f"{owners[0][1]}:{name.group(1) if name else '?'}"
+            if state == "LISTEN":
+                found["listening"].append((who, local, peer))
+            elif state == "ESTAB":
+                found["established"].append((who, local, peer))
+        return found
+
+    def off_loopback(self) -> list[tuple[str, str, str]]:
+        """Established connections or listening sockets of the cluster not on 127.0.0.1 (should be none)."""
+        conns = self.connections()
+        bad = [c for c in conns["established"] if not (_LOOPBACK.match(c[1]) and _LOOPBACK.match(c[2]))]
+        bad += [c for c in conns["listening"] if not _LOOPBACK.match(c[1])]
+        return bad
+
+    # -- jobs ----------------------------------------------------------------------------------------
+    def submit(
+        self,
+        command: Sequence[str],
+        working_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 900.0,
+        log: Path | None = None,
+    ) -> tuple[int, str]:
+        """``ray job submit`` of ``command`` with ``working_dir`` to the head; waits for the job and returns
+        its exit code and logs (also streamed to ``log`` if given). The driver runs on the head."""
+        runtime_env = json.dumps({"env_vars": env or {}})
+        cli = [
+            str(RAY), "job", "submit", "--address", self.dashboard_url, "--working-dir", str(working_dir),
+            "--runtime-env-json", runtime_env, "--", *command,
+        ]  # fmt: skip
+        cli_env = self._cli_env()
+        deadline = time.monotonic() + timeout
+        while True:  # the head's job agent starts a few seconds after the dashboard answers
+            out_path = log or self.logs / f"job-{time.time_ns()}.log"
+            with out_path.open("w") as out:
+                proc = subprocess.Popen(cli, env=cli_env, stdout=out, stderr=subprocess.STDOUT, text=True)
+                try:
+                    rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    rc = 124
+            output = out_path.read_text(errors="replace")
+            if "No available agent" in output and time.monotonic() < deadline - 30:
+                time.sleep(2)
+                continue
+            return rc, output
+
+    def start_job(
+        self, command: Sequence[str], working_dir: Path, *, env: dict[str, str] | None = None
+    ) -> str:
+        """``ray job submit --no-wait`` of ``command`` (e.g. a server that runs until stopped); returns the
+        job's submission id (for :meth:`job_logs` and :meth:`stop_job`)."""
+        job_id = f"emprl-{uuid.uuid4().hex[:10]}"
+        cli = [
+            str(RAY), "job", "submit", "--no-wait", "--submission-id", job_id, "--address", self.dashboard_url,
+            "--working-dir", str(working_dir), "--runtime-env-json", json.dumps({"env_vars": env or {}}),
+            "--", *command,
+        ]  # fmt: skip
+        for _ in range(30):  # the head's job agent starts a few seconds after the dashboard answers
+            done = subprocess.run(cli, env=self._cli_env(), capture_output=True, text=True, timeout=300)
+            if "No available agent" not in done.stdout + done.stderr:
+                break
+            time.sleep(2)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"ray job submit --no-wait failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+            )
+        return job_id
+
+    def job_logs(self, job_id: str) -> str:
+        """What job ``job_id`` printed so far."""
+        cli = [str(RAY), "job", "logs", "--address", self.dashboard_url, job_id]
+        done = subprocess.run(cli, env=self._cli_env(), capture_output=True, text=True, timeout=120)
+        return done.stdout + done.stderr
+
+    def job_status(self, job_id: str) -> str:
+        """``PENDING``, ``RUNNING``, ``SUCCEEDED``, ``FAILED`` or ``STOPPED`` (the jobs API's word)."""
+        with urllib.request.urlopen(f"{self.dashboard_url}/api/jobs/{job_id}", timeout=10) as r:
+            return str(json.loads(r.read())["status"])
+
+    def stop_job(self, job_id: str) -> None:
+        """``ray job stop`` (SIGTERM to the job's driver, then SIGKILL), waiting for the job to end."""
+        cli = [str(RAY), "job", "stop", "--address", self.dashboard_url, job_id]
+        subprocess.run(cli, env=self._cli_env(), capture_output=True, text=True, timeout=120)
+
+    def _cli_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(BASE_ENV)
+        return env
+
+    def worker_pids(self) -> dict[int, str]:
+        """``{pid: node}`` of every Ray worker process each node has started this session (from the
+        ``worker-*-<pid>.out`` files in its log folder): attributes a job's ``(Actor pid=N)`` lines to nodes."""
+        found: dict[int, str] = {}
+        for name, node in self.nodes.items():
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            for file in self.node_files(name, "/tmp/ray/session_latest/logs"):
+                match = re.fullmatch(
+                    r"(?:python-core-)?worker-[0-9a-f]+-[0-9a-f]+-(\d+)\.(?:out|err|log)", file
+                )
+                if match:
+                    found[int(match.group(1))] = name
+        return found
+
+
+def _run_node(spec: dict[str, Any]) -> None:
+    """Inside the node's namespace: start the node's Ray processes, then sleep until told to stop."""
+    import ray._private.node
+    from ray._private.parameter import RayParams
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
+    params = RayParams(**spec["params"])
+    node = ray._private.node.Node(params, head=spec["head"], shutdown_at_exit=True, spawn_reaper=True)
+    print(f"{READY} {spec['name']} gcs={node.gcs_address} session={node.session_name}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        node.kill_all_processes(check_alive=False, allow_graceful=True)
+
+
+if __name__ == "__main__":
+    _run_node(json.loads(sys.argv[1]))
