@@ -1,9 +1,10 @@
-"""The main job end to end on the demo data, on a real local Ray cluster bound to loopback, and the
-README's "try it" commands run as written (relative paths and all) from the root of a fresh checkout.
+"""The main job end to end on the demo data, and the README's "try it" commands run as written (relative
+paths and all) from the root of a fresh checkout.
 
-The README's `emprl run` (a new user's first command) and the Ray head for `ray job submit` start with the
-module and run beside its other tests: on two cores one pipeline run leaves a core mostly idle. The
-README's commands are read out of README.md, so the README cannot drift from what works."""
+The README's `emprl run` (a new user's first command) starts with the module and runs beside its other
+tests: on two cores one pipeline run leaves a core mostly idle. The README's commands are read out of
+README.md, so the README cannot drift from what works. The same job through `ray job submit` on three
+nodes that share no disk is tests/integration/test_cluster_storage.py."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from processes import BIN, RAY, BackgroundJob, RayHead, job_env, leftovers, processes_with, selected_tests
+from processes import BackgroundJob, job_env, leftovers, processes_with, selected_tests
 
 from jobs.cli.run import STAGE_NAMES
 from pipeline.config import load_config
@@ -39,9 +40,9 @@ def test_local_cluster_stays_on_loopback(ray_cluster: None) -> None:
     assert ray.util.get_node_ip_address() == "127.0.0.1"
 
 
-SUBMIT_TEST = "test_emprl_run_through_ray_job_submit_writes_every_stage_into_one_folder"
 README_TESTS = {
     "test_readme_run_as_a_new_user_would",
+    "test_readme_run_writes_every_stage_into_one_folder",
     "test_readme_sweep_and_serve_as_written",
     "test_a_sweep_whose_every_trial_fails_exits_non_zero_with_the_first_error",
 }
@@ -86,13 +87,11 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def background(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, checkout: Path
 ) -> Iterator[dict[str, Any]]:
-    """What the module's selected tests need, started with the module: the Ray head of the submit test and
-    the README's `emprl run` in the fresh checkout, as written."""
+    """What the module's selected tests need, started with the module: the README's `emprl run` in the
+    fresh checkout, as written."""
     selected = selected_tests(request)
     started: dict[str, Any] = {}
     try:
-        if SUBMIT_TEST in selected:
-            started["head"] = RayHead()
         if selected & README_TESTS:
             (run,) = readme_lines("emprl run ")
             command = in_shell(*readme_lines("source "), run)
@@ -101,80 +100,6 @@ def background(
     finally:
         if "cli" in started:
             started["cli"].stop()
-        if "head" in started:
-            started["head"].stop()
-
-
-@pytest.fixture
-def head(background: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """The dashboard address of the module's Ray head, and the environment to talk to it with."""
-    started: RayHead = background["head"]
-    return started.ready()
-
-
-@pytest.mark.slow
-def test_emprl_run_through_ray_job_submit_writes_every_stage_into_one_folder(
-    head: tuple[str, dict[str, str]], tmp_path: Path
-) -> None:
-    """`ray job submit ... -- emprl run` on the demo data against a head on loopback, as on a cluster
-    (docs/cluster.md): every stage's output in the run folder, and the report."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    address, env = head
-    overrides = [
-        f"run.output_dir={tmp_path}", "run.name=r1", f"data.cache_dir={tmp_path / 'cache'}",
-        "resources.address=auto",
-    ]  # fmt: skip
-    command = [
-        str(RAY), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-        str(BIN / "emprl"), "run", "--preset", "local", *overrides,
-    ]  # fmt: skip
-    for _ in range(15):  # the head's job agent starts a few seconds after the dashboard answers
-        submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        output = submit.stdout + submit.stderr
-        if "No available agent" not in output:
-            break
-        time.sleep(2)
-    assert submit.returncode == 0, output[-4000:]
-    assert "succeeded" in output
-    cfg = load_config("local", overrides)
-    run_dir = tmp_path / "r1"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert sorted(STAGE_NAMES) == sorted(k for k in summary if k != "total_seconds")
-    assert summary["data"]["ed"]["train"]["examples"] >= 200
-    assert sum(summary["data"]["epitome_pairs"].values()) >= 150
-    # the resolved config is in the run folder and reloads to the same config
-    assert load_config(run_dir / "config.yaml") == cfg
-    stats = json.loads((run_dir / "data" / "stats.json").read_text())
-    assert stats["bad_rows"] == 0
-    # identifiers trained and exported, every gold response labelled
-    for mechanism in ("ER", "IP", "EX"):
-        assert (run_dir / "identifiers" / mechanism / "metrics.json").is_file()
-        assert set(summary["identifiers"][mechanism]) == {"test_accuracy", "test_macro_f1"}
-    labeled = pq.read_table(run_dir / "labeled" / "train.parquet")
-    assert (
-        labeled.num_rows == summary["data"]["ed"]["train"]["examples"] == summary["label"]["splits"]["train"]
-    )
-    assert {"er_level", "ip_level", "ex_level"} <= set(labeled.column_names)
-    # the initial policy is a plain Hugging Face folder
-    policy_dir = run_dir / "init" / "policy"
-    model = AutoModelForSeq2SeqLM.from_pretrained(policy_dir)
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    assert model.config.d_model == cfg.model.d_model
-    assert len(tokenizer) == summary["init"]["policy_vocab"]
-    # PPO ran its iterations on the cluster's roles
-    ppo = json.loads((run_dir / "ppo" / "metrics.json").read_text())
-    assert ppo["iterations"] == cfg.ppo.total_steps and ppo["version"] == cfg.ppo.total_steps
-    # the run ends with SFT and PPO side by side on valid; SFT's gold perplexity is its validation perplexity
-    evaluation = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    assert evaluation["policy_order"] == ["sft", "ppo"] and len(evaluation["comparisons"]) == 1
-    assert (
-        evaluation["n_examples"] == summary["label"]["splits"]["valid"] == summary["evaluate"]["n_examples"]
-    )
-    assert Path(summary["evaluate"]["report"]) == run_dir / "evaluate" / "report.html"
-    assert (run_dir / "evaluate" / "report.html").is_file()
-    sft_val_ppl = json.loads((run_dir / "sft" / "metrics.json").read_text())["best"]["val_ppl"]
-    assert evaluation["policies"]["sft"]["perplexity"] == pytest.approx(sft_val_ppl, rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -267,6 +192,54 @@ def test_readme_run_as_a_new_user_would(readme_run: tuple[RunLayout, str, str, s
     assert not any("Loading weights" in line or "PlacementGroupCleaner" in line for line in terminal)
     assert len(terminal) < 120, "\n".join(terminal)
     assert leftovers(marker) == []
+
+
+@pytest.mark.slow
+def test_readme_run_writes_every_stage_into_one_folder(readme_run: tuple[RunLayout, str, str, str]) -> None:
+    """The README's `emprl run`: every stage's output in the run folder, and the report. (The same command
+    through `ray job submit` on three nodes that share no disk, into a bucket, is
+    tests/integration/test_cluster_storage.py.)"""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    layout, *_ = readme_run
+    run_dir = layout.root
+    cfg = load_config(run_dir / "config.yaml")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert sorted(STAGE_NAMES) == sorted(k for k in summary if k != "total_seconds")
+    assert summary["data"]["ed"]["train"]["examples"] > 0
+    assert sum(summary["data"]["epitome_pairs"].values()) > 0
+    # the resolved config is in the run folder and reloads to the same config
+    assert cfg.data.source == "demo" and cfg.run.name == run_dir.name
+    stats = json.loads((run_dir / "data" / "stats.json").read_text())
+    assert stats["bad_rows"] == 0
+    # identifiers trained and exported, every gold response labelled
+    for mechanism in ("ER", "IP", "EX"):
+        assert (run_dir / "identifiers" / mechanism / "metrics.json").is_file()
+        assert set(summary["identifiers"][mechanism]) == {"test_accuracy", "test_macro_f1"}
+    labeled = pq.read_table(run_dir / "labeled" / "train.parquet")
+    assert (
+        labeled.num_rows == summary["data"]["ed"]["train"]["examples"] == summary["label"]["splits"]["train"]
+    )
+    assert {"er_level", "ip_level", "ex_level"} <= set(labeled.column_names)
+    # the initial policy is a plain Hugging Face folder
+    policy_dir = run_dir / "init" / "policy"
+    model = AutoModelForSeq2SeqLM.from_pretrained(policy_dir)
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    assert model.config.d_model == cfg.model.d_model
+    assert len(tokenizer) == summary["init"]["policy_vocab"]
+    # PPO ran its iterations on the cluster's roles
+    ppo = json.loads((run_dir / "ppo" / "metrics.json").read_text())
+    assert ppo["iterations"] == cfg.ppo.total_steps and ppo["version"] == cfg.ppo.total_steps
+    # the run ends with SFT and PPO side by side on valid; SFT's gold perplexity is its validation perplexity
+    evaluation = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert evaluation["policy_order"] == ["sft", "ppo"] and len(evaluation["comparisons"]) == 1
+    assert (
+        evaluation["n_examples"] == summary["label"]["splits"]["valid"] == summary["evaluate"]["n_examples"]
+    )
+    assert Path(summary["evaluate"]["report"]) == run_dir / "evaluate" / "report.html"
+    assert (run_dir / "evaluate" / "report.html").is_file()
+    sft_val_ppl = json.loads((run_dir / "sft" / "metrics.json").read_text())["best"]["val_ppl"]
+    assert evaluation["policies"]["sft"]["perplexity"] == pytest.approx(sft_val_ppl, rel=1e-4)
 
 
 @pytest.mark.slow
