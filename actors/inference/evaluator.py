@@ -178,7 +178,7 @@ def evaluate_policies(
     workers_n = min(num_workers or cfg.rollout.num_workers, len(chunks[0]))
     bundles = evaluation_bundles(cfg, workers_n)
     reservation = reservation or Reservation.create(
-        "evaluation", bundles, scale_up_wait_s=cfg.resources.scale_up_wait_s
+        "evaluation", bundles, scale_up_wait_s=cfg.resources.scale_up_wait_s, strategy=cfg.resources.placement
     )
     try:
         placement = reservation.place("evaluation", bundles)

@@ -24,9 +24,10 @@ import torch
 
 from actors.cluster.group import RoleDiedError, RoleGroup, gather
 from actors.cluster.placement import Reservation
-from actors.ppo.checkpoints import CheckpointStore
+from actors.ppo.checkpoints import CONTROLLER, CheckpointStore
 from actors.ppo.metrics import IterationReport, MetricsLog, PhaseTimer, Sink
 from actors.ppo.roles import PPORoles
+from pipeline import storage
 from pipeline.config import Config
 from pipeline.config.diff import config_changes
 from pipeline.generation import encode_prompts
@@ -117,22 +118,22 @@ class PPOController:
             while self.iteration < total:
                 try:
                     row = self.step(self.iteration + 1)
-                except RoleDiedError as exc:
+                    progress.update(
+                        1,
+                        reward=row["reward/score"],
+                        kl=row["rollout/kl"],
+                        kl_coef=row["rollout/kl_coef"],
+                        samples_per_s=row["perf/samples_per_s"],
+                    )
+                    checkpoint = None
+                    if self.iteration % self.cfg.ppo.save_every == 0 or self.iteration == total:
+                        checkpoint = self.save()
+                except RoleDiedError as exc:  # a learner rank died, mid-checkpoint too
                     if exc.role != "learner":
                         raise
                     self._recover_learner(exc)
                     progress.done = self.iteration
                     continue
-                progress.update(
-                    1,
-                    reward=row["reward/score"],
-                    kl=row["rollout/kl"],
-                    kl_coef=row["rollout/kl_coef"],
-                    samples_per_s=row["perf/samples_per_s"],
-                )
-                checkpoint = None
-                if self.iteration % self.cfg.ppo.save_every == 0 or self.iteration == total:
-                    checkpoint = self.save()
                 report = IterationReport(self.iteration, row, checkpoint)
                 for sink in self.sinks:
                     sink(report)
@@ -141,7 +142,7 @@ class PPOController:
             "iterations": self.iteration,
             "samples": self.samples,
             "version": self.version,
-            "policy": str(policy),
+            "policy": storage.display(policy),
             "learner_recoveries": self.learner_recoveries,
             "worker_restarts": {g.role: g.restarts for g in (self.rollout, self.reward, self.reference)},
         }
@@ -318,7 +319,9 @@ class PPOController:
     # ----- checkpoints, recovery, metrics ----------------------------------------------------
 
     def save(self) -> Path:
-        """Checkpoint the learner and the controller state atomically (see :class:`CheckpointStore`)."""
+        """Checkpoint the learner and the controller state atomically (see :class:`CheckpointStore`;
+        in an object store every learner rank uploads its own files, the controller its state, and the
+        checkpoint is marked complete once all of them are there)."""
         state = {
             "iteration": self.iteration,
             "samples": self.samples,
@@ -331,11 +334,11 @@ class PPOController:
             "config": self.cfg.to_dict(),
         }
         with self.store.writing(self.iteration) as folder:
-            gather(self.roles.learner_group().submit_all("save", str(folder / "learner")))
-            (folder / "controller.json").write_text(json.dumps(state, indent=2))
-        saved = self.store.latest()
-        assert saved is not None
-        logger.info("checkpoint: iteration %d -> %s", self.iteration, saved)
+            gather(self.roles.learner_group().submit_all("save", str(folder)))
+            storage.write_text(folder / CONTROLLER, json.dumps(state, indent=2))
+        self.metrics.publish()
+        saved = self.store.folder(self.iteration)
+        logger.info("checkpoint: iteration %d -> %s", self.iteration, storage.display(saved))
         return saved
 
     def _restore(self) -> None:
@@ -346,14 +349,20 @@ class PPOController:
             self.iteration = self.samples = self.version = 0
             self.kl, self.moments = make_kl_controller(self.cfg.ppo), RunningMoments()
         else:
-            state = json.loads((folder / "controller.json").read_text())
+            text = storage.read_text(folder / CONTROLLER)  # from the store: this node may never have seen it
+            if text is None:
+                raise FileNotFoundError(
+                    f"checkpoint {storage.display(folder)} has no {CONTROLLER}. Fix: delete that checkpoint "
+                    "folder to resume from the one before it, or start a fresh run folder."
+                )
+            state = json.loads(text)
             if state["num_prompts"] != len(self.inputs.contexts) or state["seed"] != self.cfg.run.seed:
                 raise ValueError(
-                    f"checkpoint {folder} was made with {state['num_prompts']} prompts and seed {state['seed']}; "
+                    f"checkpoint {storage.display(folder)} was made with {state['num_prompts']} prompts and seed {state['seed']}; "
                     f"this run has {len(self.inputs.contexts)} and {self.cfg.run.seed}. Fix: resume with the "
                     "same data and run.seed, or start a fresh run folder."
                 )
-            gather(learner.submit_all("load", str(folder / "learner")))
+            gather(learner.submit_all("load", str(folder)))  # each rank fetches it to its node
             self.iteration, self.samples, self.version = (
                 state["iteration"],
                 state["samples"],
@@ -361,7 +370,12 @@ class PPOController:
             )
             self.kl = self._restored_kl(state)
             self.moments.load_state_dict(state["moments"])
-            logger.info("resumed from %s: iteration %d, %d samples", folder, self.iteration, self.samples)
+            logger.info(
+                "resumed from %s: iteration %d, %d samples",
+                storage.display(folder),
+                self.iteration,
+                self.samples,
+            )
             changes = config_changes(state.get("config", {}), self.cfg.to_dict())
             if changes:
                 logger.info(

@@ -16,7 +16,9 @@ import datetime as dt
 import logging
 import os
 import random
+import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,10 @@ import ray
 import torch
 
 from actors.cluster.placement import RoleProcess
+from actors.ppo.checkpoints import LEARNER
 from actors.ppo.weight_sync import WeightGroup, checksum, device_id, host_store, layout, sync_tensors
 from actors.training.engines import DeepSpeedEngine, make_engine, use_deepspeed_on
+from pipeline import storage
 from pipeline.config import LearnerConfig, OptimizerConfig, PPOConfig
 from pipeline.models import load_policy, save_policy, use_fastest_attention
 from pipeline.ppo.experience import IntArray, TrainBatch
@@ -35,6 +39,24 @@ from pipeline.ppo.iteration import iteration_lr_lambda, ppo_loss, response_forwa
 logger = logging.getLogger(__name__)
 
 RNG_FILE = "rng_rank{rank}.pt"
+RANK_FILE = re.compile(r"(?:zero_pp_rank_|rng_rank)(\d+)(?=[_.])")
+"""The rank a checkpoint file belongs to, by its name: DeepSpeed's per-rank ZeRO shards
+(``[bf16_]zero_pp_rank_<r>_mp_rank_00_{optim,model}_states.pt``) and :data:`RNG_FILE`. DeepSpeed
+writes every other file (``mp_rank_00_model_states.pt``, ``latest``, ``zero_to_fp32.py``) on rank 0."""
+
+
+def own_files(folder: Path, rank: int) -> list[Path]:
+    """The files under ``folder`` that learner rank ``rank`` wrote in :meth:`LearnerWorker.save`: those
+    :data:`RANK_FILE` names as its own, and for rank 0 those that name no rank. Ranks on one node share
+    the folder; each uploads exactly its own files, whole once its save returned."""
+    mine = []
+    for file in sorted(folder.rglob("*")):
+        if not file.is_file():
+            continue
+        match = RANK_FILE.search(file.name)
+        if (int(match.group(1)) if match else 0) == rank:
+            mine.append(file)
+    return mine
 
 
 class LearnerWorker(RoleProcess):
@@ -200,17 +222,35 @@ class LearnerWorker(RoleProcess):
         with self.engine.gathered() as module:
             return checksum(module) if self.rank == 0 else None
 
-    def save(self, folder: str) -> None:
-        """DeepSpeed checkpoint (model, optimizer, scheduler) plus this rank's RNG states."""
-        path = Path(folder)
+    def save(self, checkpoint: str) -> None:
+        """DeepSpeed checkpoint (model, optimizer, scheduler) plus this rank's RNG states, into the
+        checkpoint folder's :data:`~actors.ppo.checkpoints.LEARNER` subfolder.
+
+        When the folder mirrors an object store, this rank uploads the files it wrote (:func:`own_files`)
+        before returning, and drops its local copies (a reader fetches the checkpoint whole): the
+        controller marks the checkpoint complete only after every rank returned.
+        """
+        path = Path(checkpoint) / LEARNER
         path.mkdir(parents=True, exist_ok=True)
         self.engine.save(path, rank=self.rank)
         rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
         torch.save(rng, path / RNG_FILE.format(rank=self.rank))
+        if storage.uri_of(path) is None:
+            return
+        started, sent = time.perf_counter(), 0
+        files = own_files(path, self.rank)
+        for file in files:
+            sent += storage.upload(file)
+            file.unlink()
+        logger.info(
+            "learner rank %d uploaded %d files (%.1f MB) to %s in %.2f s",
+            self.rank, len(files), sent / 1e6, storage.display(path), time.perf_counter() - started,
+        )  # fmt: skip
 
-    def load(self, folder: str) -> None:
-        """Restore what :meth:`save` wrote."""
-        path = Path(folder)
+    def load(self, checkpoint: str) -> None:
+        """Restore what :meth:`save` wrote (first bringing this node's copy of the complete
+        checkpoint up to date: this node may never have seen it)."""
+        path = storage.fetch(Path(checkpoint)) / LEARNER
         self.engine.load(path)
         self._adopt_lr()
         self.engine.model.eval()

@@ -2,7 +2,10 @@
 
 :class:`PhaseTimer` times an iteration's phases (``time/<phase>``); :class:`MetricsLog` appends each
 iteration's flat metrics row to ``ppo/metrics.jsonl`` and TensorBoard, and on resume drops the rows
-a crashed attempt logged after its checkpoint; sinks receive an :class:`IterationReport`.
+a crashed attempt logged after its checkpoint; sinks receive an :class:`IterationReport`. In a run
+folder that mirrors an object store the log is uploaded after every row (one small object, replaced
+whole) and read back from the store on resume, so a resume on a fresh node continues it exactly;
+the TensorBoard events are uploaded at every checkpoint and at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline import storage
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,15 @@ class MetricsLog:
         """Continue after ``iteration``: drop the rows (and TensorBoard events) logged after it."""
         from torch.utils.tensorboard import SummaryWriter
 
+        storage.fetch(self.path)  # the store's copy, which a run on another node may have written
         if self.path.is_file():
             rows = [line for line in self.path.read_text().splitlines() if line.strip()]
             kept = [line for line in rows if json.loads(line)["iteration"] <= iteration]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
+            if len(kept) < len(rows):
+                tmp = self.path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                tmp.replace(self.path)
+                storage.upload(self.path)
         self.close()
         self.writer = SummaryWriter(str(self.tensorboard), purge_step=iteration + 1)
 
@@ -72,6 +80,7 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        storage.upload(self.path)  # a mirror path: the whole (small) log as one object; else nothing
         for key, value in row.items():
             if "/" in key and np.isfinite(value):
                 self.writer.add_scalar(key, value, row["iteration"])
@@ -83,7 +92,16 @@ class MetricsLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
+    def publish(self) -> None:
+        """Upload the TensorBoard events written so far when the folder mirrors an object store (the
+        JSON log is uploaded at every :meth:`append`)."""
+        if self.writer is not None and storage.uri_of(self.tensorboard) is not None:
+            self.writer.flush()
+            storage.upload(self.tensorboard)
+
     def close(self) -> None:
+        """Close the TensorBoard writer (and upload its events, see :meth:`publish`)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+            storage.upload(self.tensorboard)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from actors.cluster.placement import RoleProcess, frozen_dtype
+from pipeline import storage
 from pipeline.config import MECHANISMS, IdentifiersConfig, RewardConfig
 from pipeline.ppo.experience import IntArray, RewardScores
 from pipeline.ppo.rewards import empathy_scores
@@ -41,6 +42,8 @@ class RewardWorker(RoleProcess):
     ) -> None:
         torch.set_num_threads(torch_threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        for m in MECHANISMS:  # this node's copy of each identifier (a no-op for a plain local folder)
+            storage.fetch(storage.local_path(str(identifiers_dir)) / m)
         self.scorer = EmpathyScorer.from_config(identifiers_dir, identifiers, device, mechanisms=MECHANISMS)
         dtype = frozen_dtype(precision)
         for model in self.scorer.identifiers.values():

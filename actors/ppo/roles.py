@@ -48,7 +48,10 @@ class PPORoles:
         """The learner group while it runs (see :meth:`learner_group`)."""
         self.sync: WeightSync = make_weight_sync(cfg)
         self.reservation = reservation or Reservation.create(
-            "PPO", ppo_bundles(cfg), scale_up_wait_s=cfg.resources.scale_up_wait_s
+            "PPO",
+            ppo_bundles(cfg),
+            scale_up_wait_s=cfg.resources.scale_up_wait_s,
+            strategy=cfg.resources.placement,
         )
         try:
             self.placement: Placement = self.reservation.place("PPO", ppo_bundles(cfg))

@@ -4,7 +4,9 @@ A trial reserves one placement group: bundle 0 runs the trial function (and its 
 in-process while PPO waits), bundles 1.. hold :func:`~actors.cluster.placement.ppo_bundles` of the trial's
 own config. :class:`DevEvaluator` scores a policy folder on a fixed, seeded slice of a labelled split
 (Emp-F1, per-mechanism F1, gold perplexity, Dist-2) with an evaluation worker and an identifier
-scorer built in-process: cheap enough to report every few PPO iterations for ASHA.
+scorer built in-process: cheap enough to report every few PPO iterations for ASHA. A trial runs on any
+node: the dev policy the learner exported is fetched before it is scored, a checkpoint goes to Tune from
+the store, and a checkpoint restored from Tune is uploaded to the store, so the PPO roles on any node find it.
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 from ray import tune
 
 from actors.cluster.placement import ppo_bundles
 from actors.inference.evaluator import EvaluationWorker, prompt_chunks
 from actors.inference.scorer import IdentifierScorerWorker
-from actors.ppo.checkpoints import CheckpointStore
+from actors.ppo.checkpoints import CONTROLLER, CheckpointStore
+from pipeline import storage
 from pipeline.config import MECHANISMS, Config
 from pipeline.config.search_space import Dimension, SearchSpace
 from pipeline.evaluation.suite import LabeledSplit, PolicyOutputs, policy_metrics
 from pipeline.models import load_tokenizer
 from pipeline.scoring import LevelScores
+from pipeline.storage.transfer import MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +105,8 @@ class DevEvaluator:
     def __call__(self, policy_dir: Path) -> dict[str, float]:
         """``dev/emp_f1``, ``dev/{er,ip,ex}_f1``, ``dev/perplexity``, ``dev/dist2`` of ``policy_dir``
         (the config's sampling, seeded per chunk by ``run.seed``)."""
-        folder = str(policy_dir.resolve())
+        # a mirror path stays one (resolving links could leave the mirror); the reads below fetch it
+        folder = str(policy_dir if storage.uri_of(policy_dir) else policy_dir.resolve())
         self.worker.folder = None  # the folder is rewritten in place between reports: reload it
         chunks = prompt_chunks(self.cfg, load_tokenizer(folder, key="dev policy"), self.split)
         responses = tuple(r for c in chunks for r in self.worker.generate(folder, c))
@@ -123,13 +129,26 @@ def metric_row(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
     return {f"{prefix}/{k}": float(metrics[k]) for k in keys}
 
 
+def tune_checkpoint(folder: Path) -> tune.Checkpoint:
+    """The PPO checkpoint ``folder`` as a Tune checkpoint. One that mirrors a URI is taken from the store,
+    where it is complete (the learner ranks upload their shards from whichever nodes they run on, so
+    this node's copy may hold only some); Tune copies it from there into its own storage."""
+    path, filesystem = storage.ray_storage(folder)
+    return tune.Checkpoint(path=path, filesystem=filesystem or pafs.LocalFileSystem())
+
+
 def restore_checkpoint(checkpoint_dir: Path, store_root: Path) -> int:
-    """Make ``checkpoint_dir`` (a PPO ``iter_N`` folder a trial reported) the only checkpoint under
-    ``store_root``, so the PPO stage resumes from it; returns its iteration."""
-    iteration = int(json.loads((checkpoint_dir / "controller.json").read_text())["iteration"])
-    shutil.rmtree(store_root, ignore_errors=True)
+    """Make ``checkpoint_dir`` (a PPO ``iter_N`` folder a trial reported, as Tune downloaded it) the only
+    checkpoint under ``store_root``, so the PPO stage resumes from it; returns its iteration.
+
+    For a ``store_root`` that mirrors a URI the store's checkpoints are replaced too (a newer one the
+    interrupted attempt left there must not win) and this one uploaded before the store marks it
+    complete, so PPO roles on any node resume from it."""
+    iteration = int(json.loads((checkpoint_dir / CONTROLLER).read_text())["iteration"])
+    storage.remove(store_root)
     store = CheckpointStore(store_root, keep=1)
     with store.writing(iteration) as folder:
-        shutil.copytree(checkpoint_dir, folder, dirs_exist_ok=True)
+        shutil.copytree(checkpoint_dir, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
+        storage.upload(folder)  # nothing to do for a local folder
     logger.info("trial restored from its Tune checkpoint: PPO iteration %d", iteration)
     return iteration

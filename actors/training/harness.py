@@ -6,6 +6,12 @@ runs one ``TorchTrainer`` (:func:`fit_stage` a stage's, :func:`fit_concurrently`
 side: :func:`restored` opens the checkpoint to resume from and :func:`report` writes one. A fit's
 controller actor, and with it its Train workers, ends when the fit returns, raises or is
 interrupted (:class:`~actors.training.trainer.OwnedTorchTrainer`).
+
+A stage folder may mirror an object-store URI (:mod:`pipeline.storage`): Ray Train then keeps the
+run's checkpoints in the bucket, a checkpoint folder is named by its mirror path
+(:func:`checkpoint_folder`) and read through the store (:func:`read_state`, the stages' ``order``
+rules), a worker on any node opens one through Ray (:func:`checkpoint_at`), and an export is
+published by the driver that made it. For a plain local folder all of this is the local file system.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray.exceptions import RayActorError
@@ -29,6 +36,7 @@ from ray.train import Checkpoint, Result, TrainingFailedError
 from actors.cluster.session import torch_trainer
 from actors.training.engines import TrainEngine
 from actors.training.trainer import FitGroup, OwnedTorchTrainer, TrainStageError
+from pipeline import storage
 from pipeline.config import ResourcesConfig
 
 logger = logging.getLogger(__name__)
@@ -40,6 +48,45 @@ RESUME_FROM = "resume_from"
 
 T = TypeVar("T")
 
+FILESYSTEM_SCHEMES = {"s3": "s3", "gcs": "gs"}
+"""URI scheme of a checkpoint's ``pyarrow`` filesystem (by ``type_name``)."""
+
+
+# --- where checkpoints are ------------------------------------------------------------------------
+
+
+def portable(path: Path) -> str:
+    """How to name ``path`` to a process on any node: the URI of a mirror path (each node maps it to
+    its own mirror with :func:`pipeline.storage.local_path`), else the absolute path."""
+    return storage.uri_of(path) or str(path.resolve())
+
+
+def checkpoint_folder(checkpoint: Checkpoint) -> Path:
+    """``checkpoint``'s folder as this project names folders: its local path, or the mirror path of
+    its URI when Ray Train keeps it in a bucket (read it there with :mod:`pipeline.storage`'s readers,
+    or download it with ``checkpoint.as_directory()``).
+
+    Raises:
+        ValueError: the checkpoint is on a file system other than a local one, S3 or GCS.
+    """
+    fs = checkpoint.filesystem
+    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+        return Path(checkpoint.path)
+    scheme = FILESYSTEM_SCHEMES.get(fs.type_name)
+    if scheme is None:
+        raise ValueError(
+            f"checkpoint {checkpoint.path} is on a {fs.type_name!r} file system, which the training stages "
+            "cannot name. Fix: use a local or mounted folder, s3:// or gs:// as the run folder."
+        )
+    return storage.local_path(f"{scheme}://{checkpoint.path}")
+
+
+def checkpoint_at(folder: Path) -> Checkpoint:
+    """The Ray checkpoint in ``folder``: a local folder, or, for a mirror path, the folder in its
+    bucket (``as_directory()`` downloads it on whatever node calls it)."""
+    path, filesystem = storage.ray_storage(folder)
+    return Checkpoint(path, filesystem=filesystem)
+
 
 # --- worker side ---------------------------------------------------------------------------------
 
@@ -49,15 +96,15 @@ def restored(config: Mapping[str, Any], order: Callable[[Path], Any]) -> Iterato
     """The checkpoint folder this worker resumes from, or ``None`` for a fresh start.
 
     After a worker failure Ray Train hands back the run's latest checkpoint; a new run of the job
-    starts from the one the driver found on storage (``config[RESUME_FROM]``). Ray Train also hands
-    a new run the latest checkpoint its own records name, which misses one whose worker died while
-    reporting it, so the newer of the two by the stage's ``order`` rule (:func:`newest_checkpoint`)
-    is taken.
+    starts from the one the driver found on storage (``config[RESUME_FROM]``, a path or a URI).
+    Ray Train also hands a new run the latest checkpoint its own records name, which misses one
+    whose worker died while reporting it, so the newer of the two by the stage's ``order`` rule
+    (:func:`newest_checkpoint`) is taken. A checkpoint in a bucket is downloaded to this node.
     """
     checkpoint = ray.train.get_checkpoint()
-    stored = config.get(RESUME_FROM)
-    if stored and (checkpoint is None or _older(Path(checkpoint.path), Path(stored), order)):
-        checkpoint = Checkpoint(stored)
+    stored = storage.local_path(config[RESUME_FROM]) if config.get(RESUME_FROM) else None
+    if stored and (checkpoint is None or _older(checkpoint_folder(checkpoint), stored, order)):
+        checkpoint = checkpoint_at(stored)
     if checkpoint is None:
         yield None
         return
@@ -66,9 +113,9 @@ def restored(config: Mapping[str, Any], order: Callable[[Path], Any]) -> Iterato
 
 
 def _older(candidate: Path, stored: Path, order: Callable[[Path], Any]) -> bool:
-    """Whether a checkpoint Ray Train handed back is incomplete or older than ``stored``; one that
-    is not a local folder (remote storage) is taken as it is."""
-    if not candidate.is_dir():
+    """Whether a checkpoint Ray Train handed back is incomplete or older than ``stored`` (both local
+    folders, or mirror paths read through the store); a local path that is no folder is taken as it is."""
+    if storage.uri_of(candidate) is None and not candidate.is_dir():
         return False
     mine, theirs = order(candidate), order(stored)
     return mine is None or (theirs is not None and bool(mine < theirs))
@@ -105,25 +152,34 @@ def report(
 
 
 def read_state(folder: Path) -> dict[str, Any] | None:
-    """The :data:`STATE_FILE` of a checkpoint folder, or ``None`` when it is missing or cut short."""
+    """The :data:`STATE_FILE` of a checkpoint folder (for a mirror path: read from its bucket), or
+    ``None`` when it is missing or cut short."""
     try:
-        state = json.loads((folder / STATE_FILE).read_text())
+        text = storage.read_text(folder / STATE_FILE)
+        state = json.loads(text) if text is not None else None
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return state if isinstance(state, dict) else None
 
 
 def newest_checkpoint(run_dir: Path, order: Callable[[Path], Any]) -> Path | None:
-    """The newest complete checkpoint folder (``checkpoint_*``) of a Ray Train run folder, if any.
+    """The newest complete checkpoint folder (``checkpoint_*``) of a Ray Train run folder, if any;
+    for a mirror path the checkpoints in its bucket, named by their mirror paths.
 
     ``order(folder)`` is the stage's rule: a sortable key (the largest is the newest), or ``None``
     for an incomplete checkpoint, which is never resumed from.
     """
     ranked = []
-    for folder in sorted(run_dir.glob("checkpoint_*")):
-        key = order(folder) if folder.is_dir() else None
-        if key is not None:
-            ranked.append((key, folder))
+    if storage.uri_of(run_dir) is None:
+        for folder in sorted(run_dir.glob("checkpoint_*")):
+            key = order(folder) if folder.is_dir() else None
+            if key is not None:
+                ranked.append((key, folder))
+    else:
+        for name in storage.list_names(run_dir):
+            key = order(run_dir / name) if name.startswith("checkpoint_") else None
+            if key is not None:
+                ranked.append((key, run_dir / name))
     return max(ranked, key=lambda pair: pair[0])[1] if ranked else None
 
 
@@ -145,10 +201,14 @@ def replace_folder(source: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export(checkpoint: Checkpoint, folder: str, target: Path) -> None:
-    """Copy ``folder`` of ``checkpoint`` to ``target`` (:func:`replace_folder`)."""
+def export(checkpoint: Checkpoint, folder: str, target: Path, *, publish: bool = True) -> None:
+    """Copy ``folder`` of ``checkpoint`` (downloaded first when it is in a bucket) to ``target``
+    (:func:`replace_folder`), then publish ``target`` when it mirrors a URI; with ``publish=False``
+    the caller adds its own files and publishes the folder."""
     with checkpoint.as_directory() as root:
         replace_folder(Path(root) / folder, target)
+    if publish:
+        storage.publish(target)
 
 
 # --- driver side: fit ---------------------------------------------------------------------------
@@ -177,11 +237,11 @@ def fit(
 ) -> Result:
     """Run the Ray Train run ``storage/name`` of ``stage`` (from ``resume_from`` when given).
 
-    Workers get ``loop_config`` plus :data:`RESUME_FROM`. Failed workers are restarted from the
+    Workers get ``loop_config`` plus :data:`RESUME_FROM` (the URI of a mirror path). Failed workers are restarted from the
     latest checkpoint ``max_failures`` times; after that :class:`TrainStageError` names the stage.
     Whatever happens, the run's controller and workers are gone when this returns or raises.
     """
-    config = {**loop_config, RESUME_FROM: str(resume_from) if resume_from else None}
+    config = {**loop_config, RESUME_FROM: storage.display(resume_from) if resume_from else None}
     trainer = torch_trainer(loop, config, trainer_cls=OwnedTorchTrainer, **run)
     run_dir, max_failures = run["storage"] / run["name"], run["max_failures"]
     try:
@@ -243,7 +303,7 @@ def fit_stage(
         keep_checkpoints=keep_checkpoints,
     )
     assert result.checkpoint is not None and result.metrics is not None and result.metrics.get("final")
-    state = read_state(Path(result.checkpoint.path))
+    state = read_state(checkpoint_folder(result.checkpoint))
     assert state is not None, "the final checkpoint holds the state"
     return StageResult(result.checkpoint, result.metrics, state)
 

@@ -6,7 +6,9 @@ mechanism, a ``save_identifier`` folder (the best epoch by dev macro-F1) and a m
 dev and test. Each run uses ``identifiers.num_workers`` data-parallel workers of
 ``resources.trainer_cpus`` CPUs (``identifiers.engine``), checkpoints every epoch (model,
 optimiser, scheduler, early-stopping state, best weights) and resumes from the last checkpoint
-after a worker failure or a restart of the job (:mod:`actors.training.harness`).
+after a worker failure or a restart of the job (:mod:`actors.training.harness`). With an output
+folder that mirrors a URI the checkpoints live in its bucket and the driver publishes each export
+(its ``metrics.json`` inside), so a run resumes, and its identifiers load, on any node.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from actors.training import harness, worker
 from actors.training.engines import TrainEngine
+from pipeline import storage
 from pipeline.config import IdentifiersConfig, ResourcesConfig
 from pipeline.evaluation.classification import majority_baseline
 from pipeline.layout import IdentifiersDir, StageDir
@@ -55,6 +58,7 @@ class TrainSpec:
     mechanism: str
     cfg: IdentifiersConfig
     tokenizer_dir: str
+    """The identifier tokenizer's folder or URI (:func:`~actors.training.harness.portable`), published."""
     train: LabeledPairs
     dev: LabeledPairs
     test: LabeledPairs
@@ -158,11 +162,15 @@ def train_loop(config: dict[str, Any]) -> None:
         for split, pairs in (("dev", spec.dev), ("test", spec.test))
     }
     harness.report(
-        {"final": True, "epoch": state["epoch"], "best_epoch": state["best_epoch"], "eval": final},
+        _final_metrics(state, final),
         rank=rank,
-        state=state,
+        state={**state, "eval": final},  # the finished run, whole: a new run of the job takes it as it is
         write=functools.partial(_export, identifier(engine), tokenizer) if rank == 0 else None,
     )
+
+
+def _final_metrics(state: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    return {"final": True, "epoch": state["epoch"], "best_epoch": state["best_epoch"], "eval": final}
 
 
 def _save_best(best: dict[str, torch.Tensor], folder: Path) -> None:
@@ -175,20 +183,43 @@ def _export(model: EmpathyIdentifier, tokenizer: Any, folder: Path) -> None:
 
 def epoch_checkpoint_order(folder: Path) -> int | None:
     """Completeness and order of a mechanism's checkpoints: epochs finished, for an epoch checkpoint
-    with its state and best weights (the final one, holding the export, is not resumed from)."""
+    with its state and best weights (the final one, holding the export, is not resumed from); a
+    mirror path is looked at in its bucket."""
     state = harness.read_state(folder)
-    return int(state["epoch"]) if state is not None and (folder / BEST_FILE).is_file() else None
+    return int(state["epoch"]) if state is not None and storage.exists(folder / BEST_FILE) else None
+
+
+def finished_order(cfg: IdentifiersConfig, folder: Path) -> int | None:
+    """Whether a mechanism's checkpoint is the final one of a run that ``cfg`` would not train further
+    (all epochs, or early-stopped): its epochs, else ``None``; a mirror path is read in its bucket.
+    Only the final checkpoint's state holds ``eval``, written after the export."""
+    state = harness.read_state(folder)
+    if state is None or "eval" not in state:
+        return None
+    done = state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience
+    return int(state["epoch"]) if done else None
 
 
 def fit_mechanism(
-    spec: TrainSpec, res: ResourcesConfig, storage: Path, *, max_failures: int = 2, resume: bool = True
+    spec: TrainSpec, res: ResourcesConfig, storage_dir: Path, *, max_failures: int = 2, resume: bool = True
 ) -> dict[str, Any]:
-    """Run (or resume) one mechanism's Ray Train run; returns its result summary."""
-    run_dir = storage / f"identifier-{spec.mechanism}"
+    """Run (or resume) one mechanism's Ray Train run in ``storage_dir``; returns its result summary."""
+    run_dir = storage_dir / f"identifier-{spec.mechanism}"
+    t0 = time.perf_counter()
+    finished = (
+        harness.newest_checkpoint(run_dir, functools.partial(finished_order, spec.cfg)) if resume else None
+    )
+    if finished is not None:  # a run of the job that finished: export its result again, train nothing
+        logger.info("[%s] already trained: %s", spec.mechanism, storage.display(finished))
+        state = harness.read_state(finished)
+        assert state is not None, "finished_order read it"
+        result = harness.StageResult(
+            harness.checkpoint_at(finished), _final_metrics(state, state["eval"]), state
+        )
+        return {"result": result, "seconds": time.perf_counter() - t0}
     resume_from = harness.newest_checkpoint(run_dir, epoch_checkpoint_order) if resume else None
     if resume_from is not None:
-        logger.info("[%s] resuming from %s", spec.mechanism, resume_from)
-    t0 = time.perf_counter()
+        logger.info("[%s] resuming from %s", spec.mechanism, storage.display(resume_from))
     result = harness.fit_stage(
         f"identifier training ({spec.mechanism})",
         train_loop,
@@ -208,10 +239,11 @@ def train_identifiers(
     """Train every mechanism (concurrently when CPUs allow) and export ``out_dir/<M>/``.
 
     Writes ``out_dir/<M>/metrics.json`` (dev and test reports, majority baseline, per-epoch
-    history, wall time) and returns ``{mechanism: metrics}``.
+    history, wall time) and returns ``{mechanism: metrics}``; each ``out_dir/<M>`` is published
+    when ``out_dir`` mirrors a URI.
     """
     stage = IdentifiersDir(out_dir)
-    storage = stage.ray_train.resolve()
+    run_storage = storage.local_path(harness.portable(stage.ray_train))
     cpus = float(ray.cluster_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
     per_run = max(spec.cfg.num_workers for spec in specs) * res.trainer_cpus
     parallel = max(1, min(len(specs), int(cpus // max(per_run, 1e-9))))
@@ -219,7 +251,7 @@ def train_identifiers(
     outcomes = harness.fit_concurrently(
         {
             s.mechanism: functools.partial(
-                fit_mechanism, s, res, storage, max_failures=max_failures, resume=resume
+                fit_mechanism, s, res, run_storage, max_failures=max_failures, resume=resume
             )
             for s in specs
         },
@@ -230,7 +262,7 @@ def train_identifiers(
         outcome = outcomes[spec.mechanism]
         result = outcome["result"]
         target = stage.mechanism(spec.mechanism)
-        harness.export(result.checkpoint, EXPORT_DIR, target)
+        harness.export(result.checkpoint, EXPORT_DIR, target, publish=False)
         state = result.state
         metrics = {
             "mechanism": spec.mechanism,
@@ -244,5 +276,6 @@ def train_identifiers(
             "sizes": {"train": len(spec.train), "dev": len(spec.dev), "test": len(spec.test)},
         }
         StageDir(target).metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+        storage.publish(target)  # the identifier with its metrics, marker last
         summary[spec.mechanism] = metrics
     return summary

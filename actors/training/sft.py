@@ -7,7 +7,8 @@ epoch by validation loss, a plain Hugging Face folder plus the starting value he
 Runs ``sft.num_workers`` data-parallel workers of ``resources.trainer_cpus`` CPUs (or one GPU)
 with ``sft.engine`` (DeepSpeed ZeRO 0–3 or DDP; the worker loop is :mod:`actors.training.sft_worker`), and
 resumes exactly from the last checkpoint after a worker failure or a restart of the job
-(:mod:`actors.training.harness`).
+(:mod:`actors.training.harness`). With a stage folder that mirrors a URI the checkpoints live in
+its bucket, the driver publishes the policy and ``metrics.json``, and rank 0 the samples and logs.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from ray.train import Checkpoint
-
 from actors.training import harness
 from actors.training.sft_spec import EXPORT_DIR, SFTSpec, fingerprint, sft_checkpoint_order
 from actors.training.sft_worker import train_loop
+from pipeline import storage
 from pipeline.config import ResourcesConfig
 from pipeline.layout import PolicyDir
 
@@ -52,32 +51,33 @@ def _check_resumable(state: dict[str, Any], spec: SFTSpec, folder: Path) -> None
         changed.append("the tokenised train/valid data (data.*, model.max_*_len or the tokenizer)")
     if changed:
         raise ResumeError(
-            f"{folder} holds an SFT run with other settings ({'; '.join(changed)}); resuming it would mix "
+            f"{storage.display(folder)} holds an SFT run with other settings ({'; '.join(changed)}); resuming it would mix "
             "the two. Fix: use a new --run-dir, pass --no-resume to start over, or restore the settings."
         )
 
 
 def fit_sft(
-    spec: SFTSpec, res: ResourcesConfig, storage: Path, *, max_failures: int = 2, resume: bool = True
+    spec: SFTSpec, res: ResourcesConfig, storage_dir: Path, *, max_failures: int = 2, resume: bool = True
 ) -> dict[str, Any]:
-    """Run (or resume) the SFT Ray Train run; returns the final checkpoint, its state and wall time."""
+    """Run (or resume) the SFT Ray Train run in ``storage_dir``; returns the final checkpoint, its
+    state and wall time."""
     t0 = time.perf_counter()
-    run_dir = storage / RUN_NAME
+    run_dir = storage_dir / RUN_NAME
     if not resume:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.rmtree(PolicyDir(Path(spec.out_dir)).tensorboard, ignore_errors=True)
+        storage.remove(run_dir)
+        storage.remove(PolicyDir(storage.local_path(spec.out_dir)).tensorboard)
     found = harness.newest_checkpoint(run_dir, sft_checkpoint_order) if resume else None
     state = harness.read_state(found) if found is not None else None
     if found is not None and state is not None:
         _check_resumable(state, spec, run_dir)
         if state["done"]:
-            logger.info("[sft] already finished: %s", found)
+            logger.info("[sft] already finished: %s", storage.display(found))
             return {
-                "checkpoint": Checkpoint.from_directory(str(found)),
+                "checkpoint": harness.checkpoint_at(found),
                 "state": state,
                 "seconds": time.perf_counter() - t0,
             }
-        logger.info("[sft] resuming from %s", found)
+        logger.info("[sft] resuming from %s", storage.display(found))
     result = harness.fit_stage(
         "SFT",
         train_loop,
@@ -94,9 +94,11 @@ def fit_sft(
 def train_sft(
     spec: SFTSpec, res: ResourcesConfig, *, resume: bool = True, max_failures: int = 2
 ) -> dict[str, Any]:
-    """Train (or resume) SFT and export ``<out_dir>/policy``; writes and returns ``metrics.json``."""
-    stage = PolicyDir(Path(spec.out_dir))
-    outcome = fit_sft(spec, res, stage.ray_train.resolve(), max_failures=max_failures, resume=resume)
+    """Train (or resume) SFT and export ``<out_dir>/policy``; writes and returns ``metrics.json``
+    (both published when ``out_dir`` is a URI)."""
+    stage = PolicyDir(storage.local_path(spec.out_dir))
+    run_storage = storage.local_path(harness.portable(stage.ray_train))
+    outcome = fit_sft(spec, res, run_storage, max_failures=max_failures, resume=resume)
     target = stage.policy
     harness.export(outcome["checkpoint"], EXPORT_DIR, target)
     state = outcome["state"]
@@ -110,7 +112,7 @@ def train_sft(
         "train_seconds": outcome["seconds"],
         "sizes": {"train": len(spec.train), "valid": len(spec.valid)},
         "engine": {**dataclasses.asdict(spec.cfg.engine), "num_workers": spec.cfg.num_workers},
-        "policy": str(target),
+        "policy": storage.display(target),
     }
-    stage.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+    storage.write_text(stage.metrics, json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -1,19 +1,20 @@
 """SFT epoch samples: after every epoch rank 0 answers the first validation contexts by sampling.
 
 Writes ``<out>/samples/epoch_N.md`` (each context, its gold response and the policy's answer, with
-the sampling settings and seed), so one can read how the answers change over training. Seeded on
-a forked RNG: writing samples never changes the training run.
+the sampling settings and seed), so one can read how the answers change over training, and
+publishes each page when ``<out>`` mirrors a URI. Seeded on a forked RNG: writing samples never
+changes the training run.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from actors.training.sft_spec import SFTSpec
+from pipeline import storage
 from pipeline.layout import PolicyDir
 from pipeline.training.sft import Seq2SeqBatch
 
@@ -46,9 +47,11 @@ def write_samples(
         )
     model.train(was_training)
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-    folder = PolicyDir(Path(spec.out_dir)).samples
+    folder = PolicyDir(storage.local_path(spec.out_dir)).samples
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"epoch_{epoch}.md").write_text(_page(spec, epoch, texts))
+    page = folder / f"epoch_{epoch}.md"
+    page.write_text(_page(spec, epoch, texts))
+    storage.publish(page)  # this rank wrote it, on whichever node: it uploads it
 
 
 def _page(spec: SFTSpec, epoch: int, texts: list[str]) -> str:

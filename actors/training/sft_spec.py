@@ -27,9 +27,10 @@ class SFTSpec:
 
     cfg: SFTConfig
     start_dir: str
-    """Policy folder (``save_policy`` form) training starts from; its tokenizer tokenised the data."""
+    """Policy folder or URI (``save_policy`` form) training starts from; its tokenizer tokenised the data."""
     out_dir: str
-    """Stage folder: rank 0 writes samples and TensorBoard logs here during training."""
+    """Stage folder or URI (:func:`~actors.training.harness.portable`): rank 0 writes samples and
+    TensorBoard logs there during training (each node under its mirror, published)."""
     train: Seq2SeqExamples
     valid: Seq2SeqExamples
     samples: tuple[tuple[str, str], ...]

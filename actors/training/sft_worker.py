@@ -3,8 +3,8 @@
 Consumes an :class:`SFTSpec` (tokenised train/valid examples, the start policy folder); each epoch
 trains on its length-grouped shard, validates on all ranks, and reports a Ray Train checkpoint
 (engine state, data position, per-rank RNG, best weights) through :mod:`actors.training.harness`.
-Rank 0 writes samples and TensorBoard logs and, at the end, the exported policy. Driven by
-:mod:`actors.training.sft`.
+Rank 0 writes samples and TensorBoard logs (uploaded after every epoch when the stage folder
+mirrors a URI) and, at the end, the exported policy. Driven by :mod:`actors.training.sft`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from transformers import T5ForConditionalGeneration
 from actors.training import harness, worker
 from actors.training.sft_samples import write_samples
 from actors.training.sft_spec import EXPORT_DIR, SFTSpec, fingerprint, sft_checkpoint_order
+from pipeline import storage
 from pipeline.layout import PolicyDir
 from pipeline.models import load_policy, save_policy
 from pipeline.progress import PROGRESS, Progress
@@ -102,6 +103,7 @@ class _Worker:
         self.accum = [0.0, 0.0, 0.0, 0.0]  # nll, target tokens, source tokens, seconds
         self.best: dict[str, torch.Tensor] | None = None
         self.writer: Any = None
+        self.tensorboard = PolicyDir(storage.local_path(spec.out_dir)).tensorboard
         self.sampler: T5ForConditionalGeneration | None = None
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -302,6 +304,7 @@ class _Worker:
             self.log_scalars({"time/epoch_s": train["seconds"]}, self.state["global_step"])
         if self.writer is not None:
             self.writer.flush()
+            storage.upload(self.tensorboard)  # the event files so far, to the bucket of a URI stage folder
         if self.rank == 0:
             self._log_epoch(epoch, val, train)
         return record
@@ -333,9 +336,7 @@ def train_loop(config: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events a crashed attempt logged after the checkpoint it resumes from
-        w.writer = SummaryWriter(
-            str(PolicyDir(Path(spec.out_dir)).tensorboard), purge_step=w.state["global_step"] + 1
-        )
+        w.writer = SummaryWriter(str(w.tensorboard), purge_step=w.state["global_step"] + 1)
     if w.state["initial"] is None:
         w.state["initial"] = w.end_of_epoch(0, None)
 
@@ -353,4 +354,5 @@ def train_loop(config: dict[str, Any]) -> None:
     w.state["done"] = True
     if w.writer is not None:
         w.writer.close()
+        storage.upload(w.tensorboard)
     w.report({"final": True, "best_epoch": w.state["best_epoch"]}, final_export=True)

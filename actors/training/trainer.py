@@ -22,6 +22,8 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.train import Result
 from ray.train.torch import TorchTrainer
 
+from actors.cluster.session import STORAGE_ENV, STORAGE_ENV_PREFIXES
+
 logger = logging.getLogger(__name__)
 
 CONTROLLER_TITLE = "ray::TrainController"
@@ -88,6 +90,11 @@ class OwnedTorchTrainer(TorchTrainer):
     the default dashboard address, which may be another cluster's. Its one job, removing the
     placement group of a controller that died without cleaning up, is done here by the abort on
     every error path; only a controller that crashes on its own leaves its group to the job's end.
+
+    The controller gets the driver's object-store settings (``AWS_*``, ``EMPRL_SCRATCH``, ...: the
+    ones :func:`~actors.cluster.session.worker_env` forwards): it deletes old checkpoints and writes
+    its run snapshot in the bucket of a URI run folder, and Ray ships it the storage filesystem
+    without credentials, so on a cluster started before those were set it would have none.
     """
 
     def _create_default_callbacks(self) -> list[Any]:
@@ -112,6 +119,7 @@ class OwnedTorchTrainer(TorchTrainer):
         from ray.train.v2._internal.execution.controller import TrainController
 
         env_vars = get_env_vars_to_propagate()
+        env_vars.update(storage_env())
         env_vars.setdefault(
             RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE
         )
@@ -126,6 +134,15 @@ class OwnedTorchTrainer(TorchTrainer):
             ray.get(controller.run.remote())
             result: Result = ray.get(controller.get_result.remote())
             return result
+
+
+def storage_env() -> dict[str, str]:
+    """This process's variables that say how to reach the object store and where the node's scratch is."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key in STORAGE_ENV or key.startswith(STORAGE_ENV_PREFIXES)
+    }
 
 
 def _state_api_served() -> bool:

@@ -5,6 +5,9 @@ Laptop:        emprl ppo --run-dir runs/demo [KEY=VALUE ...]        (reads the r
 Cluster job:   ray job submit --working-dir . -- python -m jobs.cli.ppo --preset paper --run-dir /shared/runs/paper \
                    resources.address=auto rollout.num_workers=4 reward.num_scorers=2 learner.num_ranks=4
 Sweep:         emprl tune (reward weights and KL settings over these dotted keys)
+Object store:  emprl ppo --run-dir s3://bucket/runs/demo [--resume]    (no shared disk needed: checkpoints,
+               the log and the policy are uploaded where they are written; a resume on any node reads them
+               from the bucket)
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ def add_parser(sub: Any) -> None:
     )
     add_config_args(parser)
     parser.add_argument(
-        "--run-dir", type=user_path, default=None, help="run folder holding sft/, identifiers/, labeled/"
+        "--run-dir",
+        type=user_path,
+        default=None,
+        help="run folder holding sft/, identifiers/, labeled/ (a path, or s3://bucket/prefix, gs://...)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run folder's last checkpoint"

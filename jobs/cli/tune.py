@@ -3,6 +3,7 @@ placement group, ASHA on a dev Emp-F1, the full evaluation last; ``<run>/sweep/`
 
 Laptop:        emprl tune --run-dir runs/demo --space configs/sweeps/tiny.yaml --preset sweep_tiny
 Resume:        emprl tune --run-dir runs/demo --resume
+In a bucket:   emprl tune --run-dir s3://bucket/runs/demo --space configs/sweeps/tiny.yaml   (--resume on any node)
 Cluster job:   ray job submit --working-dir . -- python -m jobs.cli.tune --preset paper --run-dir /shared/runs/paper \
                    --space configs/sweeps/kl_and_weights.yaml --num-samples 16 --max-concurrent 4 resources.address=auto
 Sweep:         this is the sweep command; `emprl config` lists every key a space can name
@@ -22,6 +23,7 @@ from jobs.stages.tune import SweepError, SweepSettings, tune_stage
 from pipeline.config import Config, load_config
 from pipeline.config.search_space import SearchSpace, load_search_space
 from pipeline.layout import RunLayout, SweepDir
+from pipeline.storage import display, fetch
 
 SETTING_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     # group: ([flag,] SweepSettings field, help); the flag is --field-name unless the row names one, the
@@ -103,15 +105,18 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
 
 
 def resumed_sweep(args: argparse.Namespace, sweep: SweepDir) -> tuple[Config, SearchSpace, SweepSettings]:
-    """The config, space and settings a sweep saved, for ``--resume``.
+    """The config, space and settings a sweep saved, for ``--resume`` (from the bucket when the sweep
+    folder mirrors a URI: a resume may run on a node that never saw the sweep).
 
     Raises:
         SweepError: no sweep in the folder, or the command line asks for other settings than it ran with.
     """
+    for saved_file in (sweep.settings, sweep.config, sweep.space):
+        fetch(saved_file)
     if not sweep.settings.is_file():
         raise SweepError(
-            f"--resume: {sweep.path} holds no sweep (no {sweep.settings.name}). Fix: run the sweep without "
-            "--resume first, or pass the folder it wrote with --out."
+            f"--resume: {display(sweep.path)} holds no sweep (no {sweep.settings.name}). Fix: run the sweep "
+            "without --resume first, or pass the folder it wrote with --out."
         )
     cfg = load_config(sweep.config)
     space = load_search_space(sweep.space, cfg)
@@ -129,8 +134,8 @@ def resumed_sweep(args: argparse.Namespace, sweep: SweepDir) -> tuple[Config, Se
     if clash:
         raise SweepError(
             "--resume continues the sweep with its own config, space and settings (in "
-            f"{sweep.path}); this command asks for {'; '.join(clash)}. Fix: drop those options, or start a "
-            "new sweep with --out."
+            f"{display(sweep.path)}); this command asks for {'; '.join(clash)}. Fix: drop those options, or "
+            "start a new sweep with --out."
         )
     return cfg, space, saved
 

@@ -7,9 +7,11 @@ import time
 from typing import Any
 
 from actors.inference.labeling import label_splits
+from actors.training.harness import portable
 from actors.training.identifiers import TrainSpec, train_identifiers
 from jobs.stages.data import prepared_data
 from jobs.stages.result import StageResult, write_json
+from pipeline import storage
 from pipeline.config import Config
 from pipeline.data import PreparedData
 from pipeline.layout import RunLayout
@@ -32,19 +34,22 @@ def identifiers_stage(
     cfg: Config, layout: RunLayout, data: PreparedData | None = None, *, resume: bool = True
 ) -> StageResult:
     """Train the identifiers into ``layout.identifiers`` (one folder per mechanism, ``metrics.json``),
-    resuming from the Ray Train checkpoints there unless ``resume`` is False."""
+    resuming from the Ray Train checkpoints there unless ``resume`` is False. The tokenizer is built
+    once, and published when the run folder mirrors a URI (the Train workers read it on any node)."""
     started = time.perf_counter()
     data = prepared_data(cfg, data)
     out = layout.identifiers
     out.path.mkdir(parents=True, exist_ok=True)
-    if not (out.tokenizer / "tokenizer_config.json").is_file():
+    storage.fetch(out.tokenizer)  # a published tokenizer, on a node that has none yet
+    if not (storage.exists(out.tokenizer) and (out.tokenizer / "tokenizer_config.json").is_file()):
         build_identifier_tokenizer(cfg.identifiers, identifier_texts(data)).save_pretrained(out.tokenizer)
+        storage.publish(out.tokenizer)
     columns = {split: data.epitome[split].to_dict() for split in ("train", "dev", "test")}
     specs = [
         TrainSpec(
             mechanism=m,
             cfg=cfg.identifiers,
-            tokenizer_dir=str(out.tokenizer.resolve()),
+            tokenizer_dir=portable(out.tokenizer),
             train=LabeledPairs.from_columns(columns["train"], m),
             dev=LabeledPairs.from_columns(columns["dev"], m),
             test=LabeledPairs.from_columns(columns["test"], m),

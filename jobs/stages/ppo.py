@@ -11,9 +11,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from actors.cluster.placement import Reservation
+from actors.ppo.checkpoints import has_checkpoints
 from actors.ppo.controller import Hook, PPOController, PPOInputs
 from actors.ppo.metrics import Sink
 from jobs.stages.result import StageResult, write_json
+from pipeline import storage
 from pipeline.config import MECHANISMS, Config, save_config
 from pipeline.layout import RunLayout
 from pipeline.scoring import identifier_folders
@@ -35,47 +37,61 @@ def load_ppo_inputs(
     prompts: Path | None = None,
 ) -> PPOInputs:
     """The start policy, identifiers and labelled prompts, each checked (defaults: the run's
-    ``sft.policy``, ``identifiers`` and labelled ``train`` split)."""
+    ``sft.policy``, ``identifiers`` and labelled ``train`` split).
+
+    Folders that mirror an object store are checked there (a folder counts once its completion marker
+    is written); the policy and the prompts are fetched to this node, which reads them, the
+    identifiers only checked (the reward scorers fetch them on their nodes).
+    """
     policy = policy or layout.sft.policy
     identifiers = identifiers or layout.identifiers.path
     prompts = prompts or layout.labeled.split("train")
-    run = layout.root
-    if not (policy / "config.json").is_file():
+    run = storage.display(layout.root)
+    if not (storage.exists(policy) and (storage.fetch(policy) / "config.json").is_file()):
         raise PPOInputError(
-            f"no policy at {policy} (config.json missing). Fix: run `emprl sft --run-dir {run}` first, "
-            "or pass --policy <folder saved by the SFT stage>."
+            f"no policy at {storage.display(policy)} (config.json missing, or not completely uploaded). "
+            f"Fix: run `emprl sft --run-dir {run}` first, or pass --policy <folder saved by the SFT stage>."
         )
-    try:
-        identifier_folders(identifiers)
-    except Exception as exc:
+    if storage.uri_of(identifiers) is not None:
+        missing = [m for m in MECHANISMS if not storage.exists(identifiers / m)]
+        if missing:
+            raise PPOInputError(
+                f"identifiers folder {storage.display(identifiers)} has no complete "
+                f"{' / '.join(f'{m}/' for m in missing)} identifier (a folder written by save_identifier, "
+                "with its completion marker). Fix: run `emprl identifiers train` first, or pass --identifiers."
+            )
+    else:
+        try:
+            identifier_folders(identifiers)
+        except Exception as exc:
+            raise PPOInputError(
+                f"{exc} Fix: run `emprl identifiers train` first, or pass --identifiers."
+            ) from exc
+    if not (storage.exists(prompts) and storage.fetch(prompts).is_file()):
         raise PPOInputError(
-            f"{exc} Fix: run `emprl identifiers train` first, or pass --identifiers."
-        ) from exc
-    if not prompts.is_file():
-        raise PPOInputError(
-            f"no labelled prompts at {prompts}. Fix: run `emprl identifiers label --run-dir {run}` first, "
-            "or pass --prompts <labelled parquet>."
+            f"no labelled prompts at {storage.display(prompts)}. Fix: run `emprl identifiers label --run-dir "
+            f"{run}` first, or pass --prompts <labelled parquet>."
         )
     columns = ["context", *(f"{m.lower()}_level" for m in MECHANISMS)]
     names = pq.read_schema(prompts).names
     missing = [c for c in columns if c not in names]
     if missing:
         raise PPOInputError(
-            f"{prompts} has no {missing} column(s) (columns: {names}). Fix: use the label job's output, "
+            f"{storage.display(prompts)} has no {missing} column(s) (columns: {names}). Fix: use the label job's output, "
             "which holds the gold ER/IP/EX levels of every response."
         )
     table = pq.read_table(prompts, columns=columns)
     if table.num_rows == 0:
-        raise PPOInputError(f"{prompts} has no rows. Fix: label a non-empty ED split.")
+        raise PPOInputError(f"{storage.display(prompts)} has no rows. Fix: label a non-empty ED split.")
     levels = {m: table[f"{m.lower()}_level"].to_numpy().astype(np.int64) for m in MECHANISMS}
     for m, v in levels.items():
         if v.min() < 0 or v.max() > 2:
             raise PPOInputError(
-                f"{prompts}: {m.lower()}_level holds {sorted(set(v.tolist()))}; levels are 0, 1, 2."
+                f"{storage.display(prompts)}: {m.lower()}_level holds {sorted(set(v.tolist()))}; levels are 0, 1, 2."
             )
-    return PPOInputs(
-        policy_dir=policy.resolve(),
-        identifiers_dir=identifiers.resolve(),
+    return PPOInputs(  # a mirror path stays as it is: it names its URI on every node
+        policy_dir=policy if storage.uri_of(policy) else policy.resolve(),
+        identifiers_dir=identifiers if storage.uri_of(identifiers) else identifiers.resolve(),
         contexts=table["context"].to_pylist(),
         gold_levels=levels,
     )
@@ -91,9 +107,9 @@ def check_ppo_inputs(
 ) -> PPOInputs:
     """:func:`load_ppo_inputs`, and refuse to overwrite an existing PPO run unless resuming (no Ray needed)."""
     inputs = load_ppo_inputs(layout, policy=policy, identifiers=identifiers, prompts=prompts)
-    if not resume and layout.ppo.checkpoints.exists():
+    if not resume and has_checkpoints(layout.ppo.checkpoints):
         raise PPOInputError(
-            f"{layout.ppo.path} already holds checkpoints. Fix: pass --resume to continue that run, or use a "
+            f"{storage.display(layout.ppo.path)} already holds checkpoints. Fix: pass --resume to continue that run, or use a "
             "new --run-dir."
         )
     return inputs

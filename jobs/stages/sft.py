@@ -10,9 +10,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
+from actors.training.harness import portable
 from actors.training.sft import SFTSpec, train_sft
 from jobs.stages.data import prepared_data
 from jobs.stages.result import StageResult
+from pipeline import storage
 from pipeline.config import Config
 from pipeline.data import DataError, PreparedData
 from pipeline.layout import RunLayout
@@ -44,8 +46,9 @@ def init_stage(cfg: Config, layout: RunLayout, data: PreparedData | None = None)
 
 
 def sft_texts(data: PreparedData, layout: RunLayout, split: str) -> tuple[list[str], list[str]]:
-    """(contexts, responses) of ``split``: the labelled split when present, else the prepared ED."""
-    labeled = layout.labeled.split(split)
+    """(contexts, responses) of ``split``: the labelled split when present (fetched first when the
+    run folder mirrors a URI), else the prepared ED."""
+    labeled = storage.fetch(layout.labeled.split(split))
     if labeled.is_file():
         table = pq.read_table(labeled, columns=["context", "response"])
         return table["context"].to_pylist(), table["response"].to_pylist()
@@ -78,8 +81,8 @@ def build_spec(
     k = min(cfg.sft.num_samples, len(contexts))
     return SFTSpec(
         cfg=cfg.sft,
-        start_dir=str(start_dir.resolve()),
-        out_dir=str(layout.sft.path.resolve()),
+        start_dir=portable(start_dir),
+        out_dir=portable(layout.sft.path),
         train=encoded["train"],
         valid=encoded["valid"],
         samples=tuple(zip(contexts[:k], responses[:k], strict=True)),
@@ -102,10 +105,11 @@ def sft_stage(
     """
     started = time.perf_counter()
     data = prepared_data(cfg, data)
-    if (layout.init.policy / "config.json").is_file():
-        logger.info("SFT starts from %s", layout.init.policy)
+    init = layout.init.policy
+    if storage.exists(init) and (storage.fetch(init) / "config.json").is_file():
+        logger.info("SFT starts from %s", storage.display(init))
     else:
-        logger.info("no initial policy in %s: building it from the model config", layout.init.policy)
+        logger.info("no initial policy in %s: building it from the model config", storage.display(init))
         init_stage(cfg, layout, data)
     spec = build_spec(cfg, data, layout)
     logger.info(

@@ -37,6 +37,7 @@ from pipeline.evaluation.report import (
     md_cell,
 )
 from pipeline.layout import SweepDir
+from pipeline.storage import publish
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("eval/emp_f1", "Emp-F1", 2),
@@ -249,8 +250,8 @@ def write_sweep_report(
     sweep: SweepDir,
 ) -> dict[str, Path]:
     """Draws the Pareto and learning-curve figures and writes ``report.md`` and ``report.html`` into the
-    ``sweep`` folder; returns their paths as ``report_md``, ``report_html``, ``pareto`` and ``curves`` (a
-    figure only when drawn)."""
+    ``sweep`` folder (each published, for a folder that mirrors a URI); returns their paths as
+    ``report_md``, ``report_html``, ``pareto`` and ``curves`` (a figure only when drawn)."""
     best_id = None if summary.best is None else str(summary.best["trial_id"])
     drawn = {
         "pareto": pareto_figure(rows, best_id=best_id, path=sweep.pareto_figure),
@@ -264,7 +265,10 @@ def write_sweep_report(
     markdown, page = sweep.report_md, sweep.report_html
     markdown.write_text(sweep_markdown(rows, linked), encoding="utf-8")
     page.write_text(sweep_html(rows, linked), encoding="utf-8")
-    return {"report_md": markdown, "report_html": page, **figures}
+    files = {"report_md": markdown, "report_html": page, **figures}
+    for path in files.values():
+        publish(path)
+    return files
 
 
 def _feasible(row: Mapping[str, Any]) -> bool:

@@ -95,6 +95,15 @@ def test_resume_after_worker_and_driver_failures_matches_uninterrupted_run(
     ]
     assert [h["epoch"] for h in history] == [0, 1, 2], "each epoch counted exactly once"
 
+    # running the job once more finds the finished run and takes it as it is (no Train run at all)
+    checkpoints = sorted((tmp_path / "driver" / "identifier-ER").glob("checkpoint_*"))
+    again = fit_mechanism(dying, RES, tmp_path / "driver", max_failures=0)
+    assert (
+        _final(again) == _final(clean)
+        and again["result"].state["history"] == resumed["result"].state["history"]
+    )
+    assert sorted((tmp_path / "driver" / "identifier-ER").glob("checkpoint_*")) == checkpoints
+
 
 @pytest.mark.slow
 def test_deepspeed_zero2_with_two_workers(

@@ -1,4 +1,5 @@
-"""The Ray Train harness's pure parts: which checkpoint a new run resumes from, and atomic export."""
+"""The Ray Train harness's pure parts: which checkpoint a new run resumes from (in a local folder and
+in a bucket, on a real S3 server on loopback), and atomic export."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 
 from actors.training import harness
-from actors.training.identifiers import BEST_FILE, epoch_checkpoint_order
+from actors.training.identifiers import BEST_FILE, epoch_checkpoint_order, finished_order
 from actors.training.sft import sft_checkpoint_order
+from pipeline import storage
+from pipeline.config import IdentifiersConfig
 
 
 def _checkpoint(run_dir: Path, name: str, state: dict[str, Any] | str | None, *files: str) -> Path:
@@ -137,3 +140,56 @@ def test_a_new_run_resumes_from_the_newer_of_rays_record_and_storage(tmp_path: P
     assert not harness._older(on_storage, recorded, epoch_checkpoint_order)
     assert harness._older(final, on_storage, epoch_checkpoint_order)
     assert not harness._older(tmp_path / "remote", on_storage, epoch_checkpoint_order)
+
+
+def test_a_finished_identifier_run_is_taken_as_it_is(tmp_path: Path) -> None:
+    cfg = IdentifiersConfig(epochs=3, patience=2)
+    final = {"epoch": 3, "bad_epochs": 0, "eval": {"test": {}}}
+    assert finished_order(cfg, _checkpoint(tmp_path, "all_epochs", final, "identifier")) == 3
+    stopped = {"epoch": 2, "bad_epochs": 2, "eval": {"test": {}}}
+    assert finished_order(cfg, _checkpoint(tmp_path, "early_stopped", stopped, "identifier")) == 2
+    # more epochs asked for than the run trained, or an epoch checkpoint: trained on, not taken
+    short = {"epoch": 2, "bad_epochs": 0, "eval": {"test": {}}}
+    assert finished_order(cfg, _checkpoint(tmp_path, "short", short, "identifier")) is None
+    assert (
+        finished_order(cfg, _checkpoint(tmp_path, "epoch", {"epoch": 3, "bad_epochs": 0}, BEST_FILE)) is None
+    )
+
+
+def test_checkpoints_in_a_bucket_are_ranked_read_and_opened_there(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = storage.local_path(f"{s3_bucket}/run/identifiers/ray_train/identifier-ER")
+    assert harness.newest_checkpoint(run_dir, epoch_checkpoint_order) is None  # nothing there yet
+    older = _checkpoint(run_dir, "checkpoint_2025-01-01_00-00-00.000001", {"epoch": 1}, BEST_FILE)
+    newest = _checkpoint(run_dir, "checkpoint_2025-01-01_00-00-00.000002", {"epoch": 2}, BEST_FILE)
+    final = _checkpoint(run_dir, "checkpoint_2025-01-01_00-00-00.000003", {"epoch": 3}, "identifier")
+    for folder in (older, newest, final):
+        storage.upload(folder)  # as Ray Train's workers do: the files, no marker
+    storage.write_text(run_dir / "checkpoint_manager_snapshot.json", "{}")  # Ray's own file, not a checkpoint
+    # another node: nothing local, everything read in the bucket
+    shutil.rmtree(storage.mirror_root())
+    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path / "node2"))
+    run_dir = storage.local_path(f"{s3_bucket}/run/identifiers/ray_train/identifier-ER")
+    found = harness.newest_checkpoint(run_dir, epoch_checkpoint_order)
+    assert found == run_dir / newest.name and not found.exists()
+    assert harness.read_state(found) == {"epoch": 2}
+    assert harness._older(run_dir / older.name, found, epoch_checkpoint_order)
+    assert harness._older(run_dir / final.name, found, epoch_checkpoint_order)  # not resumable
+    assert not harness._older(found, run_dir / older.name, epoch_checkpoint_order)
+
+    checkpoint = harness.checkpoint_at(found)
+    bucket = s3_bucket.removeprefix("s3://")
+    assert checkpoint.path == f"{bucket}/run/identifiers/ray_train/identifier-ER/{newest.name}"
+    assert checkpoint.filesystem is not None and checkpoint.filesystem.type_name == "s3"
+    assert harness.checkpoint_folder(checkpoint) == found
+    with checkpoint.as_directory() as folder:  # a worker on any node downloads it
+        assert json.loads((Path(folder) / harness.STATE_FILE).read_text()) == {"epoch": 2}
+        assert (Path(folder) / BEST_FILE).read_text() == "x"
+
+
+def test_a_local_checkpoint_is_named_by_its_path(tmp_path: Path) -> None:
+    folder = _checkpoint(tmp_path, "checkpoint_a", {"epoch": 1}, BEST_FILE)
+    checkpoint = harness.checkpoint_at(folder)
+    assert checkpoint.path == str(folder) and harness.checkpoint_folder(checkpoint) == folder
+    assert harness.portable(folder) == str(folder.resolve())

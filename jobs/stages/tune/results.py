@@ -1,6 +1,8 @@
 """What a finished sweep leaves behind: ``trials.parquet`` (one row per trial), ``history.parquet`` (every
 report, the learning curves), ``report.md``/``report.html`` with the Pareto fronts, and the best feasible
-trial's policy and config (see :class:`~pipeline.layout.SweepDir`)."""
+trial's policy and config (see :class:`~pipeline.layout.SweepDir`). The driver writes them and publishes each
+one (a sweep folder that mirrors a URI gets them in the bucket); what trials wrote on other nodes (the best
+policy, Tune's error files) is fetched first."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pipeline.config.objective import DEV_METRICS, Objective
 from pipeline.config.search_space import SearchSpace
 from pipeline.evaluation.sweep_report import SweepSummary, write_sweep_report
 from pipeline.layout import PPODir, SweepDir
+from pipeline.storage import display, fetch, publish, uri_of
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +52,10 @@ def record_sweep(
     cfg, objective, sweep = setup.cfg, setup.objective, setup.sweep
     rows = [trial_row(r, space, cfg, objective) for r in results]
     pq.write_table(trials_table(rows, space), sweep.trials)
+    publish(sweep.trials)
     history = history_rows(results)
     pq.write_table(pa.Table.from_pylist(history) if history else pa.table({}), sweep.history)
+    publish(sweep.history)
     completed = [r for r in rows if r["status"] == "completed"]
     best = objective.best(rows)
     constraints = [str(c) for c in objective.constraints]
@@ -58,10 +63,13 @@ def record_sweep(
     if best is not None:
         publish_best(best, space, cfg, sweep)
         # the resolved config holds every setting: no overrides needed
-        repro = f"emprl ppo --run-dir {setup.layout.root} --preset {sweep.best_config} --out {sweep.best_ppo}"
+        repro = (
+            f"emprl ppo --run-dir {display(setup.layout.root)} --preset {display(sweep.best_config)} "
+            f"--out {display(sweep.best_ppo)}"
+        )
     summary = SweepSummary(space.keys, objective.metric, objective.mode, best, repro, constraints=constraints)
-    files = write_sweep_report(rows, history, summary, sweep)
-    failures = failed_trials(results)  # a row's status is "error" exactly when its result has an error
+    files = write_sweep_report(rows, history, summary, sweep)  # publishes
+    failures = failed_trials(results, sweep)  # a row's status is "error" exactly when its result has an error
     errors = len(failures)
     headline = f"{len(rows)} trial(s), {len(completed)} completed, {errors} failed"
     if best is None:
@@ -72,10 +80,10 @@ def record_sweep(
         + ")"
     )
     if failures:
-        shown = ", ".join(str(f) for f, _ in failures[:3]) + (" ..." if len(failures) > 3 else "")
+        shown = ", ".join(display(f) for f, _ in failures[:3]) + (" ..." if len(failures) > 3 else "")
         headline += f"; errors of the failed trials: {shown}"
         logger.warning(
-            "%d trial(s) failed; first error: %s (%s)", len(failures), failures[0][1], failures[0][0]
+            "%d trial(s) failed; first error: %s (%s)", len(failures), failures[0][1], display(failures[0][0])
         )
     outputs = {"trials": sweep.trials, "history": sweep.history, **files, "best_policy": sweep.best_policy}
     return StageResult(
@@ -95,13 +103,21 @@ def record_sweep(
     )
 
 
-def failed_trials(results: Sequence[Any]) -> list[tuple[Path, str]]:
-    """The error file and the error (``module.Type: message``, the root cause) of every failed trial."""
+def failed_trials(results: Sequence[Any], sweep: SweepDir | None = None) -> list[tuple[Path, str]]:
+    """The error file and the error (``module.Type: message``, the root cause) of every failed trial.
+
+    With a ``sweep`` folder that mirrors a URI, Tune keeps the error files in the bucket: each is fetched
+    into the sweep's mirror of Tune's experiment folder and named there."""
+    remote = sweep is not None and uri_of(sweep.path) is not None
     failed = []
     for result in results:
         if result.error is None:
             continue
-        error_file = Path(result.path) / "error.txt"
+        if remote:
+            assert sweep is not None
+            error_file = fetch(sweep.experiment / Path(result.path).name / "error.txt")
+        else:
+            error_file = Path(result.path) / "error.txt"
         text = (
             error_file.read_text()
             if error_file.is_file()
@@ -135,14 +151,14 @@ def no_best_message(
         )
     elif failures:
         error_file, cause = failures[0]
-        reason = f"no trial completed. First trial's error: {cause} (full traceback: {error_file})"
+        reason = f"no trial completed. First trial's error: {cause} (full traceback: {display(error_file)})"
         if len(failures) > 1:
-            reason += f"; {len(failures) - 1} more error file(s) under {sweep.path}"
+            reason += f"; {len(failures) - 1} more error file(s) under {display(sweep.path)}"
     else:
         reason = (
             "no trial completed (all were stopped early); give the trials more iterations or --num-samples"
         )
-    return f"{headline}: {reason}. Tables and report: {sweep.path}"
+    return f"{headline}: {reason}. Tables and report: {display(sweep.path)}"
 
 
 def trial_row(result: Any, space: SearchSpace, cfg: Config, objective: Objective) -> dict[str, Any]:
@@ -210,11 +226,13 @@ def trials_table(rows: list[dict[str, Any]], space: SearchSpace) -> pa.Table:
 
 
 def publish_best(best: Mapping[str, Any], space: SearchSpace, cfg: Config, sweep: SweepDir) -> None:
-    """Copies the best trial's policy to ``sweep.best_policy`` and writes its resolved config."""
-    source = PPODir(sweep.trial(str(best["trial_id"])).ppo).policy
+    """Copies the best trial's policy to ``sweep.best_policy`` and writes its resolved config (both
+    published; the trial's policy, written on whichever node ran it, is fetched first)."""
+    source = fetch(PPODir(sweep.trial(str(best["trial_id"])).ppo).policy)
     replace_folder(source, sweep.best_policy)
+    publish(sweep.best_policy)
     save_config(cfg.with_overrides({k: best[k] for k in space.keys}), sweep.best_config)
-    logger.info("best trial %s: policy copied to %s", best["trial_id"], sweep.best_policy)
+    logger.info("best trial %s: policy copied to %s", best["trial_id"], display(sweep.best_policy))
 
 
 def _finite(value: Any) -> bool:

@@ -1,6 +1,8 @@
 """The tune stage driver: :func:`tune_stage` checks the settings and the cluster before Ray Tune starts,
 writes the sweep's config, space and settings, runs (or resumes) the Tuner with one placement group per
-trial, and hands Tune's results to :func:`~jobs.stages.tune.results.record_sweep`."""
+trial, and hands Tune's results to :func:`~jobs.stages.tune.results.record_sweep`. A sweep folder that
+mirrors a URI keeps Tune's experiment state and trial checkpoints in the bucket (Tune's own
+``storage_filesystem``) and the driver publishes every file it writes, so ``--resume`` works from any node."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import yaml
@@ -30,6 +32,10 @@ from pipeline.config import Config, save_config
 from pipeline.config.search_space import SearchSpace
 from pipeline.evaluation.suite import read_labeled_split
 from pipeline.layout import RunLayout, SweepDir
+from pipeline.storage import display, fetch, list_names, publish, ray_storage, uri_of
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ def tune_stage(
         )  # fmt: skip
     load_ppo_inputs(layout)  # before any trial: missing inputs fail once, here
     read_labeled_split(
-        layout.labeled.split(settings.split), name=settings.split, max_examples=settings.eval_examples
+        fetch(layout.labeled.split(settings.split)), name=settings.split, max_examples=settings.eval_examples
     )
     sweep = layout.sweep(sweep_dir)
     _prepare_folder(sweep, cfg, space, settings, resume=resume)
@@ -79,13 +85,17 @@ def tune_stage(
     # save it every few seconds rather than Tune's default of at least 10
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
     experiment = sweep.experiment
+    storage_path, storage_filesystem = tune_storage(sweep)
     if resume:
-        logger.info("sweep: resuming %s (finished trials stay, unfinished ones continue)", experiment)
+        logger.info(
+            "sweep: resuming %s (finished trials stay, unfinished ones continue)", display(experiment)
+        )
         tuner = tune.Tuner.restore(
-            str(experiment.resolve()),
+            f"{storage_path}/{experiment.name}",
             trainable=trainable,
             resume_unfinished=True,
             param_space=param_space(space),
+            storage_filesystem=storage_filesystem,
         )
     else:
         logger.info(
@@ -105,7 +115,8 @@ def tune_stage(
             ),
             run_config=tune.RunConfig(
                 name=experiment.name,
-                storage_path=str(sweep.tune.resolve()),
+                storage_path=storage_path,
+                storage_filesystem=storage_filesystem,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 # PBT clones other trials' checkpoints: keep enough that a donor's is still there
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if settings.scheduler == "pbt" else 2),
@@ -126,22 +137,41 @@ def _prepare_folder(
         SweepError: ``--resume`` without a sweep, or a new sweep over an old one.
     """
     experiment = sweep.experiment
-    if resume and not tune.Tuner.can_restore(str(experiment.resolve())):
+    storage_path, storage_filesystem = tune_storage(sweep)
+    path = f"{storage_path}/{experiment.name}"
+    if resume and not tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem):
         raise SweepError(
-            f"--resume: no sweep to continue in {sweep.path} (no Tune experiment state under {experiment}). "
-            "Fix: run the sweep without --resume first, or pass the folder it wrote (--out)."
+            f"--resume: no sweep to continue in {display(sweep.path)} (no Tune experiment state under "
+            f"{display(experiment)}). Fix: run the sweep without --resume first, or pass the folder it "
+            "wrote (--out)."
         )
-    if not resume and experiment.exists():
+    if not resume and _holds_experiment(experiment):
         raise SweepError(
-            f"{sweep.path} already holds a sweep. Fix: continue it with --resume, or write this one "
-            "elsewhere with --out (or delete the folder)."
+            f"{display(sweep.path)} already holds a sweep. Fix: continue it with --resume, or write this "
+            "one elsewhere with --out (or delete the folder)."
         )
     sweep.path.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, sweep.config)
+    save_config(cfg, sweep.config)  # publishes
     sweep.space.write_text(
         yaml.safe_dump({d.key: {d.kind: list(d.args)} for d in space.dimensions}, sort_keys=False)
     )
+    publish(sweep.space)
     sweep.settings.write_text(json.dumps(settings.to_json(), indent=2) + "\n")
+    publish(sweep.settings)
+
+
+def tune_storage(sweep: SweepDir) -> tuple[str, pafs.FileSystem | None]:
+    """Tune's ``(storage_path, storage_filesystem)`` of the sweep: the bucket path of ``sweep.tune`` and
+    its filesystem when the sweep folder mirrors a URI, else the resolved local folder and ``None``."""
+    folder = sweep.tune
+    return ray_storage(folder if uri_of(folder) else folder.resolve())
+
+
+def _holds_experiment(experiment: Path) -> bool:
+    """Whether Tune's experiment folder exists (in the bucket, for a folder mirroring a URI)."""
+    if uri_of(experiment) is None:
+        return experiment.exists()
+    return bool(list_names(experiment))
 
 
 def _trial_dirname(trial: Any) -> str:

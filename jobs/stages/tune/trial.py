@@ -1,12 +1,13 @@
 """One sweep trial, ``cfg.with_overrides(trial config)``: :func:`run_trial` runs PPO in the trial's reservation,
 reports every ``report_every`` iterations a dev Emp-F1 with the newest PPO checkpoint (a restarted, resumed
 or PBT-exploiting trial goes on from it under its own config) and the full evaluation (``eval/*``) last.
-Tune pickles :func:`run_trial` by module path, so it stays a module-level function here.
+Tune pickles :func:`run_trial` by module path, so it stays a module-level function here. A trial runs on any
+node: its PPO run writes into the sweep's trial folder (published when the sweep mirrors a URI), and Tune
+persists its checkpoints to the sweep's storage.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ from ray import tune
 from actors.cluster.placement import Reservation
 from actors.ppo.controller import Hook, PPOController
 from actors.ppo.metrics import IterationReport
-from actors.sweep.trial import DevEvaluator, dev_slice, metric_row, plain_values, restore_checkpoint
+from actors.sweep.trial import (
+    DevEvaluator,
+    dev_slice,
+    metric_row,
+    plain_values,
+    restore_checkpoint,
+    tune_checkpoint,
+)
 from jobs.stages.evaluate import evaluate_stage, load_evaluation_inputs
 from jobs.stages.ppo import load_ppo_inputs, ppo_stage
 from jobs.stages.tune.settings import SweepSettings
@@ -24,6 +32,7 @@ from pipeline.config import Config
 from pipeline.config.objective import Objective
 from pipeline.evaluation.suite import read_labeled_split
 from pipeline.layout import RunLayout, SweepDir
+from pipeline.storage import fetch, remove
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ class TrialReporter:
     def report(self, metrics: dict[str, float]) -> None:
         """``tune.report`` (with the penalised objective, if any) and the PPO checkpoint written since the
         last report, if any."""
-        checkpoint = tune.Checkpoint.from_directory(str(self.pending)) if self.pending is not None else None
+        checkpoint = tune_checkpoint(self.pending) if self.pending is not None else None
         tune.report({**metrics, **self.objective.penalised(metrics)}, checkpoint=checkpoint)
         self.pending = None
 
@@ -88,10 +97,10 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
     if checkpoint is not None:  # a restarted or resumed trial, or a PBT exploit of another trial's state
         with checkpoint.as_directory() as folder:
             restore_checkpoint(Path(folder), layout.ppo.checkpoints)
-    else:  # a retried trial that never reported a checkpoint starts afresh
-        shutil.rmtree(trial.path, ignore_errors=True)
+    else:  # a retried trial that never reported a checkpoint starts afresh (in the bucket too)
+        remove(trial.path)
     trial.path.mkdir(parents=True, exist_ok=True)
-    split = read_labeled_split(layout.labeled.split(settings.split), name=settings.split)
+    split = read_labeled_split(fetch(layout.labeled.split(settings.split)), name=settings.split)
     dev = DevEvaluator(
         cfg, dev_slice(split, settings.dev_examples, seed=cfg.run.seed), layout.identifiers.path
     )
