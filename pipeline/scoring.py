@@ -18,6 +18,7 @@ import numpy.typing as npt
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from pipeline import storage
 from pipeline.config import MECHANISMS, IdentifiersConfig
 from pipeline.encoding import encode_pairs
 from pipeline.models import (
@@ -206,18 +207,23 @@ def identifier_folders(folder: str | Path, mechanisms: Sequence[str] = MECHANISM
         ModelSourceError: ``folder`` or a mechanism's subfolder is missing; the message names it
             and how to produce it.
     """
-    root = Path(folder).expanduser()
+    root = storage.local_path(str(folder)).expanduser()
+    for m in mechanisms:  # onto this node when they live in an object store (once per node and version)
+        storage.fetch(root / m)
+    shown = storage.display(root)
     fix = (
         "Fix: train the identifiers with `emprl identifiers train` (it writes <run>/identifiers/ER, IP, "
         "EX) and pass that identifiers folder."
     )
     if not root.is_dir():
-        raise ModelSourceError(f"identifiers folder {str(folder)!r} does not exist ({root.resolve()}). {fix}")
+        raise ModelSourceError(
+            f"identifiers folder {shown!r} does not exist ({storage.display(root.resolve())}). {fix}"
+        )
     missing = [m for m in mechanisms if not (root / m / META_FILE).is_file()]
     if missing:
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise ModelSourceError(
-            f"identifiers folder {str(folder)!r} has no {' / '.join(f'{m}/' for m in missing)} identifier "
+            f"identifiers folder {shown!r} has no {' / '.join(f'{m}/' for m in missing)} identifier "
             f"(a subfolder with {META_FILE}, written by save_identifier); subfolders found: {found}. {fix}"
         )
     return {m: root / m for m in mechanisms}

@@ -22,6 +22,7 @@ from pipeline.storage.location import (
 from pipeline.storage.probe import check_location
 from pipeline.storage.remote import ray_storage
 from pipeline.storage.transfer import (
+    MARKER,
     exists,
     fetch,
     list_names,
@@ -35,6 +36,7 @@ from pipeline.storage.transfer import (
 )
 
 __all__ = [
+    "MARKER",
     "StorageError",
     "check_location",
     "display",
