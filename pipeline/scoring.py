@@ -200,6 +200,16 @@ class LevelScores:
         return columns
 
 
+def fetch_identifiers(folder: str | Path, mechanisms: Sequence[str] = MECHANISMS) -> Path:
+    """This node's copy of the identifiers folder ``folder`` (a local path, a mirror path or a URI), each
+    mechanism's folder brought up to its published version (:func:`pipeline.storage.fetch`, once per node
+    and version; nothing to do for a plain local folder). Call it before reading the folder on any node."""
+    root = storage.local_path(str(folder)).expanduser()
+    for m in mechanisms:
+        storage.fetch(root / m)
+    return root
+
+
 def identifier_folders(folder: str | Path, mechanisms: Sequence[str] = MECHANISMS) -> dict[str, Path]:
     """``folder/<mechanism>`` for each mechanism, checked to hold a :func:`save_identifier` folder.
 
@@ -207,9 +217,7 @@ def identifier_folders(folder: str | Path, mechanisms: Sequence[str] = MECHANISM
         ModelSourceError: ``folder`` or a mechanism's subfolder is missing; the message names it
             and how to produce it.
     """
-    root = storage.local_path(str(folder)).expanduser()
-    for m in mechanisms:  # onto this node when they live in an object store (once per node and version)
-        storage.fetch(root / m)
+    root = fetch_identifiers(folder, mechanisms)  # onto this node when they live in an object store
     shown = storage.display(root)
     fix = (
         "Fix: train the identifiers with `emprl identifiers train` (it writes <run>/identifiers/ER, IP, "

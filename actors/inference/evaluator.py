@@ -9,7 +9,7 @@ CPUs (and ``resources.role_gpus`` of a GPU) and ``resources.torch_threads`` thre
 :func:`evaluate_policies` fans a labelled split out over a group of these and a group of
 :class:`~actors.inference.scorer.IdentifierScorerWorker` (identifiers). Policy and identifier folders may
 mirror URIs: every actor loads them through :func:`~pipeline.models.load_policy` and
-:func:`~actors.inference.scorer.fetch_identifiers`, which bring its node's copy up to date first.
+:func:`~pipeline.scoring.fetch_identifiers`, which bring its node's copy up to date first.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 from actors.cluster.group import Pending, RoleGroup, gather
 from actors.cluster.placement import Reservation, RoleProcess, evaluation_bundles
 from actors.cluster.session import worker_runtime_env
-from actors.inference.scorer import IdentifierScorerWorker, portable
+from actors.inference.scorer import IdentifierScorerWorker
 from pipeline import storage
 from pipeline.config import Config, RolloutConfig
 from pipeline.evaluation.bootstrap import FloatArray, IntArray
@@ -199,7 +199,7 @@ def evaluate_policies(
     scorers = RoleGroup(
         "identifier scorer",
         IdentifierScorerWorker,
-        (portable(identifiers_dir), cfg.identifiers, res.torch_threads, device),
+        (storage.portable(identifiers_dir), cfg.identifiers, res.torch_threads, device),
         count=cfg.reward.num_scorers,
         options={"runtime_env": env},
         make_options=lambda rank: placement.options("identifier scorer", rank),
@@ -253,7 +253,7 @@ def _submit(
 ) -> list[_Wave]:
     waves = []
     for p, policy in enumerate(policies):
-        folder = portable(policy.folder)
+        folder = storage.portable(policy.folder)
         for first in range(0, len(chunks[p]), per_wave):
             ks = list(range(first, min(first + per_wave, len(chunks[p]))))
             gold = [[split.references[int(i)] for i in chunks[p][k].index] for k in ks]

@@ -33,13 +33,13 @@ import ray
 from datasets import Dataset
 
 from actors.cluster.session import worker_runtime_env
-from actors.inference.scorer import IdentifierScorerWorker, fetch_identifiers, portable
+from actors.inference.scorer import IdentifierScorerWorker
 from pipeline import storage
 from pipeline.config import MECHANISMS, IdentifiersConfig, ResourcesConfig
 from pipeline.layout import IdentifiersDir, LabeledDir
 from pipeline.models.identifier import HEAD_FILE, META_FILE, NUM_LEVELS
 from pipeline.progress import Progress
-from pipeline.scoring import identifier_folders, level_columns
+from pipeline.scoring import fetch_identifiers, identifier_folders, level_columns
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def _score_shards(
     )
     actors: list[Any] = [
         remote_cls.remote(
-            portable(identifiers_dir),
+            storage.portable(identifiers_dir),
             cfg,
             torch_threads=res.torch_threads,
             device="cuda" if res.use_gpu else "cpu",

@@ -6,7 +6,7 @@ Owns an :class:`~pipeline.scoring.EmpathyScorer` loaded from an ``identifiers/``
 ex_...`` or a :class:`~pipeline.scoring.LevelScores`. Resources: ``resources.reward_cpus`` CPUs
 (or a GPU) and ``resources.torch_threads`` torch threads. A plain class, made remote at spawn time.
 The identifiers folder may mirror a URI: each worker brings its node's copy up to date first
-(:func:`fetch_identifiers`).
+(:func:`pipeline.scoring.fetch_identifiers`).
 """
 
 from __future__ import annotations
@@ -20,27 +20,10 @@ import numpy as np
 import torch
 
 from actors.cluster.placement import RoleProcess
-from pipeline import storage
 from pipeline.config import MECHANISMS, IdentifiersConfig
-from pipeline.scoring import EmpathyScorer, LevelScores
+from pipeline.scoring import EmpathyScorer, LevelScores, fetch_identifiers
 
 logger = logging.getLogger(__name__)
-
-
-def portable(folder: str | Path) -> str:
-    """How to name ``folder`` to an actor on any node (and in any working directory): the URI of a
-    mirror path (the actor maps it to its own node's mirror), else the absolute path."""
-    return storage.uri_of(folder) or str(Path(folder).resolve())
-
-
-def fetch_identifiers(folder: str | Path, mechanisms: Sequence[str] = MECHANISMS) -> Path:
-    """This node's copy of the identifiers folder ``folder`` (a local path, a mirror path or a URI), each
-    mechanism's folder brought up to its published version (:func:`pipeline.storage.fetch`, once per node
-    and version; nothing to do for a plain local folder). Call it before reading the folder on any node."""
-    root = storage.local_path(str(folder)).expanduser()
-    for m in mechanisms:
-        storage.fetch(root / m)
-    return root
 
 
 class IdentifierScorerWorker(RoleProcess):

@@ -17,12 +17,11 @@ from typing import Any, cast
 import torch
 from ray import serve
 
-from actors.inference.scorer import fetch_identifiers
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.generation import Sampled, SamplingSettings, StepSampler, TextDeltas
 from pipeline.models import load_policy, use_fastest_attention
-from pipeline.scoring import EmpathyScorer
+from pipeline.scoring import EmpathyScorer, fetch_identifiers
 from pipeline.serving import model_version
 from pipeline.serving.messages import ModelInfo
 

@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 
 from actors.cluster.placement import Reservation
 from actors.inference.evaluator import PolicySource, evaluate_policies
-from actors.inference.scorer import fetch_identifiers
 from jobs.stages.result import StageResult, write_json
 from pipeline import storage
 from pipeline.config import Config, save_config
@@ -32,7 +31,7 @@ from pipeline.evaluation.suite import (
 )
 from pipeline.layout import RunLayout
 from pipeline.models import ModelSourceError, load_policy
-from pipeline.scoring import identifier_folders
+from pipeline.scoring import fetch_identifiers, identifier_folders
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ class StageResult:
         """The metrics with the artifact paths and the wall time, as ``summary.json`` records them."""
         return {
             **self.metrics,
-            **{k: str(v) for k, v in self.outputs.items()},
+            **{k: storage.display(v) for k, v in self.outputs.items()},
             "seconds": round(self.seconds, 2),
         }
 

@@ -26,12 +26,22 @@ def load_config(preset: str | Path | None = "local", overrides: list[str] | None
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     storage.publish(Path(path))
 
 
 def preset_path(preset: str | Path) -> Path:
-    """Resolve a preset name (``local``, ``paper``) or a path to a YAML file."""
+    """Resolve a preset name (``local``, ``paper``), a path to a YAML file or an object-store URI of one
+    (``s3://…/best/config.yaml``, fetched onto this node)."""
+    if storage.is_uri(preset):
+        try:
+            path = storage.fetch(storage.local_path(str(preset)))
+        except (storage.StorageError, OSError) as exc:
+            raise ConfigError(f"preset {preset}: {exc}") from exc
+        if not path.is_file():
+            raise ConfigError(f"preset file {preset} does not exist. Fix: pass an existing YAML file's URI.")
+        return path
     path = Path(preset)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():

@@ -16,6 +16,7 @@ from pipeline.storage.location import (
     local_path,
     mirror_root,
     normalise,
+    portable,
     scratch_root,
     uri_of,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "mark_complete",
     "mirror_root",
     "normalise",
+    "portable",
     "publish",
     "ray_storage",
     "read_text",

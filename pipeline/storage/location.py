@@ -85,6 +85,12 @@ def uri_of(path: str | Path) -> str | None:
     return f"{parts[0]}://{'/'.join(parts[1:])}"
 
 
+def portable(path: str | Path) -> str:
+    """How to name ``path`` to a process on any node (in any working directory): the URI of a mirror
+    path (that process maps it to its own node's mirror), else the absolute path."""
+    return uri_of(path) or str(Path(path).resolve())
+
+
 def display(path: str | Path) -> str:
     """How to show ``path`` to a user: its URI when it mirrors one."""
     return uri_of(path) or str(path)

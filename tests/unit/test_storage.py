@@ -191,3 +191,17 @@ def test_unwritable_local_folder_is_named(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(storage.StorageError, match="cannot write there"):
         storage.check_location(blocker / "run")
+
+
+def test_a_preset_can_be_a_config_in_the_bucket(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep's ``best/config.yaml`` in a bucket loads with ``--preset s3://…`` on another node."""
+    from pipeline.config import ConfigError, load_config, save_config
+
+    cfg = load_config("local", ["ppo.clip_ratio=0.15"])
+    save_config(cfg, storage.local_path(f"{s3_bucket}/sweep/best/config.yaml"))
+    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path / "another-node"))
+    assert load_config(f"{s3_bucket}/sweep/best/config.yaml") == cfg
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(f"{s3_bucket}/sweep/none.yaml")
