@@ -55,12 +55,6 @@ FILESYSTEM_SCHEMES = {"s3": "s3", "gcs": "gs"}
 # --- where checkpoints are ------------------------------------------------------------------------
 
 
-def portable(path: Path) -> str:
-    """How to name ``path`` to a process on any node: the URI of a mirror path (each node maps it to
-    its own mirror with :func:`pipeline.storage.local_path`), else the absolute path."""
-    return storage.uri_of(path) or str(path.resolve())
-
-
 def checkpoint_folder(checkpoint: Checkpoint) -> Path:
     """``checkpoint``'s folder as this project names folders: its local path, or the mirror path of
     its URI when Ray Train keeps it in a bucket (read it there with :mod:`pipeline.storage`'s readers,

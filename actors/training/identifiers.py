@@ -58,7 +58,7 @@ class TrainSpec:
     mechanism: str
     cfg: IdentifiersConfig
     tokenizer_dir: str
-    """The identifier tokenizer's folder or URI (:func:`~actors.training.harness.portable`), published."""
+    """The identifier tokenizer's folder or URI (:func:`pipeline.storage.portable`), published."""
     train: LabeledPairs
     dev: LabeledPairs
     test: LabeledPairs
@@ -243,7 +243,7 @@ def train_identifiers(
     when ``out_dir`` mirrors a URI.
     """
     stage = IdentifiersDir(out_dir)
-    run_storage = storage.local_path(harness.portable(stage.ray_train))
+    run_storage = storage.local_path(storage.portable(stage.ray_train))
     cpus = float(ray.cluster_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
     per_run = max(spec.cfg.num_workers for spec in specs) * res.trainer_cpus
     parallel = max(1, min(len(specs), int(cpus // max(per_run, 1e-9))))

@@ -97,7 +97,7 @@ def train_sft(
     """Train (or resume) SFT and export ``<out_dir>/policy``; writes and returns ``metrics.json``
     (both published when ``out_dir`` is a URI)."""
     stage = PolicyDir(storage.local_path(spec.out_dir))
-    run_storage = storage.local_path(harness.portable(stage.ray_train))
+    run_storage = storage.local_path(storage.portable(stage.ray_train))
     outcome = fit_sft(spec, res, run_storage, max_failures=max_failures, resume=resume)
     target = stage.policy
     harness.export(outcome["checkpoint"], EXPORT_DIR, target)

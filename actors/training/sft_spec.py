@@ -29,7 +29,7 @@ class SFTSpec:
     start_dir: str
     """Policy folder or URI (``save_policy`` form) training starts from; its tokenizer tokenised the data."""
     out_dir: str
-    """Stage folder or URI (:func:`~actors.training.harness.portable`): rank 0 writes samples and
+    """Stage folder or URI (:func:`pipeline.storage.portable`): rank 0 writes samples and
     TensorBoard logs there during training (each node under its mirror, published)."""
     train: Seq2SeqExamples
     valid: Seq2SeqExamples

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 from actors.inference.labeling import label_splits
-from actors.training.harness import portable
 from actors.training.identifiers import TrainSpec, train_identifiers
 from jobs.stages.data import prepared_data
 from jobs.stages.result import StageResult, write_json
@@ -49,7 +48,7 @@ def identifiers_stage(
         TrainSpec(
             mechanism=m,
             cfg=cfg.identifiers,
-            tokenizer_dir=portable(out.tokenizer),
+            tokenizer_dir=storage.portable(out.tokenizer),
             train=LabeledPairs.from_columns(columns["train"], m),
             dev=LabeledPairs.from_columns(columns["dev"], m),
             test=LabeledPairs.from_columns(columns["test"], m),

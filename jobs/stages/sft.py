@@ -10,7 +10,6 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
-from actors.training.harness import portable
 from actors.training.sft import SFTSpec, train_sft
 from jobs.stages.data import prepared_data
 from jobs.stages.result import StageResult
@@ -81,8 +80,8 @@ def build_spec(
     k = min(cfg.sft.num_samples, len(contexts))
     return SFTSpec(
         cfg=cfg.sft,
-        start_dir=portable(start_dir),
-        out_dir=portable(layout.sft.path),
+        start_dir=storage.portable(start_dir),
+        out_dir=storage.portable(layout.sft.path),
         train=encoded["train"],
         valid=encoded["valid"],
         samples=tuple(zip(contexts[:k], responses[:k], strict=True)),

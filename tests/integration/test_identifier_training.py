@@ -46,7 +46,7 @@ def spec(demo: PreparedData, tokenizer_dir: str, mechanism: str = "ER", **change
 
 
 def _final(outcome: dict[str, Any]) -> dict[str, Any]:
-    return outcome["result"].metrics["eval"]
+    return dict(outcome["result"].metrics["eval"])
 
 
 def test_three_mechanisms_train_export_and_report(

@@ -30,7 +30,7 @@ from pipeline.config import Config, load_config
 from pipeline.data import PreparedData
 from pipeline.layout import RunLayout
 from pipeline.models import load_identifier, load_policy
-from pipeline.storage.transfer import MARKER
+from pipeline.storage import MARKER
 from pipeline.training.identifiers import LabeledPairs, evaluate
 
 pytestmark = pytest.mark.integration
@@ -118,8 +118,16 @@ def test_identifiers_stage_on_a_bucket_resumes_on_a_fresh_node(
     ), "the published tokenizer is reused, not built again"
     assert _checkpoints(_keys(s3_server, uri), run) == checkpoints, "no new checkpoint"
 
-    # a third node loads the identifier from its URI and reproduces the reported test metrics
-    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path / "node3"))
+    # a third node trains one epoch more: its Train worker resumes from the epoch checkpoint in the
+    # bucket (Ray Train's own latest one, the final checkpoint, is no place to resume from)
+    _fresh_node(monkeypatch, tmp_path / "node3")
+    longer = cfg.with_overrides(["identifiers.epochs=2"])
+    identifiers_stage(longer, RunLayout(storage.local_path(uri)), demo)
+    more = json.loads(storage.read_text(storage.local_path(f"{uri}/identifiers/ER/metrics.json")) or "{}")
+    assert [h["epoch"] for h in more["history"]] == [0, 1] and more["history"][0] == first_history[0]
+
+    # a fourth node loads the identifier from its URI and reproduces the reported test metrics
+    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path / "node4"))
     model, tokenizer = load_identifier(f"{uri}/identifiers/ER")
     test = LabeledPairs.from_columns(demo.epitome["test"].to_dict(), "ER")
     scored = evaluate(
@@ -129,7 +137,7 @@ def test_identifiers_stage_on_a_bucket_resumes_on_a_fresh_node(
         max_context_len=cfg.identifiers.max_context_len,
         max_response_len=cfg.identifiers.max_response_len,
     )
-    assert scored["confusion_matrix"] == exported["test"]["confusion_matrix"]
+    assert scored["confusion_matrix"] == more["test"]["confusion_matrix"]
 
 
 def _labeled(layout: RunLayout, demo: PreparedData, split: str, rows: int) -> None:

@@ -183,13 +183,12 @@ def test_checkpoints_in_a_bucket_are_ranked_read_and_opened_there(
     assert checkpoint.path == f"{bucket}/run/identifiers/ray_train/identifier-ER/{newest.name}"
     assert checkpoint.filesystem is not None and checkpoint.filesystem.type_name == "s3"
     assert harness.checkpoint_folder(checkpoint) == found
-    with checkpoint.as_directory() as folder:  # a worker on any node downloads it
-        assert json.loads((Path(folder) / harness.STATE_FILE).read_text()) == {"epoch": 2}
-        assert (Path(folder) / BEST_FILE).read_text() == "x"
+    with checkpoint.as_directory() as downloaded:  # a worker on any node downloads it
+        assert json.loads((Path(downloaded) / harness.STATE_FILE).read_text()) == {"epoch": 2}
+        assert (Path(downloaded) / BEST_FILE).read_text() == "x"
 
 
 def test_a_local_checkpoint_is_named_by_its_path(tmp_path: Path) -> None:
     folder = _checkpoint(tmp_path, "checkpoint_a", {"epoch": 1}, BEST_FILE)
     checkpoint = harness.checkpoint_at(folder)
     assert checkpoint.path == str(folder) and harness.checkpoint_folder(checkpoint) == folder
-    assert harness.portable(folder) == str(folder.resolve())
