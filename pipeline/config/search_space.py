@@ -19,6 +19,7 @@ from typing import Any, Literal, cast, get_args
 
 import yaml
 
+from pipeline import storage
 from pipeline.config.describe import describe, sections
 from pipeline.config.schema import ConfigError
 from pipeline.config.tree import Config
@@ -124,9 +125,11 @@ class SearchSpace:
 
 def load_search_space(path: str | Path, base: Config) -> SearchSpace:
     """Parse and check the YAML space file ``path`` against ``base`` (see :func:`parse_search_space`)."""
-    path = Path(path)
+    path = storage.fetch(storage.local_path(str(path)))  # a space in a bucket: this node's fresh copy
     if not path.is_file():
-        raise SearchSpaceError(f"search space {path} does not exist. Fix: pass a YAML file such as {EXAMPLE}")
+        raise SearchSpaceError(
+            f"search space {storage.display(path)} does not exist. Fix: pass a YAML file such as {EXAMPLE}"
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -205,3 +205,20 @@ def test_a_preset_can_be_a_config_in_the_bucket(
     assert load_config(f"{s3_bucket}/sweep/best/config.yaml") == cfg
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(f"{s3_bucket}/sweep/none.yaml")
+
+
+def test_a_search_space_can_live_in_the_bucket(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.config import load_config
+    from pipeline.config.search_space import SearchSpaceError, load_search_space
+
+    space = storage.local_path(f"{s3_bucket}/spaces/kl.yaml")
+    space.parent.mkdir(parents=True)
+    space.write_text("ppo.kl_coef: {loguniform: [0.01, 0.2]}\n")
+    storage.publish(space)
+    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path / "another-node"))
+    loaded = load_search_space(f"{s3_bucket}/spaces/kl.yaml", load_config("local"))
+    assert "ppo.kl_coef" in {d.key for d in loaded.dimensions}
+    with pytest.raises(SearchSpaceError, match=f"search space {s3_bucket}/spaces/none.yaml does not exist"):
+        load_search_space(f"{s3_bucket}/spaces/none.yaml", load_config("local"))
