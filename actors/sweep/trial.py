@@ -66,7 +66,9 @@ def trial_resources(base: Config, *, trial_cpus: float) -> Any:
 
     def resources(trial_config: dict[str, Any]) -> tune.PlacementGroupFactory:
         cfg = base.with_overrides(plain_values(trial_config))
-        return tune.PlacementGroupFactory(trial_bundles(cfg, trial_cpus=trial_cpus), strategy="PACK")
+        return tune.PlacementGroupFactory(
+            trial_bundles(cfg, trial_cpus=trial_cpus), strategy=cfg.resources.placement
+        )
 
     return resources
 
