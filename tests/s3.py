@@ -8,6 +8,7 @@ bucket and a scratch root of its own, and returns the bucket's URI.
 from __future__ import annotations
 
 import logging
+import shutil
 import uuid
 from pathlib import Path
 
@@ -78,3 +79,12 @@ def s3_variables(server: S3Server, scratch: Path | None = None) -> dict[str, str
     if scratch is not None:
         env["EMPRL_SCRATCH"] = str(scratch)
     return env
+
+
+def fresh_node(monkeypatch: pytest.MonkeyPatch, scratch: Path) -> None:
+    """Act as another node: this node's mirror is dropped (its disk gone with it) and ``scratch`` becomes
+    the scratch root, so whatever is read next must come from the bucket."""
+    from pipeline import storage
+
+    shutil.rmtree(storage.mirror_root())
+    monkeypatch.setenv("EMPRL_SCRATCH", str(scratch))

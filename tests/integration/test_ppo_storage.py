@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import ray
 from ppo_inputs import tiny_config
-from s3 import S3Server
+from s3 import S3Server, fresh_node
 
 from actors.ppo.checkpoints import CONTROLLER, CheckpointStore
 from actors.ppo.controller import PPOController
@@ -145,8 +145,7 @@ def test_ppo_runs_and_resumes_from_the_bucket_alone(
         ppo_stage(cfg, layout, resume=False)
 
     # --- node 2 (its own empty disk) resumes from the bucket; both learner ranks die in iteration 6 --
-    shutil.rmtree(storage.mirror_root())
-    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path / "node2"))
+    fresh_node(monkeypatch, tmp_path / "node2")
     layout = RunLayout(storage.local_path(uri))
     assert not layout.root.exists()
     # the actors reach the bucket through a relay that stalls the first upload of checkpoint 6's

@@ -13,7 +13,6 @@ server: the stage's Train workers and controller get the settings from the runti
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from s3 import S3Server
+from s3 import S3Server, fresh_node
 from safetensors.torch import load_file
 
 from jobs.stages import identifiers_stage, sft_stage
@@ -67,12 +66,6 @@ def _checkpoints(keys: dict[str, int], run: str) -> set[str]:
     return {parts[0] for parts in inside if len(parts) > 1}  # folders, not Ray's snapshot file
 
 
-def _fresh_node(monkeypatch: pytest.MonkeyPatch, scratch: Path) -> None:
-    """Drop this node's mirror and act as another node (its own, empty scratch root)."""
-    shutil.rmtree(storage.mirror_root())
-    monkeypatch.setenv("EMPRL_SCRATCH", str(scratch))
-
-
 def test_identifiers_stage_on_a_bucket_resumes_on_a_fresh_node(
     ray_cluster: None,
     demo: PreparedData,
@@ -105,7 +98,7 @@ def test_identifiers_stage_on_a_bucket_resumes_on_a_fresh_node(
     first_history = json.loads((layout.identifiers.mechanism("ER") / "metrics.json").read_text())["history"]
     tokenizer_token = json.loads(storage.read_text(layout.identifiers.tokenizer / MARKER) or "{}")["token"]
 
-    _fresh_node(monkeypatch, tmp_path / "node2")
+    fresh_node(monkeypatch, tmp_path / "node2")
     again_layout = RunLayout(storage.local_path(uri))
     assert not again_layout.root.exists()
     again = identifiers_stage(cfg, again_layout, demo)
@@ -120,7 +113,7 @@ def test_identifiers_stage_on_a_bucket_resumes_on_a_fresh_node(
 
     # a third node trains one epoch more: its Train worker resumes from the epoch checkpoint in the
     # bucket (Ray Train's own latest one, the final checkpoint, is no place to resume from)
-    _fresh_node(monkeypatch, tmp_path / "node3")
+    fresh_node(monkeypatch, tmp_path / "node3")
     longer = cfg.with_overrides(["identifiers.epochs=2"])
     identifiers_stage(longer, RunLayout(storage.local_path(uri)), demo)
     more = json.loads(storage.read_text(storage.local_path(f"{uri}/identifiers/ER/metrics.json")) or "{}")
@@ -191,7 +184,7 @@ def test_sft_stage_on_a_bucket_resumes_on_a_fresh_node(
     weights = load_file(layout.sft.policy / "model.safetensors")
     metrics = json.loads(layout.sft.metrics.read_text())
 
-    _fresh_node(monkeypatch, tmp_path / "node2")
+    fresh_node(monkeypatch, tmp_path / "node2")
     again_layout = RunLayout(storage.local_path(uri))
     again = sft_stage(cfg, again_layout, demo)
     assert again.metrics == first.metrics

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from s3 import fresh_node
 
 from actors.training import harness
 from actors.training.identifiers import BEST_FILE, epoch_checkpoint_order, finished_order
@@ -168,8 +169,7 @@ def test_checkpoints_in_a_bucket_are_ranked_read_and_opened_there(
         storage.upload(folder)  # as Ray Train's workers do: the files, no marker
     storage.write_text(run_dir / "checkpoint_manager_snapshot.json", "{}")  # Ray's own file, not a checkpoint
     # another node: nothing local, everything read in the bucket
-    shutil.rmtree(storage.mirror_root())
-    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path / "node2"))
+    fresh_node(monkeypatch, tmp_path / "node2")
     run_dir = storage.local_path(f"{s3_bucket}/run/identifiers/ray_train/identifier-ER")
     found = harness.newest_checkpoint(run_dir, epoch_checkpoint_order)
     assert found == run_dir / newest.name and not found.exists()
