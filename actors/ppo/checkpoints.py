@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import storage
-from pipeline.storage.transfer import MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +101,7 @@ class CheckpointStore:
             storage.remove(final)  # the marker first, then files a cut attempt left
             final.mkdir(parents=True)
             yield final
-            storage.mark_complete(final)
-            # this node's copy holds only its own ranks' shards: a reader here must fetch it whole
-            (final / MARKER).unlink(missing_ok=True)
+            storage.mark_complete(final)  # on the store only: this node's copy holds its own ranks' shards
             storage.write_text(self.root / LATEST, final.name + "\n")
             self._prune_remote(final)
             return

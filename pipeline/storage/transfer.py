@@ -90,12 +90,14 @@ def upload(path: Path) -> int:
     return path.stat().st_size
 
 
-def mark_complete(path: Path) -> None:
+def mark_complete(path: Path) -> str | None:
     """Write the marker of folder ``path`` on its URI from what is uploaded there now (the last step of
-    a publish, e.g. by rank 0 once every rank has uploaded its shards), and the same marker locally."""
+    a publish, e.g. by the PPO controller once every rank has uploaded its shards); returns the marker's
+    text (``None`` for a plain local path). Only the store gets it: a local copy on one node of a folder
+    several nodes wrote is not the whole folder, so a reader there fetches it."""
     remote = _remote(path)
     if remote is None:
-        return
+        return None
     fs, target = remote
     manifest = {
         "token": uuid.uuid4().hex,
@@ -103,8 +105,7 @@ def mark_complete(path: Path) -> None:
     }
     text = json.dumps(manifest, sort_keys=True)
     _write(fs, f"{target}/{MARKER}", text)
-    if path.is_dir():
-        (path / MARKER).write_text(text)
+    return text
 
 
 def publish(path: Path) -> None:
@@ -123,7 +124,8 @@ def publish(path: Path) -> None:
         local = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
         for stale in set(_files(fs, target)) - local:
             fs.delete_file(f"{target}/{stale}")
-        mark_complete(path)
+        # this node's copy is the whole folder: it is current, no fetch needed here
+        (path / MARKER).write_text(mark_complete(path) or "")
     else:
         sent = upload(path)
     logger.info("published %s (%.1f MB in %.2f s)", uri_of(path), sent / 1e6, time.perf_counter() - started)
