@@ -32,6 +32,13 @@ logger = logging.getLogger(__name__)
 MARKER = ".emprl-complete.json"
 """A folder artifact's completion marker: ``{"token": ..., "files": {relative path: bytes}}``."""
 LOCAL = pafs.LocalFileSystem()
+CHUNK = 64 << 20
+"""Bytes per read when copying: pyarrow reads an S3 object with one ranged GET per chunk, and its
+default (1 MiB) makes a large checkpoint file hundreds of requests."""
+
+
+def _copy(source: str, target: str, source_fs: pafs.FileSystem, target_fs: pafs.FileSystem) -> None:
+    pafs.copy_files(source, target, source_fs, target_fs, chunk_size=CHUNK)
 
 
 def _remote(path: Path) -> tuple[pafs.FileSystem, str] | None:
@@ -84,9 +91,9 @@ def upload(path: Path) -> int:
         files = {str(p.relative_to(path)): p.stat().st_size for p in path.rglob("*") if p.is_file()}
         files.pop(MARKER, None)
         for name in files:
-            pafs.copy_files(str(path / name), f"{target}/{name}", LOCAL, fs)
+            _copy(str(path / name), f"{target}/{name}", LOCAL, fs)
         return sum(files.values())
-    pafs.copy_files(str(path), target, LOCAL, fs)
+    _copy(str(path), target, LOCAL, fs)
     return path.stat().st_size
 
 
@@ -220,7 +227,7 @@ def fetch(path: Path) -> Path:
     if info.type == pafs.FileType.File:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.fetch")
-        pafs.copy_files(source, str(tmp), fs, LOCAL)
+        _copy(source, str(tmp), fs, LOCAL)
         tmp.replace(path)
         return path
     with _node_lock(path):
@@ -236,7 +243,7 @@ def fetch(path: Path) -> Path:
         files = dict(marker["files"])  # type: ignore[call-overload]
         for name in files:
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(f"{source}/{name}", str(staging / name), fs, LOCAL)
+            _copy(f"{source}/{name}", str(staging / name), fs, LOCAL)
         (staging / MARKER).write_text(json.dumps(marker, sort_keys=True))
         old = path.with_name(f".{path.name}.{os.getpid()}.old")
         if path.exists():
@@ -266,6 +273,6 @@ def sync_down(folder: Path) -> Path:
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
             tmp = local.with_name(f".{local.name}.{os.getpid()}.fetch")
-            pafs.copy_files(f"{source}/{name}", str(tmp), fs, LOCAL)
+            _copy(f"{source}/{name}", str(tmp), fs, LOCAL)
             tmp.replace(local)
     return folder
