@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,9 +137,43 @@ def init_ray(res: ResourcesConfig) -> bool:
                 runtime_env=runtime_env,
                 log_to_driver=True,
             )
+    stop_on_sigterm()
     resources: dict[str, Any] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     logger.info("Ray resources: %s", {k: v for k, v in resources.items() if not k.startswith("node:")})
     return started
+
+
+class _SigtermAsCtrlC:
+    """SIGTERM raises :class:`KeyboardInterrupt` in the main thread, once: the path of Ctrl-C.
+
+    ``docker stop``, Kubernetes, systemd and ``ray job stop`` stop a process with SIGTERM. Python's
+    default ends it at once and ``ray.init`` installs ``sys.exit``; either way a stage would not stop
+    at a safe point. With this handler a job stops exactly as on Ctrl-C: the iteration in progress is
+    abandoned (a checkpoint is complete only once its marker is written), Serve and a local cluster
+    this process started are shut down, nothing is left running. A second SIGTERM while that happens
+    is ignored (the sender's own SIGKILL deadline still applies)."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.received:
+            logger.warning("SIGTERM again: already stopping")
+            return
+        self.received = True
+        logger.warning("SIGTERM: stopping as on Ctrl-C")
+        raise KeyboardInterrupt("SIGTERM")
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM take Ctrl-C's path in this process (see :class:`_SigtermAsCtrlC`); called by every
+    command at start and again after ``ray.init`` (which installs its own handler). Only the main thread
+    can install a handler: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if not isinstance(current, _SigtermAsCtrlC):
+        signal.signal(signal.SIGTERM, _SigtermAsCtrlC())
 
 
 def shutdown_ray() -> None:

@@ -50,6 +50,10 @@ def run_module(command: str, add_parser: Callable[[Any], None], argv: list[str] 
     parser = argparse.ArgumentParser(prog=f"python -m jobs.cli.{command}")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
+    if command != "config":  # a long-running command: SIGTERM stops it as Ctrl-C does
+        from actors.cluster.session import stop_on_sigterm
+
+        stop_on_sigterm()
     check_output_storage(args)
     args.func(args)
 
