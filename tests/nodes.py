@@ -181,24 +181,26 @@ class NoSharedDiskCluster:
         self._holds = Path(
             tempfile.mkdtemp(prefix="emprl-node-holds-", dir="/run" if os.path.isdir("/run") else "/var/tmp")
         )
-        taken: set[int] = set()
+        self._taken: set[int] = set()
         names = list(spec)
         self.nodes: dict[str, NodeProcess] = {}
         for index, name in enumerate(names):
-            head = index == 0
-            port_names = ["node_manager", "object_manager", "metrics_export", "metrics_agent",
-                          "dashboard_agent_http", "runtime_env_agent"]  # fmt: skip
-            if head:
-                port_names += ["gcs", "dashboard"]
-            ports = dict(zip(port_names, _free_ports(len(port_names)), strict=True))
-            ports["min_worker"] = _free_range(WORKER_PORTS, taken)
-            ports["max_worker"] = ports["min_worker"] + WORKER_PORTS - 1
-            self.nodes[name] = NodeProcess(
-                name=name, head=head, num_cpus=float(spec[name]), resources={name: 1.0}, ports=ports,
-                log=self.logs / f"{name}.log",
-            )  # fmt: skip
+            self.nodes[name] = self._node(name, float(spec[name]), {name: 1.0}, head=index == 0)
         self.head = self.nodes[names[0]]
         self.startup_s = 0.0
+
+    def _node(self, name: str, num_cpus: float, resources: dict[str, float], *, head: bool) -> NodeProcess:
+        port_names = ["node_manager", "object_manager", "metrics_export", "metrics_agent",
+                      "dashboard_agent_http", "runtime_env_agent"]  # fmt: skip
+        if head:
+            port_names += ["gcs", "dashboard"]
+        ports = dict(zip(port_names, _free_ports(len(port_names)), strict=True))
+        ports["min_worker"] = _free_range(WORKER_PORTS, self._taken)
+        ports["max_worker"] = ports["min_worker"] + WORKER_PORTS - 1
+        return NodeProcess(
+            name=name, head=head, num_cpus=num_cpus, resources=resources, ports=ports,
+            log=self.logs / f"{name}.log",
+        )  # fmt: skip
 
     # -- addresses -----------------------------------------------------------------------------------
     @property
@@ -235,6 +237,24 @@ class NoSharedDiskCluster:
             raise
         self.startup_s = time.monotonic() - started
         return self
+
+    def add_node(self, name: str, num_cpus: float, resources: Mapping[str, float] | None = None) -> float:
+        """Start one more worker node (an autoscaler's replacement): resource ``{name: 1}`` plus
+        ``resources`` (e.g. the lost node's ``{"node_b": 1}``: the same node type). Returns once the head
+        lists it alive; the seconds that took."""
+        started = time.monotonic()
+        node = self._node(name, num_cpus, {name: 1.0, **(resources or {})}, head=False)
+        self.nodes[name] = node
+        self._launch(node)
+        self._wait_ready([node])
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not any(name in row.get("resources_total", {}) for row in self.alive_nodes()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the head did not list node {name} alive within {self.startup_timeout_s:.0f} s"
+                )
+            time.sleep(0.5)
+        return time.monotonic() - started
 
     def _node_params(self, node: NodeProcess) -> dict[str, Any]:
         p = node.ports
@@ -554,6 +574,12 @@ def _run_node(spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, _exit)
     params = RayParams(**spec["params"])
     node = ray._private.node.Node(params, head=spec["head"], shutdown_at_exit=True, spawn_reaper=True)
+    if spec["head"]:
+        # what `ray start --head` writes: a job's driver (`ray.init(address="auto")`) reads it; without it
+        # Ray falls back to the first GCS process it finds on the machine, possibly another cluster's
+        from ray._private.utils import write_ray_address
+
+        write_ray_address(node.gcs_address, params.temp_dir)
     print(f"{READY} {spec['name']} gcs={node.gcs_address} session={node.session_name}", flush=True)
     try:
         while True:

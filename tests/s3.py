@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
+import threading
 import uuid
 from pathlib import Path
 
@@ -56,6 +58,38 @@ class S3Server:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+class StallingProxy:
+    """A TCP relay to the S3 server that, once, stops forwarding the first request naming ``stall``
+    (a learner rank's upload then hangs mid-checkpoint) and sets :attr:`stalled`."""
+
+    def __init__(self, endpoint: str, stall: bytes) -> None:
+        host, port = endpoint.removeprefix("http://").split(":")
+        self.target, self.stall, self.stalled = (host, int(port)), stall, threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.server.accept()
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                if requests and self.stall in data and not self.stalled.is_set():
+                    self.stalled.set()
+                    threading.Event().wait()  # this connection never answers again
+                sink.sendall(data)
+        except OSError:  # the other direction closed both sockets
+            pass
+        finally:
+            source.close()
+            sink.close()
 
 
 def _keys() -> dict[str, str]:

@@ -85,6 +85,9 @@ class RoleGroup:
         self.on_replace: Callable[[int], None] | None = None
         """Called with the rank of a replacement actor after the remembered calls were replayed to it
         and before its shards are re-sent (e.g. to rebuild a process group it belongs to)."""
+        self.before_replace: Callable[[], None] | None = None
+        """Called before a dead actor is replaced: e.g. waits until the reservation's bundles are on live
+        nodes again when the actor's node died (:func:`actors.cluster.recovery.await_reservation`)."""
         self._remote: Any = ray.remote(cls)
         self._replay: dict[str, tuple[Any, ...]] = {}
         self.actors = [self._spawn(rank) for rank in range(count)]
@@ -131,6 +134,8 @@ class RoleGroup:
         self.restarts += 1
         logger.warning("%s rank %d died (%s); starting a replacement", self.role, rank, type(cause).__name__)
         _kill(self.actors[rank])
+        if self.before_replace is not None:
+            self.before_replace()
         self.actors[rank] = self._spawn(rank)
         self.generations[rank] += 1
         for method, args in self._replay.items():

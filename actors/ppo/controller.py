@@ -144,6 +144,7 @@ class PPOController:
             "version": self.version,
             "policy": storage.display(policy),
             "learner_recoveries": self.learner_recoveries,
+            "node_losses": len(self.roles.node_losses),
             "worker_restarts": {g.role: g.restarts for g in (self.rollout, self.reward, self.reference)},
         }
 
@@ -406,6 +407,7 @@ class PPOController:
             ) from exc
         logger.warning("%s; restarting the learner group from the last checkpoint", exc)
         self.roles.kill_learner()
+        self.roles.await_capacity()  # its node may have died: its bundles must be on a live node again
         self._restore()
 
     def read_metrics(self) -> list[dict[str, float]]:

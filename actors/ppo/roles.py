@@ -17,6 +17,7 @@ import ray
 
 from actors.cluster.group import RoleGroup, gather
 from actors.cluster.placement import Placement, Reservation, ppo_bundles
+from actors.cluster.recovery import await_reservation, note_nodes
 from actors.cluster.session import worker_runtime_env
 from actors.ppo.learner import LearnerWorker
 from actors.ppo.reference import ReferenceWorker
@@ -46,6 +47,8 @@ class PPORoles:
         self.cfg, self.policy_dir, self.identifiers_dir = cfg, policy_dir, identifiers_dir
         self.learner: RoleGroup | None = None
         """The learner group while it runs (see :meth:`learner_group`)."""
+        self.node_losses: list[float] = []
+        """Seconds waited for the reservation to be whole again after each lost node."""
         self.sync: WeightSync = make_weight_sync(cfg)
         self.reservation = reservation or Reservation.create(
             "PPO",
@@ -56,6 +59,9 @@ class PPORoles:
         try:
             self.placement: Placement = self.reservation.place("PPO", ppo_bundles(cfg))
             self.rollout, self.reward, self.reference = self._make_workers()
+            for group in (self.rollout, self.reward, self.reference):
+                group.before_replace = self.await_capacity
+            note_nodes()
             self.rollout.on_replace = lambda rank: self.sync.replaced(
                 self.learner_group(), self.rollout, version()
             )
@@ -123,6 +129,14 @@ class PPORoles:
             gather(group.submit_all("setup", host, port, cfg.run.seed))
             self.learner = group
         return self.learner
+
+    def await_capacity(self) -> None:
+        """Before a dead role is re-created: when its node died, wait (``resources.node_loss_wait_s``) until
+        the reservation's bundles are on live nodes again (:func:`await_reservation`; raises
+        :class:`~actors.cluster.recovery.NodeLostError` when they are not)."""
+        waited = await_reservation(self.reservation, "PPO", self.cfg.resources.node_loss_wait_s)
+        if waited is not None:
+            self.node_losses.append(waited)
 
     def kill_learner(self) -> None:
         """End the learner group (the next :meth:`learner_group` starts a new one)."""

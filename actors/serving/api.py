@@ -20,7 +20,14 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from actors.serving.errors import CHAT_PATH, field_error, invalid_request, openai_error, overloaded
+from actors.serving.errors import (
+    CHAT_PATH,
+    field_error,
+    invalid_request,
+    openai_error,
+    overloaded,
+    replica_lost,
+)
 from actors.serving.guard import Guard
 from actors.serving.streaming import chat_stream
 from pipeline.config import Config
@@ -155,6 +162,8 @@ def build_api(ingress: ApiIngress, cfg: Config, *, key_digest: str | None) -> Fa
     )
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(BackPressureError, overloaded)
+    for lost in RETRIED:
+        app.add_exception_handler(lost, replica_lost)
     page = CHAT_PAGE.read_bytes()  # one static file, no build step, nothing from a CDN
 
     @app.get("/healthz")

@@ -1,6 +1,6 @@
-"""Error answers of the API: 422 naming every bad field, 503 when a model's queue is full, both in
-OpenAI's error shape on the chat endpoint (``{"error": {...}}``, what its clients read) and as
-``{"detail": ...}`` elsewhere.
+"""Error answers of the API: 422 naming every bad field, 503 with ``Retry-After`` when a model's queue is
+full or its replica was lost mid-request, both in OpenAI's error shape on the chat endpoint
+(``{"error": {...}}``, what its clients read) and as ``{"detail": ...}`` elsewhere.
 """
 
 from typing import Any
@@ -52,12 +52,27 @@ def field_error(field: str, message: str) -> RequestValidationError:
     )
 
 
-async def overloaded(request: Request, exc: Exception) -> JSONResponse:
-    """503 when a model deployment's queue is full (``serve.max_queued_requests``): retry later."""
-    message = "the service is overloaded (request queue full): retry in a moment"
+def _retry_later(request: Request, message: str, code: str) -> JSONResponse:
     if _is_chat(request):
-        response = openai_error(503, message, param=None, code="overloaded")
+        response = openai_error(503, message, param=None, code=code)
     else:
         response = JSONResponse({"detail": message}, status_code=503)
     response.headers["retry-after"] = "1"
     return response
+
+
+async def overloaded(request: Request, exc: Exception) -> JSONResponse:
+    """503 when a model deployment's queue is full (``serve.max_queued_requests``): retry later."""
+    return _retry_later(
+        request, "the service is overloaded (request queue full): retry in a moment", "overloaded"
+    )
+
+
+async def replica_lost(request: Request, exc: Exception) -> JSONResponse:
+    """503 when a model replica died under the request and under its one retry (e.g. its node was lost):
+    Serve is re-creating it, the same request (same seed) succeeds in a moment."""
+    return _retry_later(
+        request,
+        "a model replica was lost while answering (it is being replaced): retry in a moment",
+        "replica_lost",
+    )

@@ -23,6 +23,7 @@ from jobs.launch.options import check_output_storage
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    args.argv = list(argv)
     if args.command != "config":  # a long-running command: SIGTERM stops it as Ctrl-C does
         from actors.cluster.session import stop_on_sigterm
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
 
 from actors.cluster.session import ray_session
 from jobs.launch.options import add_config_args, config_from_args, make_run_dir, run_module, stage_console
+from jobs.launch.stage import node_loss_stop
 from jobs.stages import (
     StageResult,
     data_stage,
@@ -84,8 +86,15 @@ def main_args(args: argparse.Namespace) -> None:
     layout = RunLayout(make_run_dir(cfg, "run"))
     with stage_console(args, layout) as terminal:
         logger.info("run folder: %s", storage.display(layout.root.resolve()))
+        root = storage.display(layout.root.resolve())
+        then = shlex.join(
+            ["emprl", "ppo", "--preset", args.preset, "--run-dir", root, "--resume", *args.overrides]
+        )
+        then += "\n  " + shlex.join(
+            ["emprl", "evaluate", "--preset", args.preset, "--run-dir", root, *args.overrides]
+        )
         try:
-            with ray_session(cfg.resources):
+            with node_loss_stop(args, then), ray_session(cfg.resources):
                 summary = run(cfg, layout)
         except DataError as exc:
             raise SystemExit(f"data error: {exc}") from None

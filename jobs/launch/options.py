@@ -49,7 +49,9 @@ def run_module(command: str, add_parser: Callable[[Any], None], argv: list[str] 
     """``python -m jobs.cli.<command> ARGS``: the same parser and handler as ``emprl <command> ARGS``."""
     parser = argparse.ArgumentParser(prog=f"python -m jobs.cli.{command}")
     add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
+    full = [command, *(sys.argv[1:] if argv is None else argv)]
+    args = parser.parse_args(full)
+    args.argv = full
     if command != "config":  # a long-running command: SIGTERM stops it as Ctrl-C does
         from actors.cluster.session import stop_on_sigterm
 

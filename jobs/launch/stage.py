@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from actors.cluster.recovery import NodeLostError
 from actors.cluster.session import ray_session
 from actors.training.sft import ResumeError
 from jobs.launch.options import stage_console
@@ -44,6 +46,28 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(f"{label}: {exc}") from None
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that was run, as ``emprl ...`` with ``--resume`` (for a stop the user resumes)."""
+    argv = list(getattr(args, "argv", None) or [args.command])
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["emprl", *argv])
+
+
+@contextmanager
+def node_loss_stop(args: argparse.Namespace, command: str | None = None) -> Iterator[None]:
+    """A :class:`NodeLostError` ends the command with its message and the exact command that resumes it
+    (``command``, or this command line with ``--resume``)."""
+    try:
+        yield
+    except NodeLostError as exc:
+        raise SystemExit(
+            f"node lost: {exc}\nFix: once the cluster has those resources again (or on a new cluster that "
+            "reaches the run folder), resume from the last complete checkpoint:\n  "
+            f"{command or resume_command(args)}"
+        ) from None
+
+
 def launch(
     args: argparse.Namespace,
     cfg: Config,
@@ -55,7 +79,7 @@ def launch(
     """Run ``stage`` (given the prepared data when ``needs_data``) inside the run's console and a Ray
     session; print its headline and summary on the terminal."""
     with stage_console(args, layout) as terminal:
-        with user_errors():
+        with user_errors(), node_loss_stop(args):
             data = prepare_datasets(cfg.data) if needs_data else None
             with ray_session(cfg.resources):
                 result = stage(data)

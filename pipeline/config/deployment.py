@@ -97,6 +97,11 @@ class ResourcesConfig:
     available resources (a fixed cluster). On an autoscaling cluster whose GPU workers start at 0
     (``cluster.yaml``) set about the time a node takes to boot, e.g. ``900``: the stage's demand is
     what makes the autoscaler start them."""
+    node_loss_wait_s: float = 300.0
+    """Seconds a PPO run whose node died waits for the lost roles' resources to come back (an
+    autoscaler's replacement node, or spare capacity on the others) before it stops with the
+    ``--resume`` command to run once they are back. Roles are re-created in their re-reserved bundles;
+    a lost learner rank rolls every rank back to the last complete checkpoint. ``0``: stop at once."""
     placement: str = "PACK"
     """How a stage's role bundles (PPO roles, evaluation workers, a sweep trial's roles) lie on the
     nodes, as a Ray placement strategy: ``PACK`` (as few nodes as possible, spilling onto others when

@@ -398,6 +398,13 @@ def check_resources(
         "use 0 on a fixed cluster, e.g. 900 on an autoscaling one",
     )
     require(
+        res.node_loss_wait_s >= 0,
+        "resources.node_loss_wait_s",
+        res.node_loss_wait_s,
+        "must be >= 0",
+        "use 0 to stop at once, or about the time a replacement node takes to start, e.g. 300",
+    )
+    require(
         res.placement in PLACEMENTS,
         "resources.placement",
         res.placement,

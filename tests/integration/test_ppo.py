@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
 import torch
-from ppo_inputs import tiny_config
+from ppo_inputs import tiny_config, tiny_overrides
+from processes import BIN, job_env, kill_all, leftovers
 from safetensors.torch import load_file
 
 from actors.ppo.controller import PPOController
@@ -210,3 +213,55 @@ def test_crashed_job_resumes_exactly(
 def test_missing_inputs_fail_early_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(PPOInputError, match="emprl sft"):
         ppo_stage(tiny_config(), RunLayout(tmp_path))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_emprl_ppo_within_seconds_leaving_nothing_and_the_run_resumes(
+    ppo_run: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (``docker stop``, Kubernetes, systemd, ``ray job stop``) in the middle of ``emprl ppo``: the
+    command stops as on Ctrl-C within 30 s, its local cluster and every process with it; ``--resume``
+    continues from the last complete checkpoint and logs every iteration once (exactness of a resume:
+    ``test_crashed_job_resumes_exactly``)."""
+    env, marker = job_env()
+    run_dir = _fresh(ppo_run, tmp_path, "sigterm")
+    steps = 8
+    command = [str(BIN / "emprl"), "ppo", "--run-dir", str(run_dir),
+               *tiny_overrides(rollout__num_workers=2, ppo__total_steps=steps, ppo__save_every=2)]  # fmt: skip
+    log = tmp_path / "ppo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir)
+    stopped_s = -1.0
+    try:
+        deadline = time.monotonic() + 600
+        while not (run_dir / "ppo" / "checkpoints" / "latest").exists():  # a checkpoint, and more to do
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+        stopped_s = time.monotonic() - sent
+    finally:
+        left = leftovers(marker)
+        kill_all(marker)
+    print(f"emprl ppo stopped {stopped_s:.1f} s after SIGTERM")
+    assert code != 0 and stopped_s < 30, log.read_text()[-3000:]
+    assert left == [], f"processes left after SIGTERM: {left}"
+    assert "SIGTERM: stopping as on Ctrl-C" in log.read_text(), log.read_text()[-3000:]
+    before = _rows(run_dir)
+    assert 2 <= len(before) < steps, [r["iteration"] for r in before]
+
+    resumed = subprocess.run(
+        [*command, "--resume"], env=env, capture_output=True, text=True, timeout=600, cwd=run_dir
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert leftovers(marker) == []
+    after = _rows(run_dir)
+    assert [r["iteration"] for r in after] == list(range(1, steps + 1))
+    assert [r["samples"] for r in after] == [8 * i for i in range(1, steps + 1)]
+    checkpointed = int(
+        (run_dir / "ppo" / "checkpoints" / "latest").read_text().strip().removeprefix("iter_") or 0
+    )
+    assert checkpointed == steps
+    assert after[:2] == before[:2]  # the rows up to the first checkpoint are the first process's

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import ray
 from ppo_inputs import tiny_config
-from s3 import S3Server, fresh_node
+from s3 import S3Server, StallingProxy, fresh_node
 
 from actors.ppo.checkpoints import CONTROLLER, CheckpointStore
 from actors.ppo.controller import PPOController
@@ -53,38 +52,6 @@ def _bucket_run(inputs: Path, uri: str) -> RunLayout:
     shutil.copyfile(source.labeled.split("train"), prompts)
     storage.publish(prompts)
     return layout
-
-
-class StallingProxy:
-    """A TCP relay to the S3 server that, once, stops forwarding the first request naming ``stall``
-    (a learner rank's upload then hangs mid-checkpoint) and sets :attr:`stalled`."""
-
-    def __init__(self, endpoint: str, stall: bytes) -> None:
-        host, port = endpoint.removeprefix("http://").split(":")
-        self.target, self.stall, self.stalled = (host, int(port)), stall, threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            client, _ = self.server.accept()
-            upstream = socket.create_connection(self.target)
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
-        try:
-            while data := source.recv(1 << 16):
-                if requests and self.stall in data and not self.stalled.is_set():
-                    self.stalled.set()
-                    threading.Event().wait()  # this connection never answers again
-                sink.sendall(data)
-        except OSError:  # the other direction closed both sockets
-            pass
-        finally:
-            source.close()
-            sink.close()
 
 
 def _log(layout: RunLayout) -> list[dict[str, Any]]:

@@ -110,6 +110,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(sweep_run: Pat
     rows = {r["trial_id"]: r for r in pq.read_table(sweep.trials).to_pylist()}
     assert set(rows) == {finished, unfinished}, rows
     assert all(r["status"] == "completed" for r in rows.values()), rows
+    # the table counts every trial once and marks the one that started again
+    assert (rows[finished]["starts"], rows[unfinished]["starts"]) == (1, 2), rows
     after = _reports(sweep)
     # the finished trial was not run again: no new Tune result, its PPO log untouched
     assert after[finished] == before[finished]

@@ -32,7 +32,7 @@ from pipeline.config import Config
 from pipeline.config.objective import Objective
 from pipeline.evaluation.suite import read_labeled_split
 from pipeline.layout import RunLayout, SweepDir
-from pipeline.storage import fetch, remove
+from pipeline.storage import fetch, read_text, remove, write_text
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class TrialReporter:
         self.controller: PPOController | None = None
         self.pending: Path | None = None
         self.last: dict[str, float] = {}
+        self.starts = 1
+        """How many times this trial has started (a restart after a failure or a lost node, a resumed sweep)."""
 
     def hook(self, controller: PPOController, iteration: int, phase: str) -> None:
         """Remembers the controller, whose learner exports the current policy."""
@@ -83,7 +85,8 @@ class TrialReporter:
         """``tune.report`` (with the penalised objective, if any) and the PPO checkpoint written since the
         last report, if any."""
         checkpoint = tune_checkpoint(self.pending) if self.pending is not None else None
-        tune.report({**metrics, **self.objective.penalised(metrics)}, checkpoint=checkpoint)
+        row = {**metrics, "trial/starts": float(self.starts)}
+        tune.report({**row, **self.objective.penalised(row)}, checkpoint=checkpoint)
         self.pending = None
 
 
@@ -93,6 +96,9 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
     cfg = setup.cfg.with_overrides(plain_values(trial_config))
     trial = setup.sweep.trial(tune.get_context().get_trial_id())
     layout = setup.layout.moved(ppo=trial.ppo, evaluate=trial.evaluate)
+    starts_file = setup.sweep.path / "starts" / f"{trial.path.name}.txt"  # outside the trial's own folder
+    starts = int(read_text(starts_file) or 0) + 1
+    write_text(starts_file, str(starts))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a restarted or resumed trial, or a PBT exploit of another trial's state
         with checkpoint.as_directory() as folder:
@@ -105,6 +111,7 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
         cfg, dev_slice(split, settings.dev_examples, seed=cfg.run.seed), layout.identifiers.path
     )
     reporter = TrialReporter(setup, cfg, dev, trial.dev_policy)
+    reporter.starts = starts
     reservation = Reservation.current(first=1)
     ppo_stage(
         cfg,
