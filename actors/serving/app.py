@@ -20,6 +20,7 @@ from actors.serving.api import ApiIngress
 from actors.serving.deployments import IdentifierDeployment, PolicyDeployment
 from pipeline import storage
 from pipeline.config import Config, ConfigError, ServeConfig
+from pipeline.config.deployment import NODE_RESOURCE_SHARE
 
 
 def api_key(s: ServeConfig) -> str:
@@ -73,12 +74,17 @@ def deployment_options(s: ServeConfig, role: str, env: dict[str, Any]) -> dict[s
     return options
 
 
+HEAD_RESOURCE = "node:__internal_head__"
+"""The resource only the head node has (Ray's)."""
+
+
 def ingress_options(s: ServeConfig, env: dict[str, Any]) -> dict[str, Any]:
     """Serve options of the ingress: one replica, no CPU of its own (it runs no model, it awaits the
-    deployments), ``serve.ingress_max_ongoing_requests`` in flight."""
+    deployments), ``serve.ingress_max_ongoing_requests`` in flight, on the head (``serve.ingress_on_head``)."""
+    on_head = {"resources": {HEAD_RESOURCE: NODE_RESOURCE_SHARE}} if s.ingress_on_head else {}
     return {
         "num_replicas": 1,
-        "ray_actor_options": {"num_cpus": 0.0, "runtime_env": env},
+        "ray_actor_options": {"num_cpus": 0.0, "runtime_env": env, **on_head},
         "max_ongoing_requests": s.ingress_max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
         "backpressure_config": {"retry_after_s": 1},  # the proxy's own 503 says when to retry, as ours does

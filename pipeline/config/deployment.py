@@ -160,6 +160,11 @@ class ServeConfig:
     ingress_max_ongoing_requests: int = 256
     """Requests the ingress holds at once (it runs no model, it awaits the deployments); the model
     deployments' queues then bound the load (503 beyond ``max_queued_requests``)."""
+    ingress_on_head: bool = True
+    """Keep the ingress (no CPU of its own) on the head node, beside the HTTP proxy and the job's driver:
+    a lost worker node then takes only model replicas with it, whose calls the ingress retries, never the
+    ingress with every request in flight. ``false`` lets it run anywhere (with GCS fault tolerance, where
+    the worker nodes' proxies keep serving while a new head starts)."""
     max_queued_requests: int = 64
     """Requests queued per caller before Serve answers 503 (-1: unbounded)."""
     request_timeout_s: float = 30.0

@@ -14,6 +14,7 @@ node is back.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pyarrow.parquet as pq
 import pytest
 from nodes import ROOT, NoSharedDiskCluster
 from ppo_inputs import tiny_overrides
@@ -187,9 +189,12 @@ def publish_inputs(inputs: Path, uri: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_server: S3Server, ppo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bucket]:
-    """A bucket holding the tiny inputs under runs/{base,faults,stop}; the nodes reach it through a relay
-    that stalls, once, the first upload of checkpoint 4's learner files."""
+def bucket(
+    s3_server: S3Server, ppo_run: Path, sweep_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Bucket]:
+    """A bucket holding the tiny inputs under runs/{base,faults,stop} (PPO) and runs/sweep (with a valid
+    split); the nodes reach it through a relay that stalls, once, the first upload of checkpoint 4's learner
+    files of runs/faults."""
     folder = tmp_path_factory.mktemp("node_loss")
     name = s3_server.create_bucket()
     with pytest.MonkeyPatch.context() as patch:
@@ -199,6 +204,14 @@ def bucket(s3_server: S3Server, ppo_run: Path, tmp_path_factory: pytest.TempPath
         remote._filesystem.cache_clear()
         for run in ("base", "faults", "stop"):
             publish_inputs(ppo_run, f"s3://{name}/runs/{run}")
+        publish_inputs(sweep_run, f"s3://{name}/runs/sweep")
+        valid = RunLayout(storage.local_path(f"s3://{name}/runs/sweep")).labeled.split("valid")
+        shutil.copyfile(RunLayout(sweep_run).labeled.split("valid"), valid)
+        storage.publish(valid)
+        space = storage.local_path(f"s3://{name}/spaces/kl.yaml")
+        space.parent.mkdir(parents=True)
+        space.write_text(SWEEP_SPACE)
+        storage.publish(space)
     remote._filesystem.cache_clear()
     yield Bucket(s3_server, name, folder, StallingProxy(s3_server.endpoint, STALL))
 
@@ -345,7 +358,7 @@ def test_ppo_stops_with_the_resume_command_when_no_node_comes_back_and_the_comma
     assert argv[:4] == ["emprl", "ppo", "--run-dir", bucket.uri("stop")] and "--resume" in argv, argv
 
     cluster.add_node("node_b9", 2, {"node_b": 1.0})
-    rc, logs = cluster.submit([EMPRL, *argv[1:]], ROOT, env=JOB_ENV, timeout=900,
+    rc, logs = cluster.submit([EMPRL, *argv[1:], "--verbose"], ROOT, env=JOB_ENV, timeout=900,
                               log=bucket.folder / "stop-resume.log")  # fmt: skip
     assert rc == 0, logs[-6000:]
     assert "resumed from" in logs
@@ -353,8 +366,122 @@ def test_ppo_stops_with_the_resume_command_when_no_node_comes_back_and_the_comma
     bucket.results["stop"] = {"stopped_after_s": stopped_after}
 
 
-CLIENTS, LOAD_S, KILL_AT_S = 16, 20.0, 6.0
-"""Serve under load: 16 clients for 20 s, the node killed 6 s in."""
+SWEEP_SPACE = "ppo.kl_coef: {grid: [0.05, 0.1, 0.2, 0.4]}\n"
+"""Four trials."""
+SWEEP_STEPS = 4
+
+
+def _actors(cluster: NoSharedDiskCluster, class_part: str) -> list[str]:
+    """Node names of the alive actors whose class name contains ``class_part``."""
+    status, body = _get(f"{cluster.dashboard_url}/api/v0/actors?limit=2000&detail=true", timeout=30)
+    assert status == 200, body
+    names = _node_names(cluster)
+    return sorted(
+        names.get(a["node_id"], "?")
+        for a in body["data"]["result"]["result"]
+        if a["state"] == "ALIVE" and class_part in a["class_name"]
+    )
+
+
+def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
+    cluster: NoSharedDiskCluster, bucket: Bucket
+) -> None:
+    """A 4-trial ASHA sweep, two trials at a time, each trial's function and PPO roles packed on one worker
+    node; once a trial has a checkpoint in the bucket, the node running one of them is killed and a node of
+    the same size joins 5 s later. Tune restarts that trial from its last checkpoint (``--max-failures``),
+    the other goes on, the sweep ends with every trial once in the table and the restarted one marked."""
+    uri = bucket.uri("sweep")
+    command = [
+        EMPRL, "tune", "--run-dir", uri, "--space", f"s3://{bucket.name}/spaces/kl.yaml", "--scheduler", "asha",
+        "--max-concurrent", "2", "--dev-examples", "8", "--eval-examples", "8", "--max-failures", "2",
+        *tiny_overrides(resources__address="auto", ppo__total_steps=SWEEP_STEPS, ppo__save_every=1),
+    ]  # fmt: skip
+    job = cluster.start_job(command, ROOT, env=JOB_ENV)
+    deadline = time.monotonic() + 900
+    victim = None
+    while victim is None:
+        assert cluster.job_status(job) in ("PENDING", "RUNNING"), cluster.job_logs(job)[-6000:]
+        assert time.monotonic() < deadline, "no trial checkpoint in the bucket within 900 s"
+        if any("/checkpoint_" in key for key in bucket.keys("sweep", "sweep/tune/")):
+            victim = next((n for n in _actors(cluster, "ImplicitFunc") if n != "head"), None)
+        time.sleep(1)
+    killed_at = time.monotonic()
+    cluster.kill_node(victim)
+    time.sleep(REPLACEMENT_AFTER_S)
+    cluster.add_node(f"{victim}_sweep", 2)
+    while cluster.job_status(job) in ("PENDING", "RUNNING"):
+        assert time.monotonic() < killed_at + 900, cluster.job_logs(job)[-6000:]
+        time.sleep(2)
+    logs = cluster.job_logs(job)
+    assert cluster.job_status(job) == "SUCCEEDED", logs[-6000:]
+    seconds = time.monotonic() - killed_at
+    trials = pq.read_table(io.BytesIO(bucket.read("sweep", "sweep/trials.parquet"))).to_pylist()
+    print(f"\nsweep: killed {victim} (running a trial); finished {seconds:.0f} s later")
+    for t in trials:
+        print(
+            f"  {t['trial_id']}: kl_coef {t['ppo.kl_coef']} {t['status']} iterations {t['iteration']} starts {t['starts']}"
+        )
+    assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 4, trials
+    assert {t["status"] for t in trials} <= {"completed", "stopped"}, trials
+    assert sorted(t["ppo.kl_coef"] for t in trials) == [0.05, 0.1, 0.2, 0.4]
+    assert any(t["starts"] == 2 for t in trials), trials  # the trial on the lost node started again
+    for t in trials:  # each trial's PPO log: every iteration once, whatever restarted it
+        log = bucket.read("sweep", f"sweep/trials/{t['trial_id']}/ppo/metrics.jsonl").decode().splitlines()
+        iterations = [json.loads(line)["iteration"] for line in log if line]
+        assert iterations == list(range(1, len(iterations) + 1)) and iterations, (t["trial_id"], iterations)
+    bucket.results["sweep"] = {"seconds_after_kill": seconds, "victim": victim}
+
+
+SFT = ["sft.epochs=3", "resources.address=auto", "resources.role_nodes=trainer=node_b"]
+"""SFT on the demo data, its Ray Train worker pinned to a node of type node_b."""
+
+
+def _alive_of_type(cluster: NoSharedDiskCluster, node_type: str) -> str:
+    return next(n for n, node in cluster.nodes.items() if node_type in node.resources and cluster.pids(n))
+
+
+def test_sft_survives_losing_its_train_worker_node_mid_epoch(
+    cluster: NoSharedDiskCluster, bucket: Bucket
+) -> None:
+    """``emprl sft`` with its Ray Train worker on a node of type node_b: once the first epoch's checkpoint is
+    in the bucket, that node dies and another of its type joins 5 s later. Ray Train restarts the worker
+    from the last persisted checkpoint; the run ends with the uninterrupted run's losses and weights."""
+    rc, logs = cluster.submit([EMPRL, "sft", "--run-dir", bucket.uri("sft_base"), *SFT], ROOT, env=JOB_ENV,
+                              timeout=900, log=bucket.folder / "sft_base.log")  # fmt: skip
+    assert rc == 0, logs[-6000:]
+    job = cluster.start_job([EMPRL, "sft", "--run-dir", bucket.uri("sft_lost"), *SFT], ROOT, env=JOB_ENV)
+    deadline = time.monotonic() + 900
+    while not any("checkpoint_" in key for key in bucket.keys("sft_lost", "sft/ray_train/")):
+        assert cluster.job_status(job) in ("PENDING", "RUNNING"), cluster.job_logs(job)[-6000:]
+        assert time.monotonic() < deadline, "no SFT checkpoint in the bucket within 900 s"
+        time.sleep(0.5)
+    victim = _alive_of_type(cluster, "node_b")
+    killed_at = time.monotonic()
+    cluster.kill_node(victim)
+    time.sleep(REPLACEMENT_AFTER_S)
+    cluster.add_node(f"{victim}_sft", 2, {"node_b": 1.0})
+    while cluster.job_status(job) in ("PENDING", "RUNNING"):
+        assert time.monotonic() < killed_at + 900, cluster.job_logs(job)[-6000:]
+        time.sleep(1)
+    seconds = time.monotonic() - killed_at
+    logs = cluster.job_logs(job)
+    assert cluster.job_status(job) == "SUCCEEDED", logs[-6000:]
+    lost, base = (json.loads(bucket.read(run, "sft/metrics.json")) for run in ("sft_lost", "sft_base"))
+    print(f"\nSFT: killed {victim} after the first checkpoint; finished {seconds:.0f} s later")
+    print(f"  uninterrupted: {base}\n  with the loss: {lost}")
+    weights, reference = (
+        load(bucket.read(run, "sft/policy/model.safetensors")) for run in ("sft_lost", "sft_base")
+    )
+    assert weights.keys() == reference.keys()
+    assert all(weights[k].equal(reference[k]) for k in weights), (
+        "the SFT policy differs from the uninterrupted run's"
+    )
+    bucket.results["sft"] = {"seconds_after_kill": seconds}
+
+
+CLIENTS, LOAD_S, KILL_AT_S, AFTER_S = 16, 20.0, 6.0, 5.0
+"""Serve under load: 16 clients for 20 s, the node killed 6 s in, the load on for 5 s more at least once
+the replica is replaced."""
 
 
 def _get(url: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
@@ -370,9 +497,12 @@ def _get(url: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
 
 
 def _node_names(cluster: NoSharedDiskCluster) -> dict[str, str]:
-    """``{node id: node name}`` of the alive nodes (each carries the resource of its name)."""
+    """``{node id: node name}`` of the alive nodes (each carries the resource of its own name, a replacement
+    also its type's: ``node_c2`` has ``node_c`` too, so the longest name is its own)."""
     return {
-        row["node_id"]: next(name for name in row.get("resources_total", {}) if name in cluster.nodes)
+        row["node_id"]: max(
+            (name for name in row.get("resources_total", {}) if name in cluster.nodes), key=len
+        )
         for row in cluster.alive_nodes()
     }
 
@@ -407,7 +537,7 @@ def test_serve_under_load_loses_a_node_with_a_policy_replica(
     503 with Retry-After; every request sent after the replacement answers 200."""
     port = _free_port()
     command = [EMPRL, "serve", "--run-dir", bucket.uri("base"), *tiny_overrides(
-        resources__address="auto", serve__port=port, serve__policy_replicas=2, serve__policy_cpus=0.5,
+        resources__address="auto", serve__port=port, serve__policy_replicas=2, serve__policy_cpus=0.6,
         serve__identifier_cpus=0.25, serve__health_check_period_s=1.0,
     )]  # fmt: skip
     job = cluster.start_job(command, ROOT, env=JOB_ENV)
@@ -421,9 +551,10 @@ def test_serve_under_load_loses_a_node_with_a_policy_replica(
             time.sleep(1)
         before = _replicas(cluster, "policy")
         ingress = _replicas(cluster, "ingress")
-        workers = [n for n in before if n != "head"]
+        assert ingress == ["head"], ingress  # serve.ingress_on_head: beside the proxy, never on a worker
+        workers = [n for n in before if n != "head"]  # 0.6 CPU each: the head (1 CPU) holds one at most
         assert workers, f"no policy replica on a worker node: {before}"
-        victim = next((n for n in workers if n not in ingress), workers[0])
+        victim = workers[0]
 
         results: list[tuple[float, float, int]] = []
         lock, stop = threading.Lock(), threading.Event()
@@ -447,13 +578,14 @@ def test_serve_under_load_loses_a_node_with_a_policy_replica(
         killed = time.monotonic()
         cluster.kill_node(victim)
         recovered = None
-        while time.monotonic() < start + LOAD_S or recovered is None:
+        while time.monotonic() < max(start + LOAD_S, (recovered or killed) + AFTER_S) or recovered is None:
             now = _replicas(cluster, "policy")
             if recovered is None and len(now) == 2 and victim not in now:
                 recovered = time.monotonic()
             assert time.monotonic() < killed + 180, f"policy replicas {now} 180 s after the kill"
             time.sleep(0.5)
         stop.set()
+        ended = time.monotonic()
         for thread in threads:
             thread.join(timeout=120)
     finally:
@@ -470,7 +602,7 @@ def test_serve_under_load_loses_a_node_with_a_policy_replica(
     late = [st for s, _, st in results if s >= recovered]
     print(f"\nserve: policy replicas {before} (ingress {ingress}); killed {victim}; replaced "
           f"{recovered - killed:.1f} s after the kill -> {after_replicas}")  # fmt: skip
-    print(f"{len(results)} requests from {CLIENTS} clients in {LOAD_S:.0f}+ s: {len(results) - len(failed)} "
+    print(f"{len(results)} requests from {CLIENTS} clients in {ended - start:.0f} s: {len(results) - len(failed)} "
           f"answered 200, {len(failed)} failed {sorted({st for *_, st in failed})}; {len(in_flight)} in flight "
           "at the kill")  # fmt: skip
     for phase, spans in phases.items():
