@@ -16,6 +16,13 @@ from pipeline.data import EDSplit, EpitomeData, parse_ed_split, read_epitome
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with slow tests first (stable otherwise): with ``-n 2 --dist loadfile`` (``make test``) the
+    long modules start at once on the two workers and the short ones fill in around them."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module}
+    items.sort(key=lambda item: 0 if item.module and item.module.__name__ in slow_modules else 1)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``$EMPRL_SHARED_DATA`` or ``<repo>/../shared/data``: ``empatheticdialogues/`` and ``epitome/``."""
