@@ -97,3 +97,24 @@ def tiny_overrides(**overrides: Any) -> list[str]:
 def tiny_config(**overrides: Any) -> Config:
     """The local preset with :func:`tiny_overrides`."""
     return load_config("local", tiny_overrides(**overrides))
+
+
+def publish_run(inputs: Path, uri: str, splits: tuple[str, ...] = ("train",)) -> RunLayout:
+    """A run folder at ``uri`` (a bucket) holding copies of ``inputs``' SFT policy, identifiers and the
+    labelled ``splits``, published as the stages that make them do; its layout (the mirror folder)."""
+    import shutil
+
+    from pipeline import storage
+
+    layout, source = RunLayout(storage.local_path(uri)), RunLayout(inputs)
+    folders = [(source.sft.policy, layout.sft.policy)]
+    folders += [(source.identifiers.path / m, layout.identifiers.path / m) for m in MECHANISMS]
+    for theirs, mine in folders:
+        shutil.copytree(theirs, mine)
+        storage.publish(mine)
+    for split in splits:
+        target = layout.labeled.split(split)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source.labeled.split(split), target)
+        storage.publish(target)
+    return layout

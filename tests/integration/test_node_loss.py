@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import socket
 import threading
 import time
@@ -36,13 +35,11 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from nodes import ROOT, NoSharedDiskCluster
-from ppo_inputs import tiny_overrides
+from ppo_inputs import publish_run, tiny_overrides
 from s3 import S3Server, StallingProxy
 from safetensors.torch import load
 
 from pipeline import storage
-from pipeline.config import MECHANISMS
-from pipeline.layout import RunLayout
 from pipeline.storage import remote
 
 pytestmark = [
@@ -173,21 +170,6 @@ class Bucket:
         return {k.removeprefix(prefix) for k in self.server.listing(self.name, prefix)}
 
 
-def publish_inputs(inputs: Path, uri: str) -> None:
-    """The SFT policy, identifiers and labelled prompts of ``inputs`` published at run ``uri``."""
-    layout, source = RunLayout(storage.local_path(uri)), RunLayout(inputs)
-    for mine, theirs in [
-        (layout.sft.policy, source.sft.policy),
-        *((layout.identifiers.path / m, source.identifiers.path / m) for m in MECHANISMS),
-    ]:
-        shutil.copytree(theirs, mine)
-        storage.publish(mine)
-    prompts = layout.labeled.split("train")
-    prompts.parent.mkdir(parents=True)
-    shutil.copyfile(source.labeled.split("train"), prompts)
-    storage.publish(prompts)
-
-
 @pytest.fixture(scope="module")
 def bucket(
     s3_server: S3Server, ppo_run: Path, sweep_run: Path, tmp_path_factory: pytest.TempPathFactory
@@ -203,11 +185,8 @@ def bucket(
         patch.setenv("EMPRL_SCRATCH", str(folder / "scratch"))
         remote._filesystem.cache_clear()
         for run in ("base", "faults", "stop"):
-            publish_inputs(ppo_run, f"s3://{name}/runs/{run}")
-        publish_inputs(sweep_run, f"s3://{name}/runs/sweep")
-        valid = RunLayout(storage.local_path(f"s3://{name}/runs/sweep")).labeled.split("valid")
-        shutil.copyfile(RunLayout(sweep_run).labeled.split("valid"), valid)
-        storage.publish(valid)
+            publish_run(ppo_run, f"s3://{name}/runs/{run}")
+        publish_run(sweep_run, f"s3://{name}/runs/sweep", ("train", "valid"))
         space = storage.local_path(f"s3://{name}/spaces/kl.yaml")
         space.parent.mkdir(parents=True)
         space.write_text(SWEEP_SPACE)
@@ -509,14 +488,7 @@ def _node_names(cluster: NoSharedDiskCluster) -> dict[str, str]:
 
 def _replicas(cluster: NoSharedDiskCluster, deployment: str) -> list[str]:
     """Node names of the alive replicas of ``deployment`` of the ``emprl`` app."""
-    status, body = _get(f"{cluster.dashboard_url}/api/v0/actors?limit=2000&detail=true", timeout=30)
-    assert status == 200, body
-    names = _node_names(cluster)
-    return sorted(
-        names.get(a["node_id"], "?")
-        for a in body["data"]["result"]["result"]
-        if a["state"] == "ALIVE" and a["class_name"] == f"ServeReplica:emprl:{deployment}"
-    )
+    return _actors(cluster, f"ServeReplica:emprl:{deployment}")
 
 
 def _percentiles(spans: list[float]) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -15,14 +14,13 @@ from typing import Any
 
 import pytest
 import ray
-from ppo_inputs import tiny_config
+from ppo_inputs import publish_run, tiny_config
 from s3 import S3Server, StallingProxy, fresh_node
 
 from actors.ppo.checkpoints import CONTROLLER, CheckpointStore
 from actors.ppo.controller import PPOController
 from jobs.stages import PPOInputError, ppo_stage
 from pipeline import storage
-from pipeline.config import MECHANISMS
 from pipeline.layout import RunLayout
 from pipeline.storage.transfer import MARKER
 
@@ -34,24 +32,6 @@ CUT = "learner/deepspeed/cut-upload.bin"
 
 class Crash(RuntimeError):
     """A simulated driver crash."""
-
-
-def _bucket_run(inputs: Path, uri: str) -> RunLayout:
-    """A run folder at ``uri`` holding only copies of ``inputs``' SFT policy, identifiers and labelled
-    prompts, published to the bucket as their stages would."""
-    layout = RunLayout(storage.local_path(uri))
-    source = RunLayout(inputs)
-    for mine, theirs in [
-        (layout.sft.policy, source.sft.policy),
-        *((layout.identifiers.path / m, source.identifiers.path / m) for m in MECHANISMS),
-    ]:
-        shutil.copytree(theirs, mine)
-        storage.publish(mine)
-    prompts = layout.labeled.split("train")
-    prompts.parent.mkdir(parents=True)
-    shutil.copyfile(source.labeled.split("train"), prompts)
-    storage.publish(prompts)
-    return layout
 
 
 def _log(layout: RunLayout) -> list[dict[str, Any]]:
@@ -74,7 +54,7 @@ def test_ppo_runs_and_resumes_from_the_bucket_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uri, bucket = f"{s3_bucket}/run", s3_bucket.removeprefix("s3://")
-    layout = _bucket_run(ppo_run, uri)
+    layout = publish_run(ppo_run, uri)
     # two learner ranks (ZeRO-2: each uploads its own optimizer shard), checkpoints at 2, 4 and 6
     cfg = tiny_config(
         learner__num_ranks=2, learner__engine__zero_stage=2, ppo__total_steps=6, ppo__save_every=2,

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from ppo_inputs import linked_run, tiny_overrides
 from processes import job_env, kill_all, leftovers
+from tune_state import saved_trials
 
 from pipeline.layout import SweepDir
 
@@ -28,27 +29,6 @@ def _reports(sweep: SweepDir) -> dict[str, list[dict[str, float]]]:
     out = {}
     for path in sweep.experiment.glob("*/result.json"):
         out[path.parent.name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return out
-
-
-def _saved(sweep: SweepDir) -> dict[str, tuple[str, int]]:
-    """What the newest saved experiment state (what a restore reads) says of each trial: its status and
-    the PPO iteration of its last result."""
-    states = sorted(sweep.experiment.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-    except json.JSONDecodeError:  # being written
-        return {}
-    out = {}
-    for trial_json, meta_json in data["trial_data"]:
-        trial, meta = json.loads(trial_json), json.loads(meta_json)
-        last = meta.get("last_result") or {}
-        out[trial["trial_id"]] = (
-            trial["status"],
-            int(last.get("iteration", 0)) if isinstance(last, dict) else 0,
-        )
     return out
 
 
@@ -74,7 +54,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(sweep_run: Pat
     try:
         deadline = time.monotonic() + 480
         while True:  # until the saved state has one trial finished and the other one mid-run, checkpointed
-            saved = _saved(sweep)
+            saved = saved_trials(sweep)
             done = [t for t, (status, _) in saved.items() if status == "TERMINATED"]
             going = [t for t, (status, iteration) in saved.items() if status == "RUNNING" and iteration >= 1]
             if done and going:

@@ -16,13 +16,13 @@ from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
-from ppo_inputs import tiny_overrides
+from ppo_inputs import publish_run, tiny_overrides
 from processes import job_env, kill_all, leftovers
 from s3 import S3Server
+from tune_state import saved_trials
 
 from jobs.stages.tune.results import failed_trials, no_best_message
 from pipeline import storage
-from pipeline.config import MECHANISMS
 from pipeline.layout import RunLayout, SweepDir
 from pipeline.models import load_policy
 
@@ -30,41 +30,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
-
-
-def _publish_inputs(inputs: Path, run: RunLayout) -> None:
-    """The SFT policy, identifiers and labelled splits of ``inputs`` written into ``run`` (a mirror
-    folder) and published, as the stages that make them do."""
-    source = RunLayout(inputs)
-    folders = [(source.sft.policy, run.sft.policy)]
-    folders += [(source.identifiers.path / m, run.identifiers.path / m) for m in MECHANISMS]
-    for theirs, mine in folders:
-        shutil.copytree(theirs, mine)
-        storage.publish(mine)
-    for split in ("train", "valid"):
-        run.labeled.split(split).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source.labeled.split(split), run.labeled.split(split))
-        storage.publish(run.labeled.split(split))
-
-
-def _saved(sweep: SweepDir) -> dict[str, tuple[str, int]]:
-    """What the newest experiment state in the bucket (what a restore reads) says of each trial: its
-    status and the PPO iteration of its last result."""
-    states = [n for n in storage.list_names(sweep.experiment) if n.startswith("experiment_state-")]
-    text = storage.read_text(sweep.experiment / max(states)) if states else None
-    try:
-        data = json.loads(text or "")
-    except json.JSONDecodeError:  # none yet, or read while being written
-        return {}
-    out = {}
-    for trial_json, meta_json in data["trial_data"]:
-        trial, meta = json.loads(trial_json), json.loads(meta_json)
-        last = meta.get("last_result") or {}
-        out[trial["trial_id"]] = (
-            trial["status"],
-            int(last.get("iteration", 0)) if isinstance(last, dict) else 0,
-        )
-    return out
 
 
 def _reports(sweep: SweepDir, trial_id: str) -> list[dict[str, float]]:
@@ -82,8 +47,7 @@ def test_a_sweep_in_a_bucket_resumes_on_a_fresh_node_from_the_bucket_alone(
 ) -> None:
     bucket = s3_bucket.removeprefix("s3://")
     uri = f"{s3_bucket}/run"
-    layout = RunLayout(storage.local_path(uri))
-    _publish_inputs(sweep_run, layout)
+    layout = publish_run(sweep_run, uri, ("train", "valid"))
     sweep = layout.sweep()
     space = tmp_path / "space.yaml"
     space.write_text("ppo.kl_coef: {uniform: [0.05, 0.5]}\n")
@@ -98,7 +62,7 @@ def test_a_sweep_in_a_bucket_resumes_on_a_fresh_node_from_the_bucket_alone(
     try:
         deadline = time.monotonic() + 240
         while True:  # until the bucket's state has one trial finished and the other mid-run, checkpointed
-            saved = _saved(sweep)
+            saved = saved_trials(sweep)
             done = [t for t, (status, _) in saved.items() if status == "TERMINATED"]
             going = [t for t, (status, it) in saved.items() if status == "RUNNING" and 1 <= it < STEPS]
             if done and going:
