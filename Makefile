@@ -40,9 +40,9 @@ integration: venv
 	HF_HUB_OFFLINE=1 $(BIN)/pytest tests/integration -q
 
 # ruff first (seconds); mypy then runs beside pytest, and reports after it. pytest runs two workers, each
-# module on one of them (its fixtures and clusters stay whole), modules with slow tests first: the Ray
-# jobs and node start-ups of one leave cores idle that the other uses. The ten slowest tests close
-# pytest's summary. Every part must pass.
+# module on one of them (its fixtures and clusters stay whole; the multi-node modules one after the other),
+# modules with slow tests first: the Ray jobs and node start-ups of one leave cores idle that the other
+# uses (tests/conftest.py). The ten slowest tests close pytest's summary. Every part must pass.
 test: lint
 	$(BIN)/mypy pipeline actors jobs > $(VENV)/typecheck.log 2>&1 & typecheck=$$!; \
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q --durations=10 -n 2 --dist loadfile; tests=$$?; \

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from s3 import S3Server, s3_env
@@ -16,11 +17,29 @@ from pipeline.data import EDSplit, EpitomeData, parse_ed_split, read_epitome
 ROOT = Path(__file__).resolve().parents[1]
 
 
+MULTI_NODE_MODULES = ("test_nodes", "test_cluster_storage", "test_node_loss")
+"""Modules that start several Ray nodes each: with ``make test``'s two workers they run one after the other
+on one worker (two such clusters side by side on two cores would starve each other's health checks)."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules with slow tests first (stable otherwise): with ``-n 2 --dist loadfile`` (``make test``) the
-    long modules start at once on the two workers and the short ones fill in around them."""
+    """Modules with slow tests first (stable otherwise): with ``make test``'s two workers the long ones
+    start at once and the short ones fill in around them."""
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module}
     items.sort(key=lambda item: 0 if item.module and item.module.__name__ in slow_modules else 1)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``make test``'s scheduler (``-n 2 --dist loadfile``): each module whole on one worker (its fixtures and
+    clusters with it), the multi-node modules all on the same one, one after the other."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleScheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "multi-node modules" if Path(module).stem in MULTI_NODE_MODULES else module
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
