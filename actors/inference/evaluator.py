@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from actors.cluster.group import Pending, RoleGroup, gather
 from actors.cluster.placement import Reservation, RoleProcess, evaluation_bundles
+from actors.cluster.recovery import await_reservation
 from actors.cluster.session import worker_runtime_env
 from actors.inference.scorer import IdentifierScorerWorker
 from pipeline import storage
@@ -205,6 +206,11 @@ def evaluate_policies(
         make_options=lambda rank: placement.options("identifier scorer", rank),
         max_restarts=cfg.ppo.max_restarts,
     )
+
+    def await_capacity() -> None:  # a dead actor's node may be gone: wait for its bundle on a live one
+        await_reservation(reservation, "evaluation", res.node_loss_wait_s)
+
+    workers.before_replace = scorers.before_replace = await_capacity
     try:
         waves = _submit(workers, policies, chunks, split, greedy=greedy, per_wave=workers_n * wave_chunks)
         responses: list[dict[int, tuple[str, ...]]] = [{} for _ in policies]

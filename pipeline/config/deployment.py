@@ -98,8 +98,8 @@ class ResourcesConfig:
     (``cluster.yaml``) set about the time a node takes to boot, e.g. ``900``: the stage's demand is
     what makes the autoscaler start them."""
     node_loss_wait_s: float = 300.0
-    """Seconds a PPO run whose node died waits for the lost roles' resources to come back (an
-    autoscaler's replacement node, or spare capacity on the others) before it stops with the
+    """Seconds a PPO run (or an evaluation) whose node died waits for the lost roles' resources to come
+    back (an autoscaler's replacement node, or spare capacity on the others) before it stops with the
     ``--resume`` command to run once they are back. Roles are re-created in their re-reserved bundles;
     a lost learner rank rolls every rank back to the last complete checkpoint. ``0``: stop at once."""
     placement: str = "PACK"
