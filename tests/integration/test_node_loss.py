@@ -34,6 +34,7 @@ from typing import Any
 import boto3
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from nodes import ROOT, NoSharedDiskCluster
 from ppo_inputs import publish_run, tiny_overrides
 from s3 import S3Server, StallingProxy
@@ -186,11 +187,12 @@ def bucket(
         remote._filesystem.cache_clear()
         for run in ("base", "faults", "stop"):
             publish_run(ppo_run, f"s3://{name}/runs/{run}")
-        publish_run(sweep_run, f"s3://{name}/runs/sweep", ("train", "valid"))
-        space = storage.local_path(f"s3://{name}/spaces/kl.yaml")
-        space.parent.mkdir(parents=True)
-        space.write_text(SWEEP_SPACE)
-        storage.publish(space)
+        for scheduler, (text, _) in SWEEPS.items():
+            publish_run(sweep_run, f"s3://{name}/runs/sweep_{scheduler}", ("train", "valid"))
+            space = storage.local_path(f"s3://{name}/spaces/{scheduler}.yaml")
+            space.parent.mkdir(parents=True, exist_ok=True)
+            space.write_text(text)
+            storage.publish(space)
     remote._filesystem.cache_clear()
     yield Bucket(s3_server, name, folder, StallingProxy(s3_server.endpoint, STALL))
 
@@ -345,8 +347,13 @@ def test_ppo_stops_with_the_resume_command_when_no_node_comes_back_and_the_comma
     bucket.results["stop"] = {"stopped_after_s": stopped_after}
 
 
-SWEEP_SPACE = "ppo.kl_coef: {grid: [0.05, 0.1, 0.2, 0.4]}\n"
-"""Four trials."""
+SWEEPS = {
+    "asha": ("ppo.kl_coef: {grid: [0.05, 0.1, 0.2, 0.4]}\n", ["--scheduler", "asha"]),
+    "pbt": ("ppo.kl_coef: {uniform: [0.05, 0.5]}\n", ["--scheduler", "pbt", "--perturbation-interval", "1",
+                                                        "--num-samples", "4"]),
+}  # fmt: skip
+"""Four trials each: a grid under ASHA; samples under PBT, which copies the better trials' checkpoints into
+the worse ones with mutated values at every report."""
 SWEEP_STEPS = 4
 
 
@@ -362,17 +369,21 @@ def _actors(cluster: NoSharedDiskCluster, class_part: str) -> list[str]:
     )
 
 
+@pytest.mark.parametrize("scheduler", list(SWEEPS))
 def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
-    cluster: NoSharedDiskCluster, bucket: Bucket
+    cluster: NoSharedDiskCluster, bucket: Bucket, scheduler: str
 ) -> None:
-    """A 4-trial ASHA sweep, two trials at a time, each trial's function and PPO roles packed on one worker
-    node; once a trial has a checkpoint in the bucket, the node running one of them is killed and a node of
-    the same size joins 5 s later. Tune restarts that trial from its last checkpoint (``--max-failures``),
-    the other goes on, the sweep ends with every trial once in the table and the restarted one marked."""
-    uri = bucket.uri("sweep")
+    """A 4-trial sweep (ASHA; PBT), two trials at a time, each trial's function and PPO roles packed on one
+    worker node; once a trial has a checkpoint in the bucket, the node running one of them is killed and a
+    node of the same size joins 5 s later. Tune restarts that trial from its last checkpoint
+    (``--max-failures``) with its own hyperparameters (PBT's mutated ones included), the other goes on, the
+    sweep ends with every trial once in the table and the restarted one marked."""
+    run = f"sweep_{scheduler}"
+    uri = bucket.uri(run)
     command = [
-        EMPRL, "tune", "--run-dir", uri, "--space", f"s3://{bucket.name}/spaces/kl.yaml", "--scheduler", "asha",
-        "--max-concurrent", "2", "--dev-examples", "8", "--eval-examples", "8", "--max-failures", "2",
+        EMPRL, "tune", "--run-dir", uri, "--space", f"s3://{bucket.name}/spaces/{scheduler}.yaml",
+        *SWEEPS[scheduler][1], "--max-concurrent", "2", "--dev-examples", "8", "--eval-examples", "8",
+        "--max-failures", "2",
         *tiny_overrides(resources__address="auto", ppo__total_steps=SWEEP_STEPS, ppo__save_every=1),
     ]  # fmt: skip
     job = cluster.start_job(command, ROOT, env=JOB_ENV)
@@ -381,34 +392,43 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
     while victim is None:
         assert cluster.job_status(job) in ("PENDING", "RUNNING"), cluster.job_logs(job)[-6000:]
         assert time.monotonic() < deadline, "no trial checkpoint in the bucket within 900 s"
-        if any("/checkpoint_" in key for key in bucket.keys("sweep", "sweep/tune/")):
+        if any("/checkpoint_" in key for key in bucket.keys(run, "sweep/tune/")):
             victim = next((n for n in _actors(cluster, "ImplicitFunc") if n != "head"), None)
         time.sleep(1)
     killed_at = time.monotonic()
+    node_type = {
+        k: v for k, v in cluster.nodes[victim].resources.items() if k != victim
+    }  # e.g. {"node_b": 1}
     cluster.kill_node(victim)
     time.sleep(REPLACEMENT_AFTER_S)
-    cluster.add_node(f"{victim}_sweep", 2)
+    cluster.add_node(f"{victim}_{scheduler}", 2, node_type)  # the same node type comes back
     while cluster.job_status(job) in ("PENDING", "RUNNING"):
         assert time.monotonic() < killed_at + 900, cluster.job_logs(job)[-6000:]
         time.sleep(2)
     logs = cluster.job_logs(job)
     assert cluster.job_status(job) == "SUCCEEDED", logs[-6000:]
     seconds = time.monotonic() - killed_at
-    trials = pq.read_table(io.BytesIO(bucket.read("sweep", "sweep/trials.parquet"))).to_pylist()
-    print(f"\nsweep: killed {victim} (running a trial); finished {seconds:.0f} s later")
+    trials = pq.read_table(io.BytesIO(bucket.read(run, "sweep/trials.parquet"))).to_pylist()
+    print(f"\n{scheduler} sweep: killed {victim} (running a trial); finished {seconds:.0f} s later")
     for t in trials:
         print(
             f"  {t['trial_id']}: kl_coef {t['ppo.kl_coef']} {t['status']} iterations {t['iteration']} starts {t['starts']}"
         )
     assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 4, trials
     assert {t["status"] for t in trials} <= {"completed", "stopped"}, trials
-    assert sorted(t["ppo.kl_coef"] for t in trials) == [0.05, 0.1, 0.2, 0.4]
+    if scheduler == "asha":
+        assert sorted(t["ppo.kl_coef"] for t in trials) == [0.05, 0.1, 0.2, 0.4]
     assert any(t["starts"] == 2 for t in trials), trials  # the trial on the lost node started again
-    for t in trials:  # each trial's PPO log: every iteration once, whatever restarted it
-        log = bucket.read("sweep", f"sweep/trials/{t['trial_id']}/ppo/metrics.jsonl").decode().splitlines()
+    for t in trials:
+        folder = f"sweep/trials/{t['trial_id']}/ppo"
+        # its PPO log: every iteration once, whatever restarted it (a lost node, a PBT exploit)
+        log = bucket.read(run, f"{folder}/metrics.jsonl").decode().splitlines()
         iterations = [json.loads(line)["iteration"] for line in log if line]
         assert iterations == list(range(1, len(iterations) + 1)) and iterations, (t["trial_id"], iterations)
-    bucket.results["sweep"] = {"seconds_after_kill": seconds, "victim": victim}
+        # PPO last ran under the hyperparameters Tune holds for the trial (after a restart, after a mutation)
+        in_force = yaml.safe_load(bucket.read(run, f"{folder}/config.yaml"))["ppo"]["kl_coef"]
+        assert in_force == t["ppo.kl_coef"], (t["trial_id"], in_force, t["ppo.kl_coef"])
+    bucket.results[run] = {"seconds_after_kill": seconds, "victim": victim}
 
 
 SFT = ["sft.epochs=3", "resources.address=auto", "resources.role_nodes=trainer=node_b"]
@@ -416,7 +436,12 @@ SFT = ["sft.epochs=3", "resources.address=auto", "resources.role_nodes=trainer=n
 
 
 def _alive_of_type(cluster: NoSharedDiskCluster, node_type: str) -> str:
-    return next(n for n, node in cluster.nodes.items() if node_type in node.resources and cluster.pids(n))
+    """A live node of ``node_type`` (one joins if none is left from the tests before)."""
+    alive = [n for n, node in cluster.nodes.items() if node_type in node.resources and cluster.pids(n)]
+    if not alive:
+        alive.append(f"{node_type}_sft")
+        cluster.add_node(alive[0], 2, {node_type: 1.0})
+    return alive[0]
 
 
 def test_sft_survives_losing_its_train_worker_node_mid_epoch(
@@ -425,6 +450,7 @@ def test_sft_survives_losing_its_train_worker_node_mid_epoch(
     """``emprl sft`` with its Ray Train worker on a node of type node_b: once the first epoch's checkpoint is
     in the bucket, that node dies and another of its type joins 5 s later. Ray Train restarts the worker
     from the last persisted checkpoint; the run ends with the uninterrupted run's losses and weights."""
+    victim = _alive_of_type(cluster, "node_b")
     rc, logs = cluster.submit([EMPRL, "sft", "--run-dir", bucket.uri("sft_base"), *SFT], ROOT, env=JOB_ENV,
                               timeout=900, log=bucket.folder / "sft_base.log")  # fmt: skip
     assert rc == 0, logs[-6000:]
@@ -434,7 +460,6 @@ def test_sft_survives_losing_its_train_worker_node_mid_epoch(
         assert cluster.job_status(job) in ("PENDING", "RUNNING"), cluster.job_logs(job)[-6000:]
         assert time.monotonic() < deadline, "no SFT checkpoint in the bucket within 900 s"
         time.sleep(0.5)
-    victim = _alive_of_type(cluster, "node_b")
     killed_at = time.monotonic()
     cluster.kill_node(victim)
     time.sleep(REPLACEMENT_AFTER_S)
