@@ -349,11 +349,9 @@ def test_ppo_stops_with_the_resume_command_when_no_node_comes_back_and_the_comma
 
 SWEEPS = {
     "asha": ("ppo.kl_coef: {grid: [0.05, 0.1, 0.2, 0.4]}\n", ["--scheduler", "asha"]),
-    "pbt": ("ppo.kl_coef: {uniform: [0.05, 0.5]}\n", ["--scheduler", "pbt", "--perturbation-interval", "1",
-                                                        "--num-samples", "4"]),
 }  # fmt: skip
-"""Four trials each: a grid under ASHA; samples under PBT, which copies the better trials' checkpoints into
-the worse ones with mutated values at every report."""
+"""Four trials, a grid under ASHA. (A PBT sweep survives the same loss, but PBT restarts its trials at every
+exploit too, so ``starts`` cannot single out the restart the lost node caused: not asserted here.)"""
 SWEEP_STEPS = 4
 
 
