@@ -367,9 +367,12 @@ class NoSharedDiskCluster:
         return [row for row in rows if row.get("state") == "ALIVE"]
 
     def pids(self, name: str) -> list[int]:
-        """Every live process of node ``name`` (those in its mount namespace)."""
+        """Every live process of node ``name`` (those in its mount namespace); none once the node's own
+        process has exited (the kernel may give a later node the same namespace inode)."""
         node = self.nodes[name]
-        return _pids_in(node.namespace) if node.namespace else []
+        if not node.namespace or node.proc is None or node.proc.poll() is not None:
+            return []
+        return _pids_in(node.namespace)
 
     def kill_node(self, name: str) -> None:
         """A node's death: SIGKILL every process in its namespace (its private ``/tmp`` goes with them)."""
