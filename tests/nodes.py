@@ -539,6 +539,17 @@ class NoSharedDiskCluster:
         with urllib.request.urlopen(f"{self.dashboard_url}/api/jobs/{job_id}", timeout=10) as r:
             return str(json.loads(r.read())["status"])
 
+    def wait_job(self, job_id: str, timeout_s: float) -> tuple[str, str]:
+        """Until job ``job_id`` ends (failing after ``timeout_s`` with its logs); its final status and logs."""
+        deadline = time.monotonic() + timeout_s
+        while (status := self.job_status(job_id)) in ("PENDING", "RUNNING"):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"job {job_id} still {status} after {timeout_s:.0f} s:\n{self.job_logs(job_id)[-6000:]}"
+                )
+            time.sleep(1)
+        return status, self.job_logs(job_id)
+
     def stop_job(self, job_id: str) -> None:
         """``ray job stop`` (SIGTERM to the job's driver, then SIGKILL), waiting for the job to end."""
         cli = [str(RAY), "job", "stop", "--address", self.dashboard_url, job_id]

@@ -100,10 +100,11 @@ def breakdown(bundles: Sequence[RoleBundle]) -> str:
     groups: dict[str, list[RoleBundle]] = {}
     for b in bundles:
         groups.setdefault(b.role, []).append(b)
-    return ", ".join(f"{len(bs)} {role} x {_fmt(bs[0].resources)}" for role, bs in groups.items())
+    return ", ".join(f"{len(bs)} {role} x {format_resources(bs[0].resources)}" for role, bs in groups.items())
 
 
-def _fmt(resources: Mapping[str, float]) -> str:
+def format_resources(resources: Mapping[str, float]) -> str:
+    """``{CPU: 0.5, GPU: 1}``: resources for messages."""
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items())) + "}"
 
 
@@ -111,7 +112,7 @@ def _check_nonempty(what: str, bundles: Sequence[RoleBundle]) -> None:
     for b in bundles:
         if not any(v > 0 for v in b.resources.values()):
             raise ReservationError(
-                f"{what}: {b.role} {b.rank} asks for no resources ({_fmt(b.resources)}); a placement bundle "
+                f"{what}: {b.role} {b.rank} asks for no resources ({format_resources(b.resources)}); a placement bundle "
                 "needs some. Fix: give the role CPUs (resources.*_cpus > 0)."
             )
 
@@ -169,8 +170,8 @@ class Reservation:
             remove_placement_group(group)
             free: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
             raise ReservationError(
-                f"{what} asked for {_fmt(total(bundles))} ({breakdown(bundles)}); after {timeout_s:g} s the "
-                f"cluster still has only {_fmt(free)} free. Fix: wait for other work to finish, or lower "
+                f"{what} asked for {format_resources(total(bundles))} ({breakdown(bundles)}); after {timeout_s:g} s the "
+                f"cluster still has only {format_resources(free)} free. Fix: wait for other work to finish, or lower "
                 "resources.*_cpus or the worker counts"
                 + (
                     ", or raise resources.scale_up_wait_s if nodes are still starting."
@@ -209,15 +210,15 @@ class Reservation:
         if len(available) < len(bundles):
             raise ReservationError(
                 f"{what} needs {len(bundles)} bundles ({breakdown(bundles)}) but the reservation holds "
-                f"{len(available)} after bundle {self.first} ({[_fmt(b) for b in available]}). Fix: reserve "
+                f"{len(available)} after bundle {self.first} ({[format_resources(b) for b in available]}). Fix: reserve "
                 "the stage's bundle list (ppo_bundles / evaluation_bundles of the same config)."
             )
         for index, (b, spec) in enumerate(zip(bundles, available, strict=False)):
             short = {k: v for k, v in b.resources.items() if v > spec.get(k, 0.0) + 1e-9}
             if short:
                 raise ReservationError(
-                    f"{what}: {b.role} {b.rank} needs {_fmt(b.resources)} but bundle {self.first + index} of the "
-                    f"reservation has {_fmt(spec)}. Fix: reserve the stage's bundle list computed from the same "
+                    f"{what}: {b.role} {b.rank} needs {format_resources(b.resources)} but bundle {self.first + index} of the "
+                    f"reservation has {format_resources(spec)}. Fix: reserve the stage's bundle list computed from the same "
                     "config."
                 )
         return Placement(self, list(bundles))

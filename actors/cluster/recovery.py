@@ -28,7 +28,7 @@ import ray
 from ray.util.placement_group import placement_group_table
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.cluster.placement import Reservation
+from actors.cluster.placement import Reservation, format_resources
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class LostNode:
         shown = {
             k: v for k, v in self.resources.items() if not k.startswith(("node:", "memory", "object_store"))
         }
-        return f"{self.node_id[:12]} {_fmt(shown)}"
+        return f"{self.node_id[:12]} {format_resources(shown)}"
 
 
 class NodeLostError(RuntimeError):
@@ -60,15 +60,11 @@ class NodeLostError(RuntimeError):
     ) -> None:
         nodes = ", ".join(n.describe() for n in lost) or "a node"
         super().__init__(
-            f"{what}: node {nodes} died and its share of the {what} reservation ({_fmt(missing)}) was not "
+            f"{what}: node {nodes} died and its share of the {what} reservation ({format_resources(missing)}) was not "
             f"re-reserved within {waited_s:.0f} s (resources.node_loss_wait_s): no node with those resources "
             "came up. Everything up to the last complete checkpoint is in the run folder."
         )
         self.what, self.lost, self.missing, self.waited_s = what, lost, dict(missing), waited_s
-
-
-def _fmt(resources: Mapping[str, float]) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items())) + "}"
 
 
 @ray.remote(num_cpus=0)
@@ -158,7 +154,7 @@ def await_reservation(
     logger.warning(
         "%s: node %s lost with %s of the reservation; waiting up to %.0f s (resources.node_loss_wait_s) for "
         "those bundles to be re-reserved on a live node",
-        what, ", ".join(n.describe() for n in lost) or "?", _fmt(missing), wait_s,
+        what, ", ".join(n.describe() for n in lost) or "?", format_resources(missing), wait_s,
     )  # fmt: skip
     deadline = started + wait_s
     while True:

@@ -316,12 +316,9 @@ def test_ppo_stops_with_the_resume_command_when_no_node_comes_back_and_the_comma
         time.sleep(0.5)
     killed_at = time.monotonic()
     cluster.kill_node(learner_node)  # nothing replaces it
-    while cluster.job_status(job) in ("PENDING", "RUNNING"):
-        assert time.monotonic() < killed_at + 300, cluster.job_logs(job)[-6000:]
-        time.sleep(1)
+    status, logs = cluster.wait_job(job, 300)
     stopped_after = time.monotonic() - killed_at
-    logs = cluster.job_logs(job)
-    assert cluster.job_status(job) == "FAILED", logs[-6000:]
+    assert status == "FAILED", logs[-6000:]
     message = logs[logs.index("node lost:") :]
     print(f"\nstopped {stopped_after:.0f} s after the kill:\n{message}")
     assert "resources.node_loss_wait_s" in message and "node_b" in message, message
@@ -393,11 +390,8 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
     cluster.kill_node(victim)
     time.sleep(REPLACEMENT_AFTER_S)
     cluster.add_node(f"{victim}_{scheduler}", 2, node_type)  # the same node type comes back
-    while cluster.job_status(job) in ("PENDING", "RUNNING"):
-        assert time.monotonic() < killed_at + 900, cluster.job_logs(job)[-6000:]
-        time.sleep(2)
-    logs = cluster.job_logs(job)
-    assert cluster.job_status(job) == "SUCCEEDED", logs[-6000:]
+    status, logs = cluster.wait_job(job, 900)
+    assert status == "SUCCEEDED", logs[-6000:]
     seconds = time.monotonic() - killed_at
     trials = pq.read_table(io.BytesIO(bucket.read(run, "sweep/trials.parquet"))).to_pylist()
     print(f"\n{scheduler} sweep: killed {victim} (running a trial); finished {seconds:.0f} s later")
@@ -455,12 +449,9 @@ def test_sft_survives_losing_its_train_worker_node_mid_epoch(
     cluster.kill_node(victim)
     time.sleep(REPLACEMENT_AFTER_S)
     cluster.add_node(f"{victim}_sft", 2, {"node_b": 1.0})
-    while cluster.job_status(job) in ("PENDING", "RUNNING"):
-        assert time.monotonic() < killed_at + 900, cluster.job_logs(job)[-6000:]
-        time.sleep(1)
+    status, logs = cluster.wait_job(job, 900)
     seconds = time.monotonic() - killed_at
-    logs = cluster.job_logs(job)
-    assert cluster.job_status(job) == "SUCCEEDED", logs[-6000:]
+    assert status == "SUCCEEDED", logs[-6000:]
     lost, base = (json.loads(bucket.read(run, "sft/metrics.json")) for run in ("sft_lost", "sft_base"))
     print(f"\nSFT: killed {victim} after the first checkpoint; finished {seconds:.0f} s later")
     print(f"  uninterrupted: {base}\n  with the loss: {lost}")
