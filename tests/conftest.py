@@ -29,6 +29,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: 0 if item.module and item.module.__name__ in slow_modules else 1)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist runs without it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``make test``'s scheduler (``-n 2 --dist loadfile``): each module whole on one worker (its fixtures and
     clusters with it), the multi-node modules all on the same one, one after the other."""

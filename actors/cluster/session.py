@@ -20,8 +20,8 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from actors.cluster.worker_setup import WORKER_SETUP_HOOK
 from pipeline.config import ResourcesConfig
-from pipeline.progress import WORKER_MARK
 from pipeline.storage import ray_storage
 
 logger = logging.getLogger(__name__)
@@ -70,43 +70,10 @@ def worker_env(res: ResourcesConfig) -> dict[str, str]:
     return env
 
 
-class _Marked(logging.Filter):
-    """Progress lines and warnings of the project's own loggers."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or getattr(record, "progress", False)
-
-
-def worker_logging() -> None:
-    """Ray's setup hook for every worker process: the project's loggers print to stderr at INFO (Ray
-    forwards it to the job's log), their progress lines and warnings marked for the terminal, and
-    transformers' and Hugging Face's progress bars and advisories off."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
-    marked = logging.StreamHandler()
-    marked.addFilter(_Marked())
-    marked.setFormatter(logging.Formatter(WORKER_MARK + "%(message)s"))
-    plain = logging.StreamHandler()
-    plain.addFilter(lambda record: not _Marked().filter(record))
-    plain.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    for name in ("pipeline", "actors"):
-        project = logging.getLogger(name)
-        project.handlers = [marked, plain]
-        project.setLevel(logging.INFO)
-        project.propagate = False
-
-
 def worker_runtime_env(res: ResourcesConfig) -> dict[str, Any]:
     """The runtime environment of every actor, task and Train worker: :func:`worker_env` and
-    :func:`worker_logging`."""
-    return {"env_vars": worker_env(res), "worker_process_setup_hook": "actors.cluster.session.worker_logging"}
+    :func:`~actors.cluster.worker_setup.worker_logging`."""
+    return {"env_vars": worker_env(res), "worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
 def init_ray(res: ResourcesConfig) -> bool:

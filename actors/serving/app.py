@@ -130,9 +130,13 @@ def build_app(cfg: Config, policy_dir: str | Path, identifiers_dir: str | Path) 
 
 
 def start_serve(cfg: Config) -> None:
-    """Start Serve's HTTP proxy on ``serve.host:serve.port`` with ``serve.request_timeout_s`` (Ray up)."""
+    """Start Serve's HTTP proxies (``serve.proxy_location``) on ``serve.host:serve.port`` with
+    ``serve.request_timeout_s`` (Ray up)."""
     s = cfg.serve
-    serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s})
+    serve.start(
+        proxy_location=s.proxy_location,
+        http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s},
+    )
 
 
 @contextlib.contextmanager

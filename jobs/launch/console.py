@@ -4,7 +4,7 @@ The only place logging is configured. While a job runs, file descriptors 1 and 2
 (and so of the Ray processes it starts, and the worker output Ray forwards) go to the run folder's
 log; the terminal gets each stage's start, progress with rate and ETA, headline results and every
 warning and error of this process. Ray workers mark their progress lines (:data:`MARK`, set up by
-:func:`actors.cluster.session.worker_logging`) and those are shown too. ``--verbose`` shows everything.
+:func:`actors.cluster.worker_setup.worker_logging`) and those are shown too. ``--verbose`` shows everything.
 An exception leaves the context with the terminal restored, so its traceback reaches it in full.
 """
 

@@ -165,6 +165,10 @@ class ServeConfig:
     a lost worker node then takes only model replicas with it, whose calls the ingress retries, never the
     ingress with every request in flight. ``false`` lets it run anywhere (with GCS fault tolerance, where
     the worker nodes' proxies keep serving while a new head starts)."""
+    proxy_location: str = "EveryNode"
+    """Where Serve runs its HTTP proxies: ``EveryNode`` (Serve's default; a load balancer in front of the
+    nodes keeps answering when one is lost), ``HeadOnly`` (one address, the head's) or ``Disabled``
+    (handles only, no HTTP)."""
     max_queued_requests: int = 64
     """Requests queued per caller before Serve answers 503 (-1: unbounded)."""
     request_timeout_s: float = 30.0

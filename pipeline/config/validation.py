@@ -279,6 +279,14 @@ def check_serve(s: ServeConfig) -> None:
     """The HTTP service: port, limits, replicas and autoscaling."""
     require(1 <= s.port <= 65535, "serve.port", s.port, "must be a TCP port in 1..65535", "use 8000")
     require(bool(s.host), "serve.host", s.host, "must not be empty", "use 127.0.0.1")
+    locations = ("EveryNode", "HeadOnly", "Disabled")
+    require(
+        s.proxy_location in locations,
+        "serve.proxy_location",
+        s.proxy_location,
+        f"must be one of {', '.join(locations)}",
+        "use EveryNode",
+    )
     counts = {
         "policy_replicas": "use 1",
         "identifier_replicas": "use 1",

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import threading
 import time
 import urllib.error
@@ -202,6 +203,12 @@ def cluster(bucket: Bucket) -> Iterator[NoSharedDiskCluster]:
     with NoSharedDiskCluster(NODES, env=env, logs=bucket.folder / "nodes") as started:
         print(f"cluster up in {started.startup_s:.1f} s")
         yield started
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_driver(
@@ -397,13 +404,13 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
     print(f"\n{scheduler} sweep: killed {victim} (running a trial); finished {seconds:.0f} s later")
     for t in trials:
         print(
-            f"  {t['trial_id']}: kl_coef {t['ppo.kl_coef']} {t['status']} iterations {t['iteration']} starts {t['starts']}"
+            f"  {t['trial_id']}: kl_coef {t['ppo.kl_coef']} {t['status']} iterations {t['iteration']} restarts {t['restarts']}"
         )
     assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 4, trials
     assert {t["status"] for t in trials} <= {"completed", "stopped"}, trials
     if scheduler == "asha":
         assert sorted(t["ppo.kl_coef"] for t in trials) == [0.05, 0.1, 0.2, 0.4]
-    assert any(t["starts"] == 2 for t in trials), trials  # the trial on the lost node started again
+    assert any(t["restarts"] == 1 for t in trials), trials  # the trial on the lost node started again
     for t in trials:
         folder = f"sweep/trials/{t['trial_id']}/ppo"
         # its PPO log: every iteration once, whatever restarted it (a lost node, a PBT exploit)
@@ -465,6 +472,11 @@ def test_sft_survives_losing_its_train_worker_node_mid_epoch(
     bucket.results["sft"] = {"seconds_after_kill": seconds}
 
 
+CLIENTS, LOAD_S, KILL_AT_S, AFTER_S = 16, 20.0, 6.0, 5.0
+"""Serve under load: 16 clients for 20 s, the node killed 6 s in, the load on for 5 s more at least once
+the replica is replaced."""
+
+
 def _get(url: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
@@ -486,3 +498,106 @@ def _node_names(cluster: NoSharedDiskCluster) -> dict[str, str]:
         )
         for row in cluster.alive_nodes()
     }
+
+
+def _replicas(cluster: NoSharedDiskCluster, deployment: str) -> list[str]:
+    """Node names of the alive replicas of ``deployment`` of the ``emprl`` app."""
+    return _actors(cluster, f"ServeReplica:emprl:{deployment}")
+
+
+def _percentiles(spans: list[float]) -> str:
+    if not spans:
+        return "-"
+    spans = sorted(spans)
+    return (
+        f"p50 {spans[len(spans) // 2]:.2f} s, p99 {spans[min(len(spans) - 1, int(0.99 * len(spans)))]:.2f} s"
+    )
+
+
+def test_serve_under_load_loses_a_node_with_a_policy_replica(
+    cluster: NoSharedDiskCluster, bucket: Bucket, baseline: dict[str, Any]
+) -> None:
+    """``emprl serve`` (its driver and HTTP proxy on the head: the simulated nodes share one address, so
+    their proxies would share one port) with two policy replicas on two nodes; the
+    node of one of them is killed under 16 clients. Serve re-creates the replica on a live node; the
+    ingress retries a call whose replica died once, so a client sees at most the calls lost twice, each a
+    503 with Retry-After; every request sent after the replacement answers 200."""
+    port = _free_port()
+    command = [EMPRL, "serve", "--run-dir", bucket.uri("base"), *tiny_overrides(
+        resources__address="auto", serve__port=port, serve__policy_replicas=2, serve__policy_cpus=0.6,
+        serve__identifier_cpus=0.25, serve__health_check_period_s=1.0, serve__proxy_location="HeadOnly",
+    )]  # fmt: skip
+    job = cluster.start_job(command, ROOT, env=JOB_ENV)
+    url = f"http://127.0.0.1:{port}"
+    body = {"turns": ["I lost my job today."], "sampling": {"max_new_tokens": 4}}
+    try:
+        deadline = time.monotonic() + 300
+        while _get(f"{url}/healthz", timeout=10)[0] != 200 or len(_replicas(cluster, "policy")) < 2:
+            assert cluster.job_status(job) in ("PENDING", "RUNNING"), cluster.job_logs(job)[-6000:]
+            assert time.monotonic() < deadline, cluster.job_logs(job)[-6000:]
+            time.sleep(1)
+        before = _replicas(cluster, "policy")
+        ingress = _replicas(cluster, "ingress")
+        assert ingress == ["head"], ingress  # serve.ingress_on_head: beside the proxy, never on a worker
+        workers = [n for n in before if n != "head"]  # 0.6 CPU each: the head (1 CPU) holds one at most
+        assert workers, f"no policy replica on a worker node: {before}"
+        victim = workers[0]
+
+        results: list[tuple[float, float, int]] = []
+        lock, stop = threading.Lock(), threading.Event()
+
+        def client(k: int) -> None:
+            seed = 1000 * k
+            while not stop.is_set():
+                sent = time.monotonic()
+                status, _ = _get(
+                    f"{url}/v1/respond", {**body, "sampling": {**body["sampling"], "seed": seed}}
+                )
+                with lock:
+                    results.append((sent, time.monotonic(), status))
+                seed += 1
+
+        threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(CLIENTS)]
+        start = time.monotonic()
+        for thread in threads:
+            thread.start()
+        time.sleep(KILL_AT_S)
+        killed = time.monotonic()
+        cluster.kill_node(victim)
+        recovered = None
+        while time.monotonic() < max(start + LOAD_S, (recovered or killed) + AFTER_S) or recovered is None:
+            now = _replicas(cluster, "policy")
+            if recovered is None and len(now) == 2 and victim not in now:
+                recovered = time.monotonic()
+            assert time.monotonic() < killed + 180, f"policy replicas {now} 180 s after the kill"
+            time.sleep(0.5)
+        stop.set()
+        ended = time.monotonic()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        logs = cluster.job_logs(job)
+        cluster.stop_job(job)
+    after_replicas = _replicas(cluster, "policy")
+    in_flight = [s for s, e, _ in results if s < killed < e]
+    failed = [(s - killed, e - killed, st) for s, e, st in results if st != 200]
+    phases = {
+        "before": [e - s for s, e, _ in results if e < killed],
+        "during": [e - s for s, e, _ in results if killed <= s < recovered],
+        "after": [e - s for s, e, _ in results if s >= recovered],
+    }
+    late = [st for s, _, st in results if s >= recovered]
+    print(f"\nserve: policy replicas {before} (ingress {ingress}); killed {victim}; replaced "
+          f"{recovered - killed:.1f} s after the kill -> {after_replicas}")  # fmt: skip
+    print(f"{len(results)} requests from {CLIENTS} clients in {ended - start:.0f} s: {len(results) - len(failed)} "
+          f"answered 200, {len(failed)} failed {sorted({st for *_, st in failed})}; {len(in_flight)} in flight "
+          "at the kill")  # fmt: skip
+    for phase, spans in phases.items():
+        print(f"  {phase:6} the replacement: {len(spans):4d} requests, {_percentiles(spans)}")
+    bucket.results["serve"] = {"requests": len(results), "failed": len(failed), "in_flight": len(in_flight),
+                               "replaced_s": recovered - killed}  # fmt: skip
+    assert len(results) > CLIENTS * 4, len(results)
+    assert all(st == 503 for *_, st in failed), failed  # retryable, never a 500
+    assert len(failed) <= len(in_flight), (failed, len(in_flight))
+    assert late and set(late) == {200}, late
+    assert "EmpRL serving at" in logs, logs[-4000:]

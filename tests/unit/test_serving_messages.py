@@ -141,6 +141,7 @@ def test_levels_are_the_argmax_with_names() -> None:
     [
         ("serve.max_ongoing_requests=4", "serve.max_ongoing_requests"),
         ("serve.port=0", "serve.port"),
+        ("serve.proxy_location=Everywhere", "serve.proxy_location"),
         ("serve.max_queued_requests=0", "serve.max_queued_requests"),
         ("serve.request_timeout_s=0", "serve.request_timeout_s"),
         ("serve.api_key_env='my secret key'", "serve.api_key_env"),

@@ -183,7 +183,9 @@ def trial_row(result: Any, space: SearchSpace, cfg: Config, objective: Objective
     row["total_steps"] = cfg.with_overrides(config).ppo.total_steps if config else cfg.ppo.total_steps
     row["reports"] = int(metrics.get("training_iteration", 0))
     row["wall_s"] = float(metrics.get("time_total_s", math.nan))
-    row["starts"] = int(metrics.get("trial/starts", 1))  # > 1: restarted (a failure, a lost node, a resume)
+    row["starts"] = int(metrics.get("trial/starts", 1))
+    row["exploits"] = int(metrics.get("trial/exploits", 0))  # PBT: starts from another trial's checkpoint
+    row["restarts"] = row["starts"] - 1 - row["exploits"]  # > 0: restarted (a failure, a lost node, a resume)
     row["feasible"] = objective.feasible(row)
     row["error"] = str(result.error).splitlines()[0][:500] if result.error is not None else ""
     return row

@@ -64,7 +64,10 @@ class TrialReporter:
         self.pending: Path | None = None
         self.last: dict[str, float] = {}
         self.starts = 1
-        """How many times this trial has started (a restart after a failure or a lost node, a resumed sweep)."""
+        """How many times this trial has started (a restart after a failure or a lost node, a resumed sweep,
+        a PBT exploit)."""
+        self.exploits = 0
+        """How many of those starts were PBT exploits (another trial's checkpoint under a mutated config)."""
 
     def hook(self, controller: PPOController, iteration: int, phase: str) -> None:
         """Remembers the controller, whose learner exports the current policy."""
@@ -85,9 +88,29 @@ class TrialReporter:
         """``tune.report`` (with the penalised objective, if any) and the PPO checkpoint written since the
         last report, if any."""
         checkpoint = tune_checkpoint(self.pending) if self.pending is not None else None
-        row = {**metrics, "trial/starts": float(self.starts)}
+        row = {**metrics, "trial/starts": float(self.starts), "trial/exploits": float(self.exploits)}
         tune.report({**row, **self.objective.penalised(row)}, checkpoint=checkpoint)
         self.pending = None
+
+
+def record_start(starts_file: Path, checkpoint: tune.Checkpoint | None) -> list[str]:
+    """Append this start of the trial to ``starts_file`` (outside the trial's own folder, which a fresh
+    start clears) and return every start so far: ``first``; ``restart`` (a failure, a lost node, a resumed
+    sweep: the trial's own checkpoint or none); ``exploit`` (PBT: a checkpoint that Tune saved for another
+    trial, which lives in that trial's folder)."""
+    starts = (read_text(starts_file) or "").split()
+    if not starts:
+        kind = "first"
+    elif (
+        checkpoint is not None
+        and Path(checkpoint.path).parent.name != Path(tune.get_context().get_trial_dir()).name
+    ):
+        kind = "exploit"
+    else:
+        kind = "restart"
+    starts.append(kind)
+    write_text(starts_file, "\n".join(starts) + "\n")
+    return starts
 
 
 def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
@@ -96,10 +119,8 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
     cfg = setup.cfg.with_overrides(plain_values(trial_config))
     trial = setup.sweep.trial(tune.get_context().get_trial_id())
     layout = setup.layout.moved(ppo=trial.ppo, evaluate=trial.evaluate)
-    starts_file = setup.sweep.path / "starts" / f"{trial.path.name}.txt"  # outside the trial's own folder
-    starts = int(read_text(starts_file) or 0) + 1
-    write_text(starts_file, str(starts))
     checkpoint = tune.get_checkpoint()
+    starts = record_start(setup.sweep.path / "starts" / f"{trial.path.name}.txt", checkpoint)
     if checkpoint is not None:  # a restarted or resumed trial, or a PBT exploit of another trial's state
         with checkpoint.as_directory() as folder:
             restore_checkpoint(Path(folder), layout.ppo.checkpoints)
@@ -111,7 +132,7 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
         cfg, dev_slice(split, settings.dev_examples, seed=cfg.run.seed), layout.identifiers.path
     )
     reporter = TrialReporter(setup, cfg, dev, trial.dev_policy)
-    reporter.starts = starts
+    reporter.starts, reporter.exploits = len(starts), starts.count("exploit")
     reservation = Reservation.current(first=1)
     ppo_stage(
         cfg,
