@@ -123,12 +123,17 @@ def test_labels_in_a_bucket_resume_and_merge_from_the_bucket_alone(
     assert again["splits"] == stats["splits"]
 
 
+def _publish_models(source: Path, run: str) -> str:
+    """The SFT policy and the identifiers of the run folder ``source`` published into the run ``run``."""
+    publish_copy(source / "sft" / "policy", f"{run}/sft/policy")
+    publish_identifiers(source, f"{run}/identifiers")
+    return run
+
+
 def test_evaluation_of_a_run_in_a_bucket_publishes_everything_it_writes(
     ray_cluster: None, sweep_run: Path, s3_server: S3Server, s3_bucket: str
 ) -> None:
-    run = f"{s3_bucket}/run"
-    publish_copy(sweep_run / "sft" / "policy", f"{run}/sft/policy")
-    publish_identifiers(sweep_run, f"{run}/identifiers")
+    run = _publish_models(sweep_run, f"{s3_bucket}/run")
     publish_copy(sweep_run / "labeled" / "valid.parquet", f"{run}/labeled/valid.parquet")
     log = storage.local_path(f"{run}/ppo/metrics.jsonl")
     storage.write_text(
@@ -170,9 +175,7 @@ def test_a_serve_replica_loads_its_models_from_a_bucket(
     from actors.serving.app import serving
     from jobs.cli.serve import app_builder, served_folders
 
-    run = f"{s3_bucket}/run"
-    publish_copy(sweep_run / "sft" / "policy", f"{run}/sft/policy")
-    publish_identifiers(sweep_run, f"{run}/identifiers")
+    run = _publish_models(sweep_run, f"{s3_bucket}/run")
     save_config(tiny_config(serve__max_turns=3), storage.local_path(f"{run}/config.yaml"))  # published
     wipe_mirror()
     app_builder({"run_dir": run})  # `serve run configs/serve.yaml` with run_dir: s3://...

@@ -35,6 +35,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from load import Load
 from nodes import ROOT, NoSharedDiskCluster
 from ppo_inputs import publish_run, tiny_overrides
 from s3 import S3Server, StallingProxy
@@ -543,24 +544,12 @@ def test_serve_under_load_loses_a_node_with_a_policy_replica(
         assert workers, f"no policy replica on a worker node: {before}"
         victim = workers[0]
 
-        results: list[tuple[float, float, int]] = []
-        lock, stop = threading.Lock(), threading.Event()
-
-        def client(k: int) -> None:
-            seed = 1000 * k
-            while not stop.is_set():
-                sent = time.monotonic()
-                status, _ = _get(
-                    f"{url}/v1/respond", {**body, "sampling": {**body["sampling"], "seed": seed}}
-                )
-                with lock:
-                    results.append((sent, time.monotonic(), status))
-                seed += 1
-
-        threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(CLIENTS)]
-        start = time.monotonic()
-        for thread in threads:
-            thread.start()
+        sampling = body["sampling"]
+        load = Load(
+            lambda seed: _get(f"{url}/v1/respond", {**body, "sampling": {**sampling, "seed": seed}})[0],
+            CLIENTS,
+        )
+        results, start = load.results, load.start().started
         time.sleep(KILL_AT_S)
         killed = time.monotonic()
         cluster.kill_node(victim)
@@ -571,10 +560,7 @@ def test_serve_under_load_loses_a_node_with_a_policy_replica(
                 recovered = time.monotonic()
             assert time.monotonic() < killed + 180, f"policy replicas {now} 180 s after the kill"
             time.sleep(0.5)
-        stop.set()
-        ended = time.monotonic()
-        for thread in threads:
-            thread.join(timeout=120)
+        ended = load.stop()
     finally:
         logs = cluster.job_logs(job)
         cluster.stop_job(job)

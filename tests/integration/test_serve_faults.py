@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 import torch
+from load import Load
 from ppo_inputs import POLICY, tiny_config
 from processes import free_port
 
@@ -246,21 +247,8 @@ def test_a_replica_killed_under_load_is_replaced(served: Served) -> None:
     try:
         before = policy_replicas("replicas")
         assert len(before) == 2, before
-        results: list[tuple[float, float, Reply]] = []
-        lock, stop = threading.Lock(), threading.Event()
-
-        def client(k: int) -> None:
-            seed = 1000 * k
-            while not stop.is_set():
-                sent = time.monotonic()
-                reply = respond(base, seed, UNDER_LOAD)
-                with lock:
-                    results.append((sent, time.monotonic(), reply))
-                seed += 1
-
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
-        for t in threads:
-            t.start()
+        load = Load(lambda seed: respond(base, seed, UNDER_LOAD), CLIENTS).start()
+        results = load.results
         try:
             time.sleep(2.0)
             victim = sorted(before)[0]
@@ -276,9 +264,7 @@ def test_a_replica_killed_under_load_is_replaced(served: Served) -> None:
                     replaced = time.monotonic()
             time.sleep(1.0)  # load on the new pair
         finally:
-            stop.set()
-            for t in threads:
-                t.join()
+            load.stop()
         failed = [(s - killed, e - killed, r) for s, e, r in results if r.status != 200]
         in_flight = [r.status for s, e, r in results if s < killed < e]
         meanwhile = [r.status for s, _, r in results if killed < s < (replaced or killed)]

@@ -13,6 +13,7 @@ server: the stage's Train workers and controller get the settings from the runti
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,32 @@ def cfg(demo_cache: Path) -> Config:
     return load_config("local", [*TINY, f"data.cache_dir={demo_cache}"])
 
 
+@dataclass
+class Bucketed:
+    """The run folder ``<bucket>/run`` and this process's node (its scratch root, i.e. its mirror)."""
+
+    uri: str
+    server: S3Server
+    monkeypatch: pytest.MonkeyPatch
+    scratch: Path
+
+    def layout(self) -> RunLayout:
+        return RunLayout(storage.local_path(self.uri))
+
+    def keys(self) -> dict[str, int]:
+        return _keys(self.server, self.uri)
+
+    def on_fresh_node(self, name: str) -> RunLayout:
+        """Another node: a new scratch root, nothing of the run mirrored on it yet."""
+        fresh_node(self.monkeypatch, self.scratch / name)
+        return self.layout()
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Bucketed:
+    return Bucketed(f"{s3_bucket}/run", s3_server, monkeypatch, tmp_path)
+
+
 def _keys(server: S3Server, uri: str) -> dict[str, int]:
     """``{key below the run folder: size}`` of the run folder ``uri`` (``s3://bucket/run``)."""
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
@@ -67,19 +94,12 @@ def _checkpoints(keys: dict[str, int], run: str) -> set[str]:
 
 
 def test_identifiers_stage_on_a_bucket_resumes_on_a_fresh_node(
-    ray_cluster: None,
-    demo: PreparedData,
-    cfg: Config,
-    s3_server: S3Server,
-    s3_bucket: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    ray_cluster: None, demo: PreparedData, cfg: Config, bucket: Bucketed
 ) -> None:
-    uri = f"{s3_bucket}/run"
-    layout = RunLayout(storage.local_path(uri))
+    uri, layout = bucket.uri, bucket.layout()
     first = identifiers_stage(cfg, layout, demo)
 
-    keys = _keys(s3_server, uri)
+    keys = bucket.keys()
     for folder in ("identifiers/ER", "identifiers/tokenizer"):
         assert f"{folder}/{MARKER}" in keys, sorted(keys)
     assert {"identifiers/ER/head.safetensors", "identifiers/ER/metrics.json"} <= keys.keys()
@@ -98,8 +118,7 @@ def test_identifiers_stage_on_a_bucket_resumes_on_a_fresh_node(
     first_history = json.loads((layout.identifiers.mechanism("ER") / "metrics.json").read_text())["history"]
     tokenizer_token = json.loads(storage.read_text(layout.identifiers.tokenizer / MARKER) or "{}")["token"]
 
-    fresh_node(monkeypatch, tmp_path / "node2")
-    again_layout = RunLayout(storage.local_path(uri))
+    again_layout = bucket.on_fresh_node("node2")
     assert not again_layout.root.exists()
     again = identifiers_stage(cfg, again_layout, demo)
     assert again.metrics == first.metrics
@@ -109,18 +128,17 @@ def test_identifiers_stage_on_a_bucket_resumes_on_a_fresh_node(
     assert json.loads(storage.read_text(again_layout.identifiers.tokenizer / MARKER) or "{}")["token"] == (
         tokenizer_token
     ), "the published tokenizer is reused, not built again"
-    assert _checkpoints(_keys(s3_server, uri), run) == checkpoints, "no new checkpoint"
+    assert _checkpoints(bucket.keys(), run) == checkpoints, "no new checkpoint"
 
     # a third node trains one epoch more: its Train worker resumes from the epoch checkpoint in the
     # bucket (Ray Train's own latest one, the final checkpoint, is no place to resume from)
-    fresh_node(monkeypatch, tmp_path / "node3")
     longer = cfg.with_overrides(["identifiers.epochs=2"])
-    identifiers_stage(longer, RunLayout(storage.local_path(uri)), demo)
+    identifiers_stage(longer, bucket.on_fresh_node("node3"), demo)
     more = json.loads(storage.read_text(storage.local_path(f"{uri}/identifiers/ER/metrics.json")) or "{}")
     assert [h["epoch"] for h in more["history"]] == [0, 1] and more["history"][0] == first_history[0]
 
     # a fourth node loads the identifier from its URI and reproduces the reported test metrics
-    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path / "node4"))
+    bucket.on_fresh_node("node4")
     model, tokenizer = load_identifier(f"{uri}/identifiers/ER")
     test = LabeledPairs.from_columns(demo.epitome["test"].to_dict(), "ER")
     scored = evaluate(
@@ -156,21 +174,14 @@ def _history(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_sft_stage_on_a_bucket_resumes_on_a_fresh_node(
-    ray_cluster: None,
-    demo: PreparedData,
-    cfg: Config,
-    s3_server: S3Server,
-    s3_bucket: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    ray_cluster: None, demo: PreparedData, cfg: Config, bucket: Bucketed
 ) -> None:
-    uri = f"{s3_bucket}/run"
-    layout = RunLayout(storage.local_path(uri))
+    uri, layout = bucket.uri, bucket.layout()
     _labeled(layout, demo, "train", 32)
     _labeled(layout, demo, "valid", 16)
     first = sft_stage(cfg, layout, demo)  # builds the initial policy too
 
-    keys = _keys(s3_server, uri)
+    keys = bucket.keys()
     for folder in ("init/policy", "sft/policy"):
         assert f"{folder}/{MARKER}" in keys and f"{folder}/model.safetensors" in keys, sorted(keys)
     assert "sft/policy/value_head.safetensors" in keys and "sft/metrics.json" in keys
@@ -184,16 +195,15 @@ def test_sft_stage_on_a_bucket_resumes_on_a_fresh_node(
     weights = load_file(layout.sft.policy / "model.safetensors")
     metrics = json.loads(layout.sft.metrics.read_text())
 
-    fresh_node(monkeypatch, tmp_path / "node2")
-    again_layout = RunLayout(storage.local_path(uri))
+    again_layout = bucket.on_fresh_node("node2")
     again = sft_stage(cfg, again_layout, demo)
     assert again.metrics == first.metrics
     again_metrics = json.loads(again_layout.sft.metrics.read_text())
     assert _history(again_metrics) == _history(metrics), "the finished run is not trained again"
-    assert _checkpoints(_keys(s3_server, uri), "sft/ray_train/sft") == checkpoints, "no new checkpoint"
+    assert _checkpoints(bucket.keys(), "sft/ray_train/sft") == checkpoints, "no new checkpoint"
 
     # a third node loads the exported policy from its URI: the first run's weights
-    monkeypatch.setenv("EMPRL_SCRATCH", str(tmp_path / "node3"))
+    bucket.on_fresh_node("node3")
     policy, _ = load_policy(f"{uri}/sft/policy")
     loaded = policy.policy.state_dict()
     for name, tensor in weights.items():

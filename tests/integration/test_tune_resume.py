@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from ppo_inputs import linked_run, tiny_overrides
-from processes import job_env, kill_all, leftovers
-from tune_state import saved_trials
+from processes import job_env, leftovers
+from tune_state import kill_mid_sweep
 
 from pipeline.layout import SweepDir
 
@@ -48,25 +47,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(sweep_run: Pat
         "--dev-examples", "8", "--eval-examples", "8",
         *tiny_overrides(ppo__total_steps=STEPS, ppo__save_every=1, ppo__kl_mode="fixed"),
     ]  # fmt: skip
-    env, marker = job_env()
-    with (tmp_path / "first.out").open("w") as out:
-        driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 480
-        while True:  # until the saved state has one trial finished and the other one mid-run, checkpointed
-            saved = saved_trials(sweep)
-            done = [t for t, (status, _) in saved.items() if status == "TERMINATED"]
-            going = [t for t, (status, iteration) in saved.items() if status == "RUNNING" and iteration >= 1]
-            if done and going:
-                break
-            assert driver.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, saved
-            time.sleep(0.2)
-    finally:
-        kill_all(marker)  # the driver and the local cluster it started, as if the machine went down
-        driver.wait(timeout=60)
-    assert leftovers(marker) == []
-    (finished,), (unfinished,) = done, going
+    # one trial finished, the other mid-run with a checkpoint: then the driver and its local cluster die
+    finished, unfinished = kill_mid_sweep(command, sweep, tmp_path / "first.out", 480, below=STEPS)
     before = _reports(sweep)
     finished_log = (sweep.trial(finished).ppo / "metrics.jsonl").read_text()
     assert _ppo_iterations(sweep, finished) == list(range(1, STEPS + 1))

@@ -10,16 +10,15 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
 from ppo_inputs import publish_run, tiny_overrides
-from processes import job_env, kill_all, leftovers
+from processes import job_env, leftovers
 from s3 import S3Server
-from tune_state import saved_trials
+from tune_state import kill_mid_sweep
 
 from jobs.stages.tune.results import failed_trials, no_best_message
 from pipeline import storage
@@ -56,25 +55,8 @@ def test_a_sweep_in_a_bucket_resumes_on_a_fresh_node_from_the_bucket_alone(
         "--scheduler", "fifo", "--num-samples", "2", "--dev-examples", "8", "--eval-examples", "8",
         *tiny_overrides(ppo__total_steps=STEPS, ppo__save_every=1, ppo__kl_mode="fixed"),
     ]  # fmt: skip
-    env, marker = job_env()  # the bucket's endpoint and keys, and this node's scratch root
-    with (tmp_path / "first.out").open("w") as out:
-        driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while True:  # until the bucket's state has one trial finished and the other mid-run, checkpointed
-            saved = saved_trials(sweep)
-            done = [t for t, (status, _) in saved.items() if status == "TERMINATED"]
-            going = [t for t, (status, it) in saved.items() if status == "RUNNING" and 1 <= it < STEPS]
-            if done and going:
-                break
-            assert driver.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, saved
-            time.sleep(0.3)
-    finally:
-        kill_all(marker)  # the driver and its local cluster: the node is gone
-        driver.wait(timeout=60)
-    assert leftovers(marker) == []
-    (finished,), (unfinished,) = done, going
+    # one trial finished, the other mid-run with a checkpoint: then the driver and its local cluster die
+    finished, unfinished = kill_mid_sweep(command, sweep, tmp_path / "first.out", 240, below=STEPS)
     keys = set(s3_server.listing(bucket, "run/sweep/"))
     for name in ("settings.json", "space.yaml", "config.yaml", "tune/ppo/tuner.pkl"):
         assert f"run/sweep/{name}" in keys, sorted(keys)

@@ -4,6 +4,12 @@ through ``pipeline.storage`` so that the same helper reads a local sweep folder 
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+from pathlib import Path
+
+from nodes import ROOT
+from processes import job_env, kill_all, leftovers
 
 from pipeline import storage
 from pipeline.layout import SweepDir
@@ -27,3 +33,31 @@ def saved_trials(sweep: SweepDir) -> dict[str, tuple[str, int]]:
             int(last.get("iteration", 0)) if isinstance(last, dict) else 0,
         )
     return out
+
+
+def kill_mid_sweep(
+    command: list[str], sweep: SweepDir, out: Path, timeout_s: float, *, below: int
+) -> tuple[str, str]:
+    """Start the sweep ``command`` (its output to ``out``); once the saved state has one trial finished and
+    the other running with a checkpoint (its iteration in ``1..below-1``), kill the driver and the local
+    cluster it started (as if the machine went down). Returns ``(finished trial, unfinished trial)``;
+    fails with the driver's output if it exits first."""
+    env, marker = job_env()
+    with out.open("w") as log:
+        driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            saved = saved_trials(sweep)
+            done = [t for t, (status, _) in saved.items() if status == "TERMINATED"]
+            going = [t for t, (status, it) in saved.items() if status == "RUNNING" and 1 <= it < below]
+            if done and going:
+                (finished,), (unfinished,) = done, going
+                return finished, unfinished
+            assert driver.poll() is None, out.read_text()[-3000:]
+            assert time.monotonic() < deadline, saved
+            time.sleep(0.2)
+    finally:
+        kill_all(marker)
+        driver.wait(timeout=60)
+        assert leftovers(marker) == []

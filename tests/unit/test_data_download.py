@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import socket
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from loopback import QuietHandler, serve_folder
 
 from pipeline.config import DataConfig
 from pipeline.data import (
@@ -34,15 +32,12 @@ SHARED_ED_SHA256 = {
 }
 
 
-class Handler(SimpleHTTPRequestHandler):
+class Handler(QuietHandler):
     requests: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         Handler.requests.append(self.path)
         super().do_GET()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +53,13 @@ def mirror(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     (root / "broken.tar.gz").write_bytes(b"not a tarball")
     with tarfile.open(root / "novalid.tar.gz", "w:gz") as tar:
         tar.add(shared_data / "epitome" / EPITOME_FILES["ER"], "empatheticdialogues/train.csv")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve_folder(root, Handler) as base:
         yield {
             "base": base,
             "ed_url": f"{base}/empatheticdialogues.tar.gz",
             "ed_sha256": sha256_file(root / "empatheticdialogues.tar.gz"),
             "epitome_base_url": f"{base}/dataset/",
         }
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_download_verify_extract_and_parse(mirror: dict[str, str], tmp_path: Path) -> None:

@@ -9,15 +9,13 @@ import hashlib
 import json
 import re
 import tarfile
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from loopback import serve_folder
 from s3 import S3Server
 
 from pipeline import storage
@@ -128,25 +126,13 @@ def http_mirror(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     for name in EPITOME_FILES.values():
         (root / "dataset" / name).write_bytes((source / "epitome" / name).read_bytes())
 
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve_folder(root) as base:
         yield {
             "ed_url": f"{base}/ed.tar.gz",
             "ed_sha256": sha256_file(root / "ed.tar.gz"),
             "epitome_base_url": f"{base}/dataset/",
             "epitome_sha256": {n: sha256_file(root / "dataset" / n) for n in EPITOME_FILES.values()},
         }
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_download_into_a_bucket_publishes_the_dataset_files(
