@@ -7,13 +7,17 @@ be URIs or mirror paths of URIs: each replica fetches them onto its own node.
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
+from ray.serve.schema import ProxyStatus
 
 from actors.cluster.session import worker_env
 from actors.serving.api import ApiIngress
@@ -21,6 +25,8 @@ from actors.serving.deployments import IdentifierDeployment, PolicyDeployment
 from pipeline import storage
 from pipeline.config import Config, ConfigError, ServeConfig
 from pipeline.config.deployment import NODE_RESOURCE_SHARE
+
+logger = logging.getLogger(__name__)
 
 
 def api_key(s: ServeConfig) -> str:
@@ -133,10 +139,41 @@ def start_serve(cfg: Config) -> None:
     """Start Serve's HTTP proxies (``serve.proxy_location``) on ``serve.host:serve.port`` with
     ``serve.request_timeout_s`` (Ray up)."""
     s = cfg.serve
-    serve.start(
-        proxy_location=s.proxy_location,
-        http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s},
-    )
+    options: dict[str, Any] = {
+        "proxy_location": s.proxy_location,
+        "http_options": {"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s},
+    }
+    try:
+        serve.start(**options)
+    except ray.exceptions.ActorDiedError as exc:
+        # on a loaded machine a proxy can miss Serve's start-up health checks: the controller replaces it,
+        # and serve.start, which awaited the first one, raises. Wait for the replacement instead.
+        logger.warning(
+            "Serve's HTTP proxy was replaced while starting (%s); waiting for the new one",
+            str(exc).splitlines()[0],
+        )
+        serve.start(**options)  # the running controller
+        wait_for_proxies(PROXY_WAIT_S)
+
+
+PROXY_WAIT_S = 120.0
+"""How long :func:`start_serve` waits for a replaced HTTP proxy."""
+
+
+def wait_for_proxies(timeout_s: float) -> None:
+    """Until every Serve HTTP proxy is healthy (``serve.status().proxies``).
+
+    Raises:
+        TimeoutError: one is not healthy within ``timeout_s``, naming the node and the state.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proxies = serve.status().proxies
+        if all(state == ProxyStatus.HEALTHY for state in proxies.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve's HTTP proxies not healthy after {timeout_s:.0f} s: {proxies}")
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("reward/score", "reward", 3),
     ("iteration", "iterations", 0),
     ("wall_s", "wall s", 1),
-    ("restarts", "restarts", 0),
+    ("failures", "failures", 0),
     ("exploits", "exploits", 0),
 )
 """Metric columns of the table: (row key, header, decimals)."""

@@ -235,12 +235,17 @@ def test_a_replica_killed_under_load_is_replaced(served: Served) -> None:
     import ray
     from ray import serve
 
-    from actors.serving.app import build_app
+    from actors.serving.app import build_app, start_serve
 
+    port = int(served.url.rsplit(":", 1)[1])
+    # Serve's HTTP timeout is global: this test's own Serve, whose timeout no answer on two loaded cores
+    # reaches (the module's short one is the 408 test's); the module's Serve comes back after it
     cfg = slow_config(
-        int(served.url.rsplit(":", 1)[1]), served.timeout_s, serve__policy_replicas=2, serve__max_batch_size=4,
-        serve__max_ongoing_requests=8, serve__max_queued_requests=64, serve__health_check_period_s=1.0,
+        port, 120.0, serve__policy_replicas=2, serve__max_batch_size=4, serve__max_ongoing_requests=8,
+        serve__max_queued_requests=64, serve__health_check_period_s=1.0,
     )  # fmt: skip
+    serve.shutdown()
+    start_serve(cfg)
     app = build_app(cfg, served.slow_policy, served.run / "identifiers")
     serve.run(app, name="replicas", route_prefix="/replicas")
     base = f"{served.url}/replicas"
@@ -285,4 +290,9 @@ def test_a_replica_killed_under_load_is_replaced(served: Served) -> None:
         assert 200 in meanwhile  # one replica kept answering while the other was replaced
         assert later and set(later) == {200}, later
     finally:
-        serve.delete("replicas")
+        serve.shutdown()
+        slow = slow_config(port, served.timeout_s)
+        start_serve(slow)
+        serve.run(
+            build_app(slow, served.slow_policy, served.run / "identifiers"), name="slow", route_prefix="/slow"
+        )

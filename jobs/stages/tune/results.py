@@ -41,16 +41,21 @@ HISTORY_METRICS = ("dev/emp_f1", "dev/perplexity", "rollout/kl", "rollout/kl_coe
 
 
 def record_sweep(
-    results: Sequence[Any], setup: TrialSetup, space: SearchSpace, started: float
+    results: Sequence[Any],
+    setup: TrialSetup,
+    space: SearchSpace,
+    started: float,
+    failure_counts: Mapping[str, int] | None = None,
 ) -> StageResult:
-    """Writes the tables, the report and the best trial's policy and config of Tune's ``results``.
+    """Writes the tables, the report and the best trial's policy and config of Tune's ``results``
+    (``failure_counts``: Tune's count of each trial's failures, by trial id).
 
     Raises:
         SweepError: after writing them, when the objective has no best trial (no trial completed, or
             none that completed satisfies the constraints): the sweep failed.
     """
     cfg, objective, sweep = setup.cfg, setup.objective, setup.sweep
-    rows = [trial_row(r, space, cfg, objective) for r in results]
+    rows = [trial_row(r, space, cfg, objective, failure_counts or {}) for r in results]
     pq.write_table(trials_table(rows, space), sweep.trials)
     publish(sweep.trials)
     history = history_rows(results)
@@ -161,7 +166,9 @@ def no_best_message(
     return f"{headline}: {reason}. Tables and report: {display(sweep.path)}"
 
 
-def trial_row(result: Any, space: SearchSpace, cfg: Config, objective: Objective) -> dict[str, Any]:
+def trial_row(
+    result: Any, space: SearchSpace, cfg: Config, objective: Objective, failure_counts: Mapping[str, int]
+) -> dict[str, Any]:
     """One trial's row of ``trials.parquet``: status, swept values, last metrics, feasibility, error."""
     metrics: dict[str, Any] = dict(result.metrics or {})
     config = plain_values(result.config or {})
@@ -183,9 +190,11 @@ def trial_row(result: Any, space: SearchSpace, cfg: Config, objective: Objective
     row["total_steps"] = cfg.with_overrides(config).ppo.total_steps if config else cfg.ppo.total_steps
     row["reports"] = int(metrics.get("training_iteration", 0))
     row["wall_s"] = float(metrics.get("time_total_s", math.nan))
+    # every start (a restart after a failure, PBT's pauses and exploits, a resumed sweep), the exploits
+    # among them, and Tune's count of the trial's failures (a crash, a lost node), each a restart
     row["starts"] = int(metrics.get("trial/starts", 1))
-    row["exploits"] = int(metrics.get("trial/exploits", 0))  # PBT: starts from another trial's checkpoint
-    row["restarts"] = row["starts"] - 1 - row["exploits"]  # > 0: restarted (a failure, a lost node, a resume)
+    row["exploits"] = int(metrics.get("trial/exploits", 0))
+    row["failures"] = int(failure_counts.get(row["trial_id"], 0))
     row["feasible"] = objective.feasible(row)
     row["error"] = str(result.error).splitlines()[0][:500] if result.error is not None else ""
     return row

@@ -124,7 +124,14 @@ def tune_stage(
             ),
         )
     grid = tuner.fit()
-    return record_sweep([grid[i] for i in range(len(grid))], setup, space, started)
+    return record_sweep([grid[i] for i in range(len(grid))], setup, space, started, trial_failures(grid))
+
+
+def trial_failures(grid: Any) -> dict[str, int]:
+    """Tune's count of each trial's failures (``Trial.num_failures``, kept across a resume), by trial id;
+    the result grid holds its trials only in its (private) experiment analysis."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    return {str(t.trial_id): int(t.num_failures) for t in trials}
 
 
 def _prepare_folder(

@@ -8,6 +8,7 @@ persists its checkpoints to the sweep's storage.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,24 +94,21 @@ class TrialReporter:
         self.pending = None
 
 
-def record_start(starts_file: Path, checkpoint: tune.Checkpoint | None) -> list[str]:
+def record_start(starts_file: Path, trial_config: dict[str, Any]) -> list[str]:
     """Append this start of the trial to ``starts_file`` (outside the trial's own folder, which a fresh
-    start clears) and return every start so far: ``first``; ``restart`` (a failure, a lost node, a resumed
-    sweep: the trial's own checkpoint or none); ``exploit`` (PBT: a checkpoint that Tune saved for another
-    trial, which lives in that trial's folder)."""
-    starts = (read_text(starts_file) or "").split()
-    if not starts:
+    start clears) and return the kind of every start so far: ``first``; ``exploit`` (PBT cloned another
+    trial into this one: its config changed since the last start, as PBT's explore step always changes a
+    range and mostly a choice); ``restart`` (the same config again: a failure, a lost node, a resumed
+    sweep). A PBT exploit that leaves every value as it was counts as a restart."""
+    config = json.dumps(plain_values(trial_config), sort_keys=True)
+    lines = [line.partition("\t")[::2] for line in (read_text(starts_file) or "").splitlines() if line]
+    if not lines:
         kind = "first"
-    elif (
-        checkpoint is not None
-        and Path(checkpoint.path).parent.name != Path(tune.get_context().get_trial_dir()).name
-    ):
-        kind = "exploit"
-    else:
-        kind = "restart"
-    starts.append(kind)
-    write_text(starts_file, "\n".join(starts) + "\n")
-    return starts
+    else:  # (a line without a config is a sweep's from before configs were recorded: a restart)
+        kind = "exploit" if lines[-1][1] not in ("", config) else "restart"
+    lines.append((kind, config))
+    write_text(starts_file, "".join(f"{k}\t{c}\n" for k, c in lines))
+    return [k for k, _ in lines]
 
 
 def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
@@ -119,8 +117,8 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
     cfg = setup.cfg.with_overrides(plain_values(trial_config))
     trial = setup.sweep.trial(tune.get_context().get_trial_id())
     layout = setup.layout.moved(ppo=trial.ppo, evaluate=trial.evaluate)
+    starts = record_start(setup.sweep.path / "starts" / f"{trial.path.name}.txt", trial_config)
     checkpoint = tune.get_checkpoint()
-    starts = record_start(setup.sweep.path / "starts" / f"{trial.path.name}.txt", checkpoint)
     if checkpoint is not None:  # a restarted or resumed trial, or a PBT exploit of another trial's state
         with checkpoint.as_directory() as folder:
             restore_checkpoint(Path(folder), layout.ppo.checkpoints)
