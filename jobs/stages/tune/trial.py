@@ -66,7 +66,7 @@ class TrialReporter:
         self.last: dict[str, float] = {}
         self.starts = 1
         """How many times this trial has started (a restart after a failure or a lost node, a resumed sweep,
-        a PBT exploit)."""
+        a synchronous PBT pause, a PBT exploit)."""
         self.exploits = 0
         """How many of those starts were PBT exploits (another trial's checkpoint under a mutated config)."""
 
@@ -99,7 +99,8 @@ def record_start(starts_file: Path, trial_config: dict[str, Any]) -> list[str]:
     start clears) and return the kind of every start so far: ``first``; ``exploit`` (PBT cloned another
     trial into this one: its config changed since the last start, as PBT's explore step always changes a
     range and mostly a choice); ``restart`` (the same config again: a failure, a lost node, a resumed
-    sweep). A PBT exploit that leaves every value as it was counts as a restart."""
+    sweep, a synchronous PBT pause). A PBT exploit that leaves every value as it was counts as a restart;
+    Tune's own failure count (the table's ``failures``) tells the failures apart."""
     config = json.dumps(plain_values(trial_config), sort_keys=True)
     lines = [line.partition("\t")[::2] for line in (read_text(starts_file) or "").splitlines() if line]
     if not lines:
