@@ -47,7 +47,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("eval/perplexity", "ppl", 2),
     ("eval/dist2", "Dist-2", 4),
     ("dev/emp_f1", "dev Emp-F1", 2),
-    ("rollout/kl", "KL", 3),
+    ("rollout/kl_k3", "KL (k3)", 3),
     ("reward/score", "reward", 3),
     ("iteration", "iterations", 0),
     ("wall_s", "wall s", 1),
@@ -56,7 +56,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
 )
 """Metric columns of the table: (row key, header, decimals)."""
 
-CURVES = ("dev/emp_f1", "rollout/kl", "reward/score")
+CURVES = ("dev/emp_f1", "rollout/kl_k3", "reward/score")
 """History metrics of the learning curves, one panel each."""
 
 STATUS_STYLE = {"completed": ("o", "tab:blue"), "stopped": ("s", "tab:orange"), "error": ("X", "tab:red")}

@@ -17,6 +17,7 @@ from pipeline.config import PPOConfig, RewardConfig
 from pipeline.models.policy import PackedOutput, PolicyWithValueHead
 from pipeline.ppo.advantages import gae, masked_mean, masked_whiten
 from pipeline.ppo.experience import IntArray, RewardScores, Rollouts, TrainBatch
+from pipeline.ppo.kl import kl_estimate
 from pipeline.ppo.losses import explained_variance, policy_loss, value_loss
 from pipeline.ppo.rewards import RunningMoments, kl_shaped_rewards, normalize_scores
 
@@ -103,8 +104,9 @@ def build_train_batch(
 
     All token tensors ``(B, T_r)`` aligned with ``rollouts.response_ids``. ``moments`` is updated
     in place (running score statistics). Returns the batch and flat ``reward/`` and ``rollout/``
-    statistics, where ``rollout/kl`` is the mean over responses of the summed per-token KL (what
-    the adaptive controller tracks, as in trl).
+    statistics, where ``rollout/kl`` is the mean over responses of the summed per-token KL of the run's
+    estimator (what the adaptive controller tracks, as in trl) and ``rollout/kl_k3`` the same sum of the k3
+    estimate whatever the estimator (unbiased and ≥ 0: the one KL quantity sweeps compare across trials).
     """
     mask = rollouts.response_mask
     m = mask.float()
@@ -141,6 +143,7 @@ def build_train_batch(
         **{f"reward/{k}_gold_prob": float(v.mean()) for k, v in rewards.gold_prob.items()},
         **{f"reward/{k}_hit": float(v.mean()) for k, v in rewards.hit.items()},
         "rollout/kl": float(kl.sum(-1).mean()),
+        "rollout/kl_k3": float((kl_estimate(old_logprobs, ref_logprobs, estimator="k3") * m).sum(-1).mean()),
         "rollout/kl_token": float(masked_mean(kl, mask)),
         "rollout/kl_coef": kl_coef,
         "rollout/response_len": float(lengths.mean()),

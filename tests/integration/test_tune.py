@@ -63,7 +63,7 @@ def test_two_trials_complete_and_the_best_policy_is_published(
         assert r["status"] == "completed" and r["iteration"] == 2 and r["reports"] == 2, r
         assert 0.5 <= r["reward.weights.ex"] <= 2.0
         for key in ("eval/emp_f1", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity", "eval/dist2",
-                    "dev/emp_f1", "rollout/kl", "wall_s"):  # fmt: skip
+                    "dev/emp_f1", "rollout/kl", "rollout/kl_k3", "wall_s"):  # fmt: skip
             assert r[key] == r[key], (key, r)  # not NaN
 
     # the best trial's policy and resolved config; the report names it with the command

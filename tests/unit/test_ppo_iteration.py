@@ -351,6 +351,25 @@ def test_train_batch_is_the_composition_of_the_pure_steps() -> None:
     assert stats["reward/score"] == pytest.approx(float(scores.scores.mean()))
 
 
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_every_estimator_also_reports_the_k3_kl_sweeps_compare(estimator: str) -> None:
+    rollouts, scores, t = _scored(6, 5, seed=2)
+    ppo = PPOConfig(kl_estimator=estimator)  # type: ignore[arg-type]
+    _, stats = build_train_batch(
+        rollouts, scores, ref_logprobs=t["ref"], old_logprobs=t["old"], old_values=t["values"],
+        kl_coef=0.2, ppo=ppo, reward=RewardConfig(), moments=RunningMoments(),
+    )  # fmt: skip
+    m = rollouts.response_mask.float()
+    ratio = (t["ref"] - t["old"]).double()  # log(π_ref / π) per token, by hand
+    k3 = ((ratio.exp() - 1 - ratio) * m).sum(-1).mean()
+    k1 = ((t["old"] - t["ref"]) * m).sum(-1).mean()
+    assert stats["rollout/kl_k3"] == pytest.approx(float(k3), rel=1e-5) and stats["rollout/kl_k3"] > 0
+    if estimator == "k1":
+        assert stats["rollout/kl"] == pytest.approx(float(k1), rel=1e-5)
+    if estimator == "k3":
+        assert stats["rollout/kl"] == pytest.approx(stats["rollout/kl_k3"])
+
+
 def test_without_kl_normalisation_or_whitening_returns_are_the_score_reward_to_go() -> None:
     rollouts, scores, t = _scored(4, 6, seed=1)
     ppo = PPOConfig(gamma=1.0, lam=1.0)

@@ -23,9 +23,9 @@ from pipeline.layout import SweepDir
 def test_the_report_names_the_best_trial_and_shows_every_row() -> None:
     rows = [
         {"trial_id": "a_0", "status": "completed", "ppo.kl_coef": 0.05, "eval/emp_f1": 41.234, "dev/emp_f1": 40.0,
-         "rollout/kl": 0.5, "iteration": 4, "wall_s": 16.5},
+         "rollout/kl_k3": 0.5, "iteration": 4, "wall_s": 16.5},
         {"trial_id": "a_1", "status": "stopped", "ppo.kl_coef": 0.3, "eval/emp_f1": math.nan, "dev/emp_f1": 34.0,
-         "rollout/kl": 0.2, "iteration": 1, "wall_s": 10.5},
+         "rollout/kl_k3": 0.2, "iteration": 1, "wall_s": 10.5},
     ]  # fmt: skip
     text = sweep_markdown(
         rows,
@@ -33,7 +33,7 @@ def test_the_report_names_the_best_trial_and_shows_every_row() -> None:
     )
     assert "**Best trial:** `a_0` (`ppo.kl_coef=0.05`): `dev/emp_f1` = 40.000." in text
     assert "```bash\nemprl ppo --preset b.yaml\n```" in text
-    assert "| trial | status | ppo.kl_coef | Emp-F1 | dev Emp-F1 | KL | iterations | wall s |" in text
+    assert "| trial | status | ppo.kl_coef | Emp-F1 | dev Emp-F1 | KL (k3) | iterations | wall s |" in text
     assert "| a_0 (best) | completed | 0.05 | 41.23 | 40.00 | 0.500 | 4 | 16.5 |" in text
     assert "| a_1 | stopped | 0.3 | n/a | 34.00 | 0.200 | 1 | 10.5 |" in text
 
@@ -77,7 +77,8 @@ def _trial(i: int, status: str, f1: float, kl: float, ppl: float, **extra: Any) 
     return {
         "trial_id": f"5f2c1_{i:05d}", "status": status, "ppo.kl_coef": 0.05 * (i + 1),
         "eval/emp_f1": f1 if final else math.nan, "eval/perplexity": ppl if final else math.nan,
-        "dev/emp_f1": f1 - 1, "dev/perplexity": ppl + 1, "rollout/kl": kl, "iteration": 4 if final else 1,
+        "dev/emp_f1": f1 - 1, "dev/perplexity": ppl + 1, "rollout/kl_k3": kl, "iteration": 4 if final else 1,
+        "rollout/kl": -kl,  # a k1 estimate (can be < 0): the fronts must not use it
         "wall_s": 10.0, "feasible": kl <= 2, **extra,
     }  # fmt: skip
 
@@ -93,7 +94,7 @@ ROWS = [
 
 HISTORY = [
     {"trial_id": f"5f2c1_{i:05d}", "training_iteration": n, "iteration": 2 * n,
-     "dev/emp_f1": 30.0 + i + n, "rollout/kl": 0.1 * n, "rollout/kl_coef": 0.05, "reward/score": math.nan,
+     "dev/emp_f1": 30.0 + i + n, "rollout/kl_k3": 0.1 * n, "rollout/kl_coef": 0.05, "reward/score": math.nan,
      "dev/perplexity": 30.0}
     for n in (1, 2) for i in range(5)
 ]  # fmt: skip
@@ -105,10 +106,10 @@ def _is_png(path: Path | None) -> bool:
 
 def test_the_fronts_use_eval_metrics_and_leave_out_trials_without_them() -> None:
     kl, ppl = pareto_fronts(ROWS)
-    assert (kl.y, kl.x, kl.fallbacks) == ("eval/emp_f1", "rollout/kl", ())
+    assert (kl.y, kl.x, kl.fallbacks) == ("eval/emp_f1", "rollout/kl_k3", ())
     assert kl.points == (0, 1, 2, 3) and kl.front == (0, 1, 3)
     assert (ppl.y, ppl.x) == ("eval/emp_f1", "eval/perplexity") and ppl.front == (0, 3)
-    assert kl.label(kl.y) == "Emp-F1 (valid)" and kl.label(kl.x) == "KL per response (nats)"
+    assert kl.label(kl.y) == "Emp-F1 (valid)" and kl.label(kl.x) == "KL per response, k3 (nats)"
 
 
 def test_without_any_eval_value_the_fronts_fall_back_to_the_dev_metrics() -> None:
@@ -132,7 +133,7 @@ def test_the_figures_are_drawn_as_png_files(tmp_path: Path) -> None:
 def test_without_a_plottable_value_no_figure_is_drawn(tmp_path: Path) -> None:
     assert pareto_figure(ROWS[5:], path=tmp_path / "pareto.png") is None
     assert learning_curves_figure([], path=tmp_path / "curves.png") is None
-    only_nan = [{**h, "dev/emp_f1": math.nan, "rollout/kl": math.nan} for h in HISTORY]
+    only_nan = [{**h, "dev/emp_f1": math.nan, "rollout/kl_k3": math.nan} for h in HISTORY]
     assert learning_curves_figure(only_nan, path=tmp_path / "curves.png") is None
     assert not any(tmp_path.iterdir())
 
@@ -157,8 +158,8 @@ def test_the_written_report_lists_the_fronts_links_the_figures_and_escapes_value
     assert "](pareto.png)" in text and "](learning_curves.png)" in text
     front = text[text.index("## Pareto front") : text.index("## Figures")]
     assert (
-        "**Emp-F1 (valid) ↑ vs KL per response (nats) ↓: 3 of 4 trial(s) on the front**\n\n"
-        "| trial | status | Emp-F1 (valid) | KL per response (nats) |\n|---|---|---|---|\n"
+        "**Emp-F1 (valid) ↑ vs KL per response, k3 (nats) ↓: 3 of 4 trial(s) on the front**\n\n"
+        "| trial | status | Emp-F1 (valid) | KL per response, k3 (nats) |\n|---|---|---|---|\n"
         "| 5f2c1_00000 | completed | 41.00 | 0.500 |\n"
         "| 5f2c1_00001 (best) | completed | 44.00 | 1.500 |\n"
         "| 5f2c1_00003 (infeasible) | completed | 46.00 | 3.000 |\n"

@@ -32,11 +32,18 @@ logger = logging.getLogger(__name__)
 
 TABLE_METRICS = (
     "eval/emp_f1", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity", "eval/dist2",
-    *DEV_METRICS, "rollout/kl", "rollout/kl_coef", "reward/score",
+    *DEV_METRICS, "rollout/kl", "rollout/kl_k3", "rollout/kl_coef", "reward/score",
 )  # fmt: skip
 """Metric columns of ``trials.parquet`` (besides the objective's and the constraints' keys)."""
 
-HISTORY_METRICS = ("dev/emp_f1", "dev/perplexity", "rollout/kl", "rollout/kl_coef", "reward/score")
+HISTORY_METRICS = (
+    "dev/emp_f1",
+    "dev/perplexity",
+    "rollout/kl",
+    "rollout/kl_k3",
+    "rollout/kl_coef",
+    "reward/score",
+)
 """Per-report columns of ``history.parquet`` (the learning curves)."""
 
 
