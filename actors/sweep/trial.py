@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from actors.ppo.checkpoints import CONTROLLER, CheckpointStore
 from pipeline import storage
 from pipeline.config import MECHANISMS, Config
 from pipeline.config.search_space import Dimension, SearchSpace
+from pipeline.evaluation.bootstrap import bootstrap_std_error
+from pipeline.evaluation.classification import emp_f1
 from pipeline.evaluation.suite import LabeledSplit, PolicyOutputs, policy_metrics
 from pipeline.models import load_tokenizer
 from pipeline.scoring import LevelScores
@@ -50,9 +53,21 @@ def tune_domain(dim: Dimension) -> Any:
     return tune.grid_search(list(args))
 
 
-def param_space(space: SearchSpace) -> dict[str, Any]:
-    """``{dotted key: tune domain}``: a trial's config is exactly these keys, resolved."""
-    return {d.key: tune_domain(d) for d in space.dimensions}
+CONTROL_KEY = "sweep_control"
+"""A trial config's marker of the sweep's control (the base config's own values of the swept keys); not a
+config key (every config key is dotted: ``section.name``); every other trial has it ``False``."""
+
+
+def param_space(space: SearchSpace, seeds: Sequence[int] = ()) -> dict[str, Any]:
+    """``{dotted key: tune domain}`` plus :data:`CONTROL_KEY` (``False``; the control's point sets it) and,
+    for more than one of ``seeds``, ``run.seed`` as a grid over them (every configuration once per seed)."""
+    seed_grid = {"run.seed": tune.grid_search(list(seeds))} if len(seeds) > 1 else {}
+    return {**{d.key: tune_domain(d) for d in space.dimensions}, **seed_grid, CONTROL_KEY: False}
+
+
+def is_control(trial_config: dict[str, Any] | None) -> bool:
+    """Whether a trial config is the sweep's control."""
+    return bool((trial_config or {}).get(CONTROL_KEY, False))
 
 
 def trial_bundles(cfg: Config, *, trial_cpus: float) -> list[dict[str, float]]:
@@ -74,9 +89,9 @@ def trial_resources(base: Config, *, trial_cpus: float) -> Any:
 
 
 def plain_values(trial_config: dict[str, Any]) -> dict[str, Any]:
-    """The trial config with NumPy scalars (``tune.randint`` draws ``np.int64``) as Python ones, which the
-    config's strict types accept."""
-    return {k: v.item() if hasattr(v, "item") else v for k, v in trial_config.items()}
+    """The swept values of a trial config (without :data:`CONTROL_KEY`), NumPy scalars (``tune.randint``
+    draws ``np.int64``) as Python ones, which the config's strict types accept."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in trial_config.items() if k != CONTROL_KEY}
 
 
 def dev_slice(split: LabeledSplit, size: int, *, seed: int) -> LabeledSplit:
@@ -106,7 +121,10 @@ class DevEvaluator:
 
     def __call__(self, policy_dir: Path) -> dict[str, float]:
         """``dev/emp_f1``, ``dev/{er,ip,ex}_f1``, ``dev/perplexity``, ``dev/dist2`` of ``policy_dir``
-        (the config's sampling, seeded per chunk by ``run.seed``)."""
+        (the config's sampling, seeded per chunk by ``run.seed``: every trial of one seed samples its dev
+        responses with the same random numbers), and ``dev/emp_f1_se``, the bootstrap standard error of
+        ``dev/emp_f1`` over the slice's examples (its noise: reports closer than about twice it are not
+        told apart)."""
         # a mirror path stays one (resolving links could leave the mirror); the reads below fetch it
         folder = str(policy_dir if storage.uri_of(policy_dir) else policy_dir.resolve())
         self.worker.folder = None  # the folder is rewritten in place between reports: reload it
@@ -122,7 +140,15 @@ class DevEvaluator:
             nll_sums=nll_sums,
             nll_tokens=nll_tokens,
         )
-        return metric_row("dev", policy_metrics(outputs, self.split))
+        gold = self.split.gold_levels
+        se = bootstrap_std_error(
+            lambda idx: emp_f1(
+                {m: g[idx] for m, g in gold.items()}, {m: outputs.pred_levels[m][idx] for m in gold}
+            )["emp_f1"],
+            len(self.split),
+            seed=self.cfg.run.seed,
+        )
+        return {**metric_row("dev", policy_metrics(outputs, self.split)), "dev/emp_f1_se": se}
 
 
 def metric_row(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:

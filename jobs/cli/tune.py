@@ -37,6 +37,8 @@ SETTING_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     ),
     "search and scheduling": (
         ("num_samples", "samples of the space (times the grid)"),
+        ("seeds", "PPO seeds per configuration (run.seed, run.seed+1, ...); the report aggregates them (IQM, 95%% intervals)"),
+        ("control", "one more trial with the base config's own values of the swept keys: every gain is stated against it"),
         ("search", "how configs are drawn"),
         ("scheduler", ""),
         ("--max-concurrent", "max_concurrent_trials", "trials running at once"),
@@ -87,7 +89,11 @@ def add_parser(sub: Any) -> None:
 def _add_setting(group: Any, flag: str, field: str, text: str) -> None:
     """The option of one :class:`SweepSettings` field: its type, choices and default are the field's."""
     hint, default = get_type_hints(SweepSettings)[field], getattr(SweepSettings(), field)
-    if get_origin(hint) is Literal:
+    if hint is bool:  # --name / --no-name
+        group.add_argument(
+            flag, dest=field, default=default, action=argparse.BooleanOptionalAction, help=text
+        )
+    elif get_origin(hint) is Literal:
         group.add_argument(flag, dest=field, default=default, choices=get_args(hint), help=text)
     elif get_origin(hint) is tuple:  # repeatable
         group.add_argument(flag, dest=field, default=[], action="append", metavar=METAVARS[field], help=text)

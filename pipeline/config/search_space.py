@@ -100,6 +100,17 @@ class SearchSpace:
                 out[dim.key] = dim.args[0]
         return out
 
+    def values_of(self, cfg: Config) -> dict[str, Any]:
+        """``{swept key: its value in cfg}``: the point of the space a config sits on (the sweep's control)."""
+        tree = cfg.to_dict()
+        out: dict[str, Any] = {}
+        for key in self.keys:
+            node: Any = tree
+            for part in key.split("."):
+                node = node[part]
+            out[key] = node
+        return out
+
     def probe_configs(self, base: Config) -> list[tuple[dict[str, Any], Config]]:
         """Every combination of probe values with its config (or each key alone for big spaces).
 

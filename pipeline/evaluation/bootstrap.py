@@ -7,6 +7,7 @@ BLEU from per-item statistics, weighted F1); :func:`paired_bootstrap_mean` is th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import TypedDict, TypeVar
 
@@ -124,6 +125,24 @@ def paired_bootstrap_mean(
     return _summarise(
         float(a_arr.mean()), float(b_arr.mean()), diffs, n_items=n_items, seed=seed, alpha=alpha
     )
+
+
+def bootstrap_std_error(
+    metric_fn: Callable[[IntArray], float], n_items: int, *, n_resamples: int = 200, seed: int = 0
+) -> float:
+    """The standard error of one system's metric over its ``n_items`` items: the standard deviation of
+    ``metric_fn(indices)`` over ``n_resamples`` resamples of the items with replacement (the same index
+    stream as :func:`paired_bootstrap` with ``seed``); NaN for fewer than 2 items."""
+    if n_items < 2:
+        return math.nan
+    if n_resamples < 2:
+        raise ValueError(f"n_resamples must be >= 2, got {n_resamples}")
+    values = [
+        float(metric_fn(indices))
+        for block in _index_blocks(np.random.default_rng(seed), n_items, n_resamples)
+        for indices in block
+    ]
+    return float(np.std(values, ddof=1))
 
 
 def _check_args(a: Sized, b: Sized, *, n_resamples: int, alpha: float) -> int:

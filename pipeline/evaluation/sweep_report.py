@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from pipeline.evaluation.control import SEEDS_NOTE, control_sentence, has_seeds, seeds_table
 from pipeline.evaluation.figures import save_figure
 from pipeline.evaluation.pareto import (
     AGAINST,
@@ -41,12 +42,15 @@ from pipeline.storage import publish
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("eval/emp_f1", "Emp-F1", 2),
+    ("vs_control/emp_f1", "Δ Emp-F1 vs control", 2),
     ("eval/er_f1", "ER F1", 2),
     ("eval/ip_f1", "IP F1", 2),
     ("eval/ex_f1", "EX F1", 2),
     ("eval/perplexity", "ppl", 2),
+    ("vs_control/perplexity_pct", "Δ ppl % vs control", 1),
     ("eval/dist2", "Dist-2", 4),
     ("dev/emp_f1", "dev Emp-F1", 2),
+    ("dev/emp_f1_se", "± SE", 2),
     ("rollout/kl_k3", "KL (k3)", 3),
     ("reward/score", "reward", 3),
     ("iteration", "iterations", 0),
@@ -71,7 +75,7 @@ CONSTRAINT_NOTE = "a trial that breaks one cannot be the best"
 PRE_STYLE = "pre { background: #f7f7f7; padding: 0.5em 1em; overflow-x: auto; }\n"
 CAPTIONS = {
     "pareto": "Emp-F1 against KL and perplexity, one point per trial; step line: Pareto front; "
-    "star: best trial; hollow: breaks a constraint.",
+    "star: best trial; diamond: the control; hollow: breaks a constraint.",
     "curves": "Learning curves per PPO iteration, one line per trial (the best one thicker).",
 }
 
@@ -103,6 +107,10 @@ def pareto_figure(
     if not all(_feasible(r) for r in plotted):
         handles.append(
             Line2D([], [], linestyle="", marker="o", mfc="none", color="gray", label="breaks a constraint")
+        )
+    if any(r.get("control") for r in plotted):
+        handles.append(
+            Line2D([], [], linestyle="", marker="D", ms=9, mfc="none", mec="black", label="control")
         )
     if any(r.get("trial_id") == best_id for r in plotted):
         handles.append(Line2D([], [], linestyle="", marker="*", ms=12, mfc="gold", mec="black", label="best"))
@@ -188,6 +196,7 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> 
     :data:`COLUMNS` metrics) under ``summary``."""
     s = summary
     lines = [f"# {s.title}", "", f"{_counts(rows)}; best by `{s.metric}` ({s.mode}).", ""]
+    lines += [control_sentence(rows, s.keys, s.best), ""]
     if s.constraints:
         lines += ["Constraints: " + ", ".join(f"`{c}`" for c in s.constraints) + f" ({CONSTRAINT_NOTE}).", ""]
     if s.best is not None:
@@ -204,6 +213,15 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> 
     lines += ["## Pareto front", "", FRONT_NOTE, ""]
     for caption, header, cells in _front_tables(rows, s.best):
         lines += [f"**{caption}**", "", *_md_table(header, cells), ""]
+    if has_seeds(rows, s.keys):
+        lines += [
+            "## Configurations over seeds",
+            "",
+            SEEDS_NOTE,
+            "",
+            *_md_table(*seeds_table(rows, s.keys)),
+            "",
+        ]
     if s.figures:
         lines += ["## Figures", "", *figures_markdown(s.figures)]
     lines += ["## Trials", "", *_md_table(*_trials_table(rows, s.keys, s.best)), ""]
@@ -221,6 +239,7 @@ def sweep_html(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
         f"<title>{e(s.title)}</title><style>{STYLE}{PRE_STYLE}</style></head><body>",
         f"<h1>{e(s.title)}</h1>",
         f"<p>{e(_counts(rows))}; best by <code>{e(s.metric)}</code> ({e(s.mode)}).</p>",
+        f"<p>{e(control_sentence(rows, s.keys, s.best))}</p>",
     ]
     if s.constraints:
         shown = ", ".join(f"<code>{e(c)}</code>" for c in s.constraints)
@@ -239,6 +258,11 @@ def sweep_html(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
     parts += ["<h2>Pareto front</h2>", f'<p class="note">{e(FRONT_NOTE)}</p>']
     for caption, header, cells in _front_tables(rows, s.best):
         parts += [f"<h3>{e(caption)}</h3>", _html_table(header, cells)]
+    if has_seeds(rows, s.keys):
+        parts += [
+            "<h2>Configurations over seeds</h2>", f'<p class="note">{e(SEEDS_NOTE)}</p>',
+            _html_table(*seeds_table(rows, s.keys)),
+        ]  # fmt: skip
     if s.figures:
         parts += ["<h2>Figures</h2>", *figures_html(s.figures)]
     parts += ["<h2>Trials</h2>", _html_table(*_trials_table(rows, s.keys, s.best)), "</body></html>"]
@@ -296,6 +320,8 @@ def _draw_front(ax: Axes, rows: Sequence[Mapping[str, Any]], front: Front, best_
         ax.annotate(_short(rows[i]["trial_id"]), point, xytext=(4, 3), textcoords="offset points", fontsize=7)
         if rows[i]["trial_id"] == best_id:
             ax.scatter(*point, marker="*", s=240, c="gold", edgecolors="black", zorder=4)
+        if rows[i].get("control"):
+            ax.scatter(*point, marker="D", s=130, facecolors="none", edgecolors="black", zorder=4)
     xs, ys = zip(
         *sorted((float(rows[i][front.x]), float(rows[i][front.y])) for i in front.front), strict=True
     )
@@ -358,6 +384,8 @@ def _trials_table(
     rows: Sequence[Mapping[str, Any]], keys: Sequence[str], best: Mapping[str, Any] | None
 ) -> tuple[list[str], list[list[str]]]:
     metric_columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    if len({r.get("run.seed") for r in rows}) > 1:  # --seeds
+        keys = [*keys, "run.seed"]
     constrained = not all(_feasible(r) for r in rows)
     header = ["trial", "status", *(["feasible"] if constrained else []), *keys]
     header += [h for _, h, _ in metric_columns]
@@ -376,7 +404,9 @@ def _trials_table(
 
 def _trial_cell(row: Mapping[str, Any], best: Mapping[str, Any] | None) -> str:
     is_best = best is not None and row["trial_id"] == best["trial_id"]
-    return str(row["trial_id"]) + (" (best)" if is_best else "")
+    return (
+        str(row["trial_id"]) + (" (control)" if row.get("control") else "") + (" (best)" if is_best else "")
+    )
 
 
 def _md_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:

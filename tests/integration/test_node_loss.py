@@ -380,7 +380,7 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
     command = [
         EMPRL, "tune", "--run-dir", uri, "--space", f"s3://{bucket.name}/spaces/{scheduler}.yaml",
         *SWEEPS[scheduler][1], "--max-concurrent", "2", "--dev-examples", "8", "--eval-examples", "8",
-        "--max-failures", "2",
+        "--max-failures", "2", "--no-control",
         *tiny_overrides(resources__address="auto", ppo__total_steps=SWEEP_STEPS, ppo__save_every=1),
     ]  # fmt: skip
     job = cluster.start_job(command, ROOT, env=JOB_ENV)

@@ -57,13 +57,18 @@ def test_two_trials_complete_and_the_best_policy_is_published(
     result = tune_stage(cfg, layout, space, settings, hooks=[_record])  # grace 2: both trials run to the end
     sweep = layout.sweep()
     rows = pq.read_table(sweep.trials).to_pylist()
-    assert len(rows) == 2 and result.metrics["completed"] == 2, rows
-    assert sorted(r["ppo.kl_coef"] for r in rows) == [0.05, 0.3]
+    assert len(rows) == 3 and result.metrics["completed"] == 3, rows
+    # the control (the base config's values: kl_coef 0.2, weight 1.0) besides the two samples of the grid
+    (control,) = [r for r in rows if r["control"]]
+    assert (control["ppo.kl_coef"], control["reward.weights.ex"]) == (0.2, 1.0), control
+    assert result.metrics["control"]["trial_id"] == control["trial_id"]
+    assert sorted(r["ppo.kl_coef"] for r in rows if not r["control"]) == [0.05, 0.3]
     for r in rows:
+        assert r["vs_control/emp_f1"] == pytest.approx(r["eval/emp_f1"] - control["eval/emp_f1"]), r
         assert r["status"] == "completed" and r["iteration"] == 2 and r["reports"] == 2, r
-        assert 0.5 <= r["reward.weights.ex"] <= 2.0
+        assert 0.5 <= r["reward.weights.ex"] <= 2.0 or r["control"]
         for key in ("eval/emp_f1", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity", "eval/dist2",
-                    "dev/emp_f1", "rollout/kl", "rollout/kl_k3", "wall_s"):  # fmt: skip
+                    "dev/emp_f1", "dev/emp_f1_se", "rollout/kl", "rollout/kl_k3", "wall_s"):  # fmt: skip
             assert r[key] == r[key], (key, r)  # not NaN
 
     # the best trial's policy and resolved config; the report names it with the command
@@ -76,6 +81,8 @@ def test_two_trials_complete_and_the_best_policy_is_published(
     )
     report = sweep.report_md.read_text()
     assert f"**Best trial:** `{best['trial_id']}`" in report and f"--preset {sweep.best_config}" in report
+    assert f"Control: {control['trial_id']} (the base config's own values: ppo.kl_coef=0.2" in report
+    assert f"| {control['trial_id']} (control)" in report
     assert sweep.report_html.is_file() and best["trial_id"] in sweep.report_html.read_text()
     history = pq.read_table(sweep.history).to_pylist()  # every report of every trial: the learning curves
     assert sorted((h["trial_id"], h["iteration"]) for h in history) == sorted(
@@ -95,7 +102,7 @@ def test_two_trials_complete_and_the_best_policy_is_published(
             for line in trial.ppo.joinpath("metrics.jsonl").read_text().splitlines()
         ]
         assert log == [1, 2]
-    assert rows[0]["pg"] != rows[1]["pg"]
+    assert len({r["pg"] for r in rows}) == 3
 
     # the crashed trial came back from its Tune checkpoint: PPO went on with iteration 2, never redid 1
     (crashed,) = [r for r in rows if r["ppo.kl_coef"] == 0.3]

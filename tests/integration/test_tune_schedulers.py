@@ -43,7 +43,7 @@ def test_a_pbt_exploit_resumes_the_worse_trial_under_mutated_kl_settings(
 ) -> None:
     settings = SweepSettings(
         num_samples=2, scheduler="pbt", max_concurrent_trials=2, perturbation_interval=1,
-        quantile_fraction=0.5, resample_probability=1.0, dev_examples=8, eval_examples=8,
+        quantile_fraction=0.5, resample_probability=1.0, dev_examples=8, eval_examples=8, control=False,
     )  # fmt: skip
     layout = sweep_layout
     cfg = tiny_config(ppo__total_steps=3, ppo__save_every=1, ppo__kl_mode="adaptive")
@@ -89,7 +89,7 @@ def test_asha_stops_the_weaker_trial_after_its_first_report(
     space = parse_search_space({"ppo.kl_coef": {"grid": [0.05, 0.3]}}, cfg)
     settings = SweepSettings(
         metric="rollout/kl_coef", mode="min", constraints=("rollout/kl_coef<=0.1",), max_concurrent_trials=1,
-        dev_examples=8, eval_examples=8,
+        dev_examples=8, eval_examples=8, control=False,
     )  # fmt: skip
     result = tune_stage(cfg, layout, space, settings)
     rows = {r["ppo.kl_coef"]: r for r in pq.read_table(layout.sweep().trials).to_pylist()}

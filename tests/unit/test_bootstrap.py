@@ -7,7 +7,7 @@ import numpy.typing as npt
 import pytest
 
 import pipeline.evaluation.bootstrap as bootstrap_module
-from pipeline.evaluation.bootstrap import paired_bootstrap, paired_bootstrap_mean
+from pipeline.evaluation.bootstrap import bootstrap_std_error, paired_bootstrap, paired_bootstrap_mean
 from pipeline.evaluation.classification import emp_f1
 from pipeline.evaluation.text import bleu, bleu_from_stats, bleu_stats, distinct_n
 
@@ -152,3 +152,14 @@ def test_errors_name_the_bad_input() -> None:
 
     with pytest.raises(ValueError, match="returned nan for system a on resample 0"):
         paired_bootstrap(undefined_on_repeats, np.arange(5.0), np.arange(5.0), n_resamples=10)
+
+
+def test_the_standard_error_of_a_mean_is_its_textbook_value() -> None:
+    values = np.random.default_rng(3).normal(5.0, 2.0, size=400)
+    se = bootstrap_std_error(lambda idx: float(values[idx].mean()), len(values), n_resamples=2000, seed=1)
+    textbook = values.std(ddof=1) / np.sqrt(len(values))  # 0.1
+    assert se == pytest.approx(textbook, rel=0.08)
+    assert bootstrap_std_error(lambda idx: 1.0, 10) == 0.0  # a constant metric has no noise
+    assert np.isnan(bootstrap_std_error(lambda idx: 1.0, 1))
+    with pytest.raises(ValueError, match="n_resamples must be >= 2"):
+        bootstrap_std_error(lambda idx: 1.0, 10, n_resamples=1)

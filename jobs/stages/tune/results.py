@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.sweep.trial import plain_values
+from actors.sweep.trial import is_control, plain_values
 from actors.training.harness import replace_folder
 from jobs.stages.result import StageResult
 from jobs.stages.tune.settings import SweepError
@@ -24,6 +24,7 @@ from jobs.stages.tune.trial import TrialSetup
 from pipeline.config import Config, save_config
 from pipeline.config.objective import DEV_METRICS, Objective
 from pipeline.config.search_space import SearchSpace
+from pipeline.evaluation.control import with_control_deltas
 from pipeline.evaluation.sweep_report import SweepSummary, write_sweep_report
 from pipeline.layout import PPODir, SweepDir
 from pipeline.storage import display, fetch, publish, uri_of
@@ -32,12 +33,13 @@ logger = logging.getLogger(__name__)
 
 TABLE_METRICS = (
     "eval/emp_f1", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity", "eval/dist2",
-    *DEV_METRICS, "rollout/kl", "rollout/kl_k3", "rollout/kl_coef", "reward/score",
+    *DEV_METRICS, "dev/emp_f1_se", "rollout/kl", "rollout/kl_k3", "rollout/kl_coef", "reward/score",
 )  # fmt: skip
 """Metric columns of ``trials.parquet`` (besides the objective's and the constraints' keys)."""
 
 HISTORY_METRICS = (
     "dev/emp_f1",
+    "dev/emp_f1_se",
     "dev/perplexity",
     "rollout/kl",
     "rollout/kl_k3",
@@ -62,7 +64,7 @@ def record_sweep(
             none that completed satisfies the constraints): the sweep failed.
     """
     cfg, objective, sweep = setup.cfg, setup.objective, setup.sweep
-    rows = [trial_row(r, space, cfg, objective, failure_counts or {}) for r in results]
+    rows = with_control_deltas([trial_row(r, space, cfg, objective, failure_counts or {}) for r in results])
     pq.write_table(trials_table(rows, space), sweep.trials)
     publish(sweep.trials)
     history = history_rows(results)
@@ -91,6 +93,13 @@ def record_sweep(
         + ", ".join(f"{k}={_shown(best[k])}" for k in space.keys)
         + ")"
     )
+    control = next((r for r in rows if r["control"]), None)
+    if control is not None and control["trial_id"] != best["trial_id"]:
+        headline += (
+            f"; {best.get('vs_control/emp_f1', math.nan):+.2f} Emp-F1 vs the control {control['trial_id']}"
+        )
+    elif control is not None:
+        headline += " (the control: no configuration beat it)"
     if failures:
         shown = ", ".join(display(f) for f, _ in failures[:3]) + (" ..." if len(failures) > 3 else "")
         headline += f"; errors of the failed trials: {shown}"
@@ -108,6 +117,7 @@ def record_sweep(
             "metric": objective.metric,
             "mode": objective.mode,
             "best": dict(best),
+            "control": None if control is None else dict(control),
         },
         headline=headline,
         outputs=outputs,
@@ -188,7 +198,9 @@ def trial_row(
     row: dict[str, Any] = {
         "trial_id": str(metrics.get("trial_id") or Path(result.path).name),
         "status": status,
+        "control": is_control(result.config),
         **{k: config.get(k) for k in space.keys},
+        "run.seed": int(config.get("run.seed", cfg.run.seed)),
     }
     extra = [c.key for c in objective.constraints] + [objective.ranked_metric]  # shown and judged too
     for key in [*TABLE_METRICS, *(k for k in dict.fromkeys(extra) if k not in TABLE_METRICS)]:

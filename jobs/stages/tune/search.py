@@ -1,15 +1,24 @@
 """How a sweep draws and schedules its trials: seeded random/grid sampling or Optuna (one objective or
-several), and ASHA, FIFO or Population Based Training (PBT mutations stay inside the search space)."""
+several), and ASHA, FIFO or Population Based Training (PBT mutations stay inside the search space).
+
+The sweep's control (the base config's own values of the swept keys, marked with
+:data:`~actors.sweep.trial.CONTROL_KEY`) is the first trial of every search, runs the same budget as any
+trial, is never stopped early by ASHA nor exploited or mutated by PBT, and is not fed to Optuna (it is not
+Optuna's suggestion)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import pickle
 import random
+import tempfile
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
-from actors.sweep.trial import tune_domain
+from actors.sweep.trial import CONTROL_KEY, is_control, tune_domain
 from jobs.stages.tune.settings import SweepError, SweepSettings
 from pipeline.config.objective import Objective
 from pipeline.config.search_space import SearchSpace
@@ -22,7 +31,7 @@ def make_scheduler(
     Training mutating every swept key (clamped back into the space, so a trial config stays valid)."""
     metric, mode = objective.ranked_metric, objective.mode
     if settings.scheduler == "asha":
-        return ASHAScheduler(
+        return ControlKeepingASHA(
             time_attr="training_iteration",
             metric=metric,
             mode=mode,
@@ -42,38 +51,139 @@ def make_scheduler(
             hyperparam_mutations=pbt_mutations(space),
             quantile_fraction=settings.quantile_fraction,
             resample_probability=settings.resample_probability,
-            custom_explore_fn=space.clamp,
+            custom_explore_fn=lambda config: {**space.clamp(config), CONTROL_KEY: False},
             synch=True,
         )
     raise SweepError(f"--scheduler {settings.scheduler!r}: unknown. Fix: use asha, fifo or pbt.")
 
 
+class ControlKeepingASHA(ASHAScheduler):
+    """ASHA that compares the control at every rung like any trial (its reports set the rungs' cut-offs
+    too) but never stops it early: every trial's gain is measured against its full run."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        action = str(super().on_trial_result(tune_controller, trial, result))
+        if action == TrialScheduler.STOP and is_control(trial.config):
+            if result.get(self._time_attr, 0) < self._max_t:
+                self._num_stopped -= 1
+                return TrialScheduler.CONTINUE
+        return action
+
+
 class FinalAwarePBT(PopulationBasedTraining):
-    """PBT that leaves a trial's last report alone: a trial's final report carries its full evaluation,
-    and cloning another trial into it then would pair that evaluation with weights it never trained."""
+    """PBT that leaves a trial's last report alone (a trial's final report carries its full evaluation,
+    and cloning another trial into it then would pair that evaluation with weights it never trained) and
+    never exploits the control (it may be cloned into others, as any top trial)."""
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         if result.get("final"):
             return TrialScheduler.CONTINUE
         return str(super().on_trial_result(tune_controller, trial, result))
 
+    def _checkpoint_or_exploit(
+        self, trial: Any, tune_controller: Any, upper_quantile: list[Any], lower_quantile: list[Any]
+    ) -> None:
+        if is_control(trial.config):
+            lower_quantile = [t for t in lower_quantile if t is not trial]
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
 
-def make_search(settings: SweepSettings, objective: Objective, *, seed: int) -> Searcher | SearchAlgorithm:
+
+def make_search(
+    settings: SweepSettings, objective: Objective, *, seed: int, control: dict[str, Any] | None = None
+) -> Searcher | SearchAlgorithm:
     """Random/grid sampling (seeded), or Optuna's TPE (one objective, or several: a Pareto search)
-    limited to ``max_concurrent_trials`` suggestions in flight."""
+    limited to ``max_concurrent_trials`` suggestions in flight; ``control`` (the swept keys' base values),
+    when given, is the first trial. Random search then needs one more sample: see :func:`num_samples`."""
+    point = None if control is None else {**control, CONTROL_KEY: True}
+    if point is not None:  # the control may sit outside the space (its whole point): Tune need not warn
+        logging.getLogger("ray.tune.search.variant_generator").addFilter(_NotPresetWarning())
     if settings.search == "random":
-        # the same draws every time; Tune ignores TuneConfig.max_concurrent_trials next to a generator
-        return BasicVariantGenerator(max_concurrent=settings.max_concurrent_trials, random_state=seed)
+        # the same draws every time; Tune ignores TuneConfig.max_concurrent_trials next to a generator.
+        # A point to evaluate takes the place of one sample (a whole pass over a grid).
+        # with --seeds, a sample's random values stay the same over the grid (run.seed is one): its seeds
+        # run one configuration
+        return BasicVariantGenerator(
+            max_concurrent=settings.max_concurrent_trials,
+            random_state=seed,
+            points_to_evaluate=[point] if point else None,
+            constant_grid_search=settings.seeds > 1,
+        )
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     multi = len(objective.metrics) > 1
-    searcher = OptunaSearch(
+    searcher: Searcher = OptunaSearch(
         metric=objective.metrics if multi else objective.ranked_metric,
         mode=list(objective.modes) if multi else str(objective.mode),
         seed=seed,
     )
+    if point is not None:
+        searcher = ControlFirst(searcher, point)
     return ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent_trials)
+
+
+class _NotPresetWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Pre-set value")
+
+
+def num_samples(settings: SweepSettings, *, control: bool) -> int:
+    """Tune's ``num_samples``: the settings' count plus one for the control (under random search a point to
+    evaluate takes one sample's place, a whole pass over a grid; under Optuna it is one suggestion)."""
+    return settings.num_samples + (1 if control else 0)
+
+
+class ControlFirst(Searcher):
+    """A searcher whose first suggestion is ``point`` (the control); every other suggestion is the wrapped
+    searcher's, which never hears of the control's results (it did not suggest it). Saved and restored
+    with the wrapped searcher's state, so a resumed sweep does not suggest the control twice."""
+
+    def __init__(self, searcher: Searcher, point: dict[str, Any]) -> None:
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher
+        self.point = dict(point)
+        self.control_id: str | None = None
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        return bool(self.searcher.set_search_properties(metric, mode, config, **spec))
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return bool(self.searcher.set_max_concurrency(max_concurrent))
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.control_id is None:
+            self.control_id = trial_id
+            return dict(self.point)
+        return self.searcher.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id != self.control_id:
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id != self.control_id:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.searcher.save(os.path.join(tmp, "searcher"))
+            with open(os.path.join(tmp, "searcher"), "rb") as f:
+                inner = f.read()
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"control_id": self.control_id, "point": self.point, "searcher": inner}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)  # Tune's own searcher checkpoint, written by save above
+        self.control_id, self.point = state["control_id"], state["point"]
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "searcher"), "wb") as f:
+                f.write(state["searcher"])
+            self.searcher.restore(os.path.join(tmp, "searcher"))
 
 
 def pbt_mutations(space: SearchSpace) -> dict[str, Any]:

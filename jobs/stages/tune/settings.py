@@ -70,6 +70,17 @@ class SweepSettings:
     """Restarts of a failed trial."""
     trial_cpus: float = 0.1
     """CPUs of the trial function's bundle (the PPO roles have bundles of their own)."""
+    seeds: int = 1
+    """PPO seeds per configuration (``run.seed``, ``run.seed + 1``, ...): each configuration, the control
+    too, runs once per seed; the report aggregates a configuration's seeds (IQM, 95 % stratified-bootstrap
+    intervals, probability of improvement over the control)."""
+    control: bool = True
+    """Run the base config's own values of the swept keys as one more trial, the control: same budget,
+    never stopped early or exploited; the report measures every trial against it."""
+
+    def seed_values(self, base_seed: int) -> list[int]:
+        """The PPO seeds of every configuration: ``base_seed`` and the next ``seeds - 1``."""
+        return [base_seed + i for i in range(self.seeds)]
 
     @property
     def objective(self) -> Objective:
@@ -88,7 +99,7 @@ class SweepSettings:
         counts = {
             "report_every": self.report_every, "num_samples": self.num_samples,
             "max_concurrent_trials": self.max_concurrent_trials, "grace_period": self.grace_period,
-            "perturbation_interval": self.perturbation_interval,
+            "perturbation_interval": self.perturbation_interval, "seeds": self.seeds,
         }  # fmt: skip
         bad = {k: v for k, v in counts.items() if v < 1}
         if bad:
@@ -99,11 +110,26 @@ class SweepSettings:
                 f"--objective {' '.join(self.objectives)}: a multi-objective search is Optuna's. Fix: add "
                 "--search optuna, or drop --objective."
             )
+        if self.seeds > 1:
+            self._check_seeds(space)
         if self.search == "optuna":
             self._check_optuna(space)
         if self.scheduler == "pbt":
             self._check_pbt(probes)
         return objective
+
+    def _check_seeds(self, space: SearchSpace) -> None:
+        if "run.seed" in space.keys:
+            raise SweepError(
+                "--seeds runs every configuration once per run.seed, but the space sweeps run.seed too. Fix: "
+                "drop run.seed from the space (or --seeds)."
+            )
+        if self.search != "random" or self.scheduler == "pbt":
+            raise SweepError(
+                f"--seeds {self.seeds} with --search {self.search} --scheduler {self.scheduler}: a configuration "
+                "keeps its values over its seeds only under random search without PBT (Optuna suggests, and "
+                "PBT mutates, every trial apart). Fix: --search random with asha or fifo, or --seeds 1."
+            )
 
     def _check_optuna(self, space: SearchSpace) -> None:
         grids = [d.key for d in space.dimensions if d.kind == "grid"]

@@ -25,7 +25,7 @@ from actors.sweep.trial import param_space, trial_resources
 from jobs.stages.ppo import load_ppo_inputs
 from jobs.stages.result import StageResult
 from jobs.stages.tune.results import record_sweep
-from jobs.stages.tune.search import make_scheduler, make_search
+from jobs.stages.tune.search import make_scheduler, make_search, num_samples
 from jobs.stages.tune.settings import SweepError, SweepSettings
 from jobs.stages.tune.trial import TrialSetup, reports_per_trial, run_trial
 from pipeline.config import Config, save_config
@@ -54,7 +54,8 @@ def tune_stage(
 ) -> StageResult:
     """Sweep ``space`` over ``cfg`` with Ray Tune into ``layout.sweep(sweep_dir)``; Ray must be up.
 
-    Each sample of ``space`` (``settings.num_samples`` times the grid) is one PPO trial reading the run's
+    Each sample of ``space`` (``settings.num_samples`` times the grid), and the control (``cfg``'s own values
+    of the swept keys; ``settings.control``), is one PPO trial reading the run's
     SFT policy, identifiers and labelled train split; ``settings.split`` gives the dev slice and the final
     evaluation. The objective (metric, mode, constraints) drives the scheduler and picks the best trial
     among those that completed and satisfy the constraints. ``resume`` continues the sweep in the folder
@@ -94,23 +95,25 @@ def tune_stage(
             f"{storage_path}/{experiment.name}",
             trainable=trainable,
             resume_unfinished=True,
-            param_space=param_space(space),
+            param_space=param_space(space, settings.seed_values(cfg.run.seed)),
             storage_filesystem=storage_filesystem,
         )
     else:
+        control = space.values_of(cfg) if settings.control else None
         logger.info(
-            "sweep: %s trial(s) over %s; %s, %s search; objective %s; up to %d at once, %d report(s) per trial",
+            "sweep: %s trial(s) over %s%s; %s, %s search; objective %s; up to %d at once, %d report(s) per "
+            "trial",
             "?" if settings.search == "optuna" else settings.num_samples * space.grid_size,
-            ", ".join(space.keys), settings.scheduler, settings.search, objective.describe(),
-            settings.max_concurrent_trials, max_t,
+            ", ".join(space.keys), f", and the control {control}" if control else " (no control)",
+            settings.scheduler, settings.search, objective.describe(), settings.max_concurrent_trials, max_t,
         )  # fmt: skip
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(space),
+            param_space=param_space(space, settings.seed_values(cfg.run.seed)),
             tune_config=tune.TuneConfig(
                 scheduler=make_scheduler(settings, objective, space, max_t=max_t, seed=cfg.run.seed),
-                num_samples=settings.num_samples,
-                search_alg=make_search(settings, objective, seed=cfg.run.seed),
+                num_samples=num_samples(settings, control=control is not None),
+                search_alg=make_search(settings, objective, seed=cfg.run.seed, control=control),
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(

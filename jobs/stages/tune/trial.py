@@ -127,8 +127,13 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
         remove(trial.path)
     trial.path.mkdir(parents=True, exist_ok=True)
     split = read_labeled_split(fetch(layout.labeled.split(settings.split)), name=settings.split)
+    # the sweep's seed, not the trial's (--seeds): every trial scores the same dev examples with the same
+    # sampling random numbers, so two trials' reports differ by their policies alone
+    base_seed = setup.cfg.run.seed
     dev = DevEvaluator(
-        cfg, dev_slice(split, settings.dev_examples, seed=cfg.run.seed), layout.identifiers.path
+        cfg.with_overrides({"run.seed": base_seed}),
+        dev_slice(split, settings.dev_examples, seed=base_seed),
+        layout.identifiers.path,
     )
     reporter = TrialReporter(setup, cfg, dev, trial.dev_policy)
     reporter.starts, reporter.exploits = len(starts), starts.count("exploit")

@@ -1,0 +1,186 @@
+"""A sweep's trials against its control (the base config's own values of the swept keys, the row marked
+``control``): each trial's differences from the control (:func:`with_control_deltas`), the report's
+sentence about it, and the configurations over their PPO seeds: the trials of one configuration (the same
+swept values, ``run.seed`` apart) aggregated as rliable does (:mod:`pipeline.evaluation.aggregate`): the
+interquartile mean of a metric with its 95 % stratified-bootstrap interval, the difference of IQMs from the
+control's with its interval, and the probability that a seed of the configuration beats a seed of the
+control. Rows are ``trials.parquet`` records; only completed trials with the metric count."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.evaluation.aggregate import Interval, iqm, probability_of_improvement, stratified_bootstrap
+from pipeline.evaluation.pareto import is_finite
+from pipeline.evaluation.report import format_value
+
+SEED_KEY = "run.seed"
+"""The config key a sweep's ``--seeds`` varies; the rest of a trial's swept values is its configuration."""
+
+N_RESAMPLES = 2000
+
+SEEDS_NOTE = (
+    "Each configuration's completed seeds (Emp-F1 on the evaluation split): interquartile mean with its 95 % "
+    "stratified-bootstrap interval, its difference from the control's and the probability that one of its "
+    "seeds beats one of the control's (0.5: no better); a gain whose interval holds 0 is not one."
+)
+
+
+VS_CONTROL: tuple[tuple[str, str, bool], ...] = (
+    ("vs_control/emp_f1", "eval/emp_f1", False),
+    ("vs_control/dev_emp_f1", "dev/emp_f1", False),
+    ("vs_control/perplexity_pct", "eval/perplexity", True),
+)
+"""Each trial against the sweep's control: (row key, metric, as a percentage of the control's value)."""
+
+
+def with_control_deltas(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with the :data:`VS_CONTROL` differences of each trial from the control (the row marked
+    ``control``; NaN where either value is missing); unchanged when the sweep has no control."""
+    control = next((r for r in rows if r.get("control")), None)
+    if control is None:
+        return [dict(r) for r in rows]
+    out = []
+    for row in rows:
+        new = dict(row)
+        for key, metric, relative in VS_CONTROL:
+            value: Any = row.get(metric)
+            base: Any = control.get(metric)
+            if not (is_finite(value) and is_finite(base)) or (relative and not base):
+                new[key] = math.nan
+            elif relative:
+                new[key] = 100.0 * (value - base) / base
+            else:
+                new[key] = value - base
+        out.append(new)
+    return out
+
+
+def control_sentence(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], best: Mapping[str, Any] | None
+) -> str:
+    """What the report says of the control: its values and Emp-F1, and the best trial against it."""
+    control = next((r for r in rows if r.get("control")), None)
+    if control is None:
+        return "No control trial: gains cannot be stated against the base config."
+    swept = ", ".join(f"{k}={_shown(control.get(k))}" for k in keys)
+    text = (
+        f"Control: {control['trial_id']} (the base config's own values: {swept}), {control.get('status')}, "
+        f"Emp-F1 {format_value(control.get('eval/emp_f1'), 2)}, dev Emp-F1 {format_value(control.get('dev/emp_f1'), 2)}."
+    )
+    if best is not None and best.get("trial_id") != control["trial_id"]:
+        text += (
+            f" Best trial against it: Emp-F1 {_signed(best.get('vs_control/emp_f1'), 2)}, dev Emp-F1 "
+            f"{_signed(best.get('vs_control/dev_emp_f1'), 2)}, perplexity {_signed(best.get('vs_control/perplexity_pct'), 1)} %"
+            " (one run each: see the trials' spread before trusting a difference)."
+        )
+    elif best is not None:
+        text += " The control is the best trial: no configuration beat it."
+    return text
+
+
+def _signed(value: Any, digits: int) -> str:
+    return f"{float(value):+.{digits}f}" if is_finite(value) else "n/a"
+
+
+def configuration_of(row: Mapping[str, Any], keys: Sequence[str]) -> tuple[Any, ...]:
+    """The configuration a trial ran: its swept values (``run.seed`` excluded) and whether it is the control
+    (a random sample equal to the control's values is another configuration)."""
+    return (bool(row.get("control")), *(_hashable(row.get(k)) for k in keys if k != SEED_KEY))
+
+
+def configuration_rows(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str = "eval/emp_f1"
+) -> list[dict[str, Any]]:
+    """One row per configuration, in order of first trial: its swept values, ``control``, ``seeds``
+    (completed trials with ``metric``), ``trials``, ``iqm`` with ``iqm_low``/``iqm_high``, and against the
+    control's seeds ``vs_control`` (difference of IQMs) with ``vs_control_low``/``_high`` and
+    ``p_improvement`` with ``p_improvement_low``/``_high`` (NaN where there is no control, or no scores)."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for trial in rows:
+        groups.setdefault(configuration_of(trial, keys), []).append(trial)
+    scores = {
+        config: [
+            float(r[metric]) for r in members if r.get("status") == "completed" and _finite(r.get(metric))
+        ]
+        for config, members in groups.items()
+    }
+    control = next((scores[c] for c in groups if c[0]), [])
+    out: list[dict[str, Any]] = []
+    for config, members in groups.items():
+        first = members[0]
+        mine = scores[config]
+        row: dict[str, Any] = {
+            "control": config[0],
+            **{k: first.get(k) for k in keys if k != SEED_KEY},
+            "seeds": len(mine),
+            "trials": len(members),
+            "trial_ids": ", ".join(str(r.get("trial_id")) for r in members),
+            "metric": metric,
+        }
+        row.update(_interval("iqm", mine and stratified_bootstrap(iqm, mine, n_resamples=N_RESAMPLES)))
+        gap: Interval | None = None
+        better: Interval | None = None
+        if mine and control:
+            gap = stratified_bootstrap(lambda x, y: iqm(x) - iqm(y), mine, control, n_resamples=N_RESAMPLES)
+            better = stratified_bootstrap(probability_of_improvement, mine, control, n_resamples=N_RESAMPLES)
+        row.update(_interval("vs_control", gap))
+        row.update(_interval("p_improvement", better))
+        out.append(row)
+    return out
+
+
+def seeds_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """The report's table of :func:`configuration_rows`: header and cells."""
+    swept = [k for k in keys if k != "run.seed"]
+    header = ["configuration", *swept, "seeds", "Emp-F1 IQM [95 % CI]", "Δ IQM vs control [95 % CI]",
+              "P(beats control) [95 % CI]"]  # fmt: skip
+    cells = [
+        [
+            "control" if c["control"] else c["trial_ids"].split(", ")[0] + " …",
+            *(_shown(c.get(k)) for k in swept),
+            f"{c['seeds']} of {c['trials']}",
+            _ranged(c, "iqm", 2, signed=False),
+            "—" if c["control"] else _ranged(c, "vs_control", 2, signed=True),
+            "—" if c["control"] else _ranged(c, "p_improvement", 2, signed=False),
+        ]
+        for c in configuration_rows(rows, keys)
+    ]
+    return header, cells
+
+
+def _ranged(row: Mapping[str, Any], name: str, digits: int, *, signed: bool) -> str:
+    value, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
+    if not is_finite(value):
+        return "n/a"
+    form = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return f"{form.format(value)} [{form.format(low)}, {form.format(high)}]"
+
+
+def has_seeds(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> bool:
+    """Whether some configuration ran with more than one seed."""
+    counts: dict[tuple[Any, ...], int] = {}
+    for row in rows:
+        config = configuration_of(row, keys)
+        counts[config] = counts.get(config, 0) + 1
+    return any(n > 1 for n in counts.values())
+
+
+def _interval(name: str, interval: Any) -> dict[str, float]:
+    if not interval:
+        return {name: math.nan, f"{name}_low": math.nan, f"{name}_high": math.nan}
+    return {name: interval.estimate, f"{name}_low": interval.low, f"{name}_high": interval.high}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

@@ -1,0 +1,287 @@
+"""The sweep's control: the base config's own values of the swept keys, run as the first trial of every
+search (random, grid, Optuna), never stopped early by ASHA nor exploited by PBT, never fed to Optuna, and
+kept across a resume; the report measures every trial against it."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from ray.tune.experiment import Experiment
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+from ray.tune.search import Searcher
+
+from actors.sweep.trial import CONTROL_KEY, is_control, param_space, plain_values
+from jobs.stages.tune import SweepSettings
+from jobs.stages.tune.search import ControlFirst, FinalAwarePBT, make_scheduler, make_search, num_samples
+from pipeline.config import load_config
+from pipeline.config.objective import Objective
+from pipeline.config.search_space import parse_search_space
+from pipeline.evaluation.control import (
+    configuration_rows,
+    control_sentence,
+    has_seeds,
+    seeds_table,
+    with_control_deltas,
+)
+
+BASE = load_config("local", ["ppo.kl_coef=0.2", "reward.weights.ex=1.0"])
+SPACE = parse_search_space(
+    {"ppo.kl_coef": {"grid": [0.05, 0.3]}, "reward.weights.ex": {"uniform": [0.5, 2.0]}}, BASE
+)
+OBJECTIVE = Objective.parse("dev/emp_f1", "max")
+
+
+def _trainable(config: dict[str, Any]) -> None:  # never run: the searchers only need a registered name
+    return None
+
+
+def _configs(search: Any, samples: int) -> list[dict[str, Any]]:
+    """Every trial config the search algorithm creates for ``samples`` samples of SPACE (no Ray)."""
+    search.add_configurations(
+        [Experiment("control", _trainable, config=param_space(SPACE), num_samples=samples)]
+    )
+    configs = []
+    while not search.is_finished():
+        trial = search.next_trial()
+        if trial is None:
+            break
+        configs.append(trial.config)
+        search.on_trial_complete(trial.trial_id)  # frees its place under max_concurrent
+    return configs
+
+
+def test_the_control_is_the_base_configs_point_of_the_space() -> None:
+    assert SPACE.values_of(BASE) == {"ppo.kl_coef": 0.2, "reward.weights.ex": 1.0}
+    control = {**SPACE.values_of(BASE), CONTROL_KEY: True}
+    assert is_control(control) and not is_control({"ppo.kl_coef": 0.2, CONTROL_KEY: False})
+    assert plain_values(control) == {"ppo.kl_coef": 0.2, "reward.weights.ex": 1.0}  # no marker in a config
+
+
+def test_random_search_runs_the_control_first_then_every_sample_of_the_grid() -> None:
+    settings = SweepSettings(num_samples=2)
+    search = make_search(settings, OBJECTIVE, seed=0, control=SPACE.values_of(BASE))
+    configs = _configs(search, num_samples(settings, control=True))
+    assert configs[0] == {"ppo.kl_coef": 0.2, "reward.weights.ex": 1.0, CONTROL_KEY: True}
+    rest = configs[1:]
+    assert len(rest) == 2 * 2 and not any(is_control(c) for c in rest)  # num_samples x the grid, as without
+    assert sorted(c["ppo.kl_coef"] for c in rest) == [0.05, 0.05, 0.3, 0.3]
+    assert all(0.5 <= c["reward.weights.ex"] <= 2.0 for c in rest)
+    without = _configs(make_search(settings, OBJECTIVE, seed=0), num_samples(settings, control=False))
+    assert len(without) == 4 and not any(is_control(c) for c in without)
+
+
+class _Recording(Searcher):
+    """A searcher that suggests fixed values and records what it hears."""
+
+    def __init__(self) -> None:
+        super().__init__(metric="dev/emp_f1", mode="max")
+        self.heard: list[tuple[str, str]] = []
+        self.count = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        self.count += 1
+        return {"ppo.kl_coef": 0.01 * self.count, "reward.weights.ex": 1.5}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.heard.append(("result", trial_id))
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        self.heard.append(("complete", trial_id))
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(str(self.count))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.count = int(Path(checkpoint_path).read_text())
+
+
+def test_a_searcher_suggests_the_control_first_and_never_hears_of_it(tmp_path: Path) -> None:
+    inner = _Recording()
+    first = ControlFirst(inner, {"ppo.kl_coef": 0.2, CONTROL_KEY: True})
+    assert first.suggest("a") == {"ppo.kl_coef": 0.2, CONTROL_KEY: True}
+    assert first.suggest("b") == {"ppo.kl_coef": 0.01, "reward.weights.ex": 1.5}
+    for trial_id in ("a", "b"):
+        first.on_trial_result(trial_id, {"dev/emp_f1": 1.0})
+        first.on_trial_complete(trial_id, {"dev/emp_f1": 1.0})
+    assert inner.heard == [("result", "b"), ("complete", "b")]  # it did not suggest the control
+
+    first.save(str(tmp_path / "searcher.pkl"))  # what Tune saves with the experiment, for --resume
+    restored = ControlFirst(_Recording(), {"ppo.kl_coef": 0.2, CONTROL_KEY: True})
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.control_id == "a" and restored.searcher.count == 1  # type: ignore[attr-defined]
+    assert restored.suggest("c") == {"ppo.kl_coef": 0.02, "reward.weights.ex": 1.5}  # no second control
+
+
+def test_optuna_search_suggests_the_control_first(tmp_path: Path) -> None:
+    settings = SweepSettings(search="optuna", num_samples=3, max_concurrent_trials=4)
+    space = parse_search_space({"ppo.kl_coef": {"loguniform": [0.01, 0.1]}}, BASE)
+    search = make_search(settings, OBJECTIVE, seed=0, control=space.values_of(BASE))
+    from ray.tune.search import SearchGenerator
+
+    generator = SearchGenerator(search)
+    assert generator.set_search_properties(None, None, param_space(space))  # as Tune does before the trials
+    generator.add_configurations(
+        [
+            Experiment(
+                "control",
+                _trainable,
+                config=param_space(space),
+                num_samples=num_samples(settings, control=True),
+            )
+        ]
+    )
+    configs = [generator.next_trial().config for _ in range(4)]  # type: ignore[union-attr]
+    assert configs[0] == {"ppo.kl_coef": 0.2, CONTROL_KEY: True}  # outside the space: the base config's value
+    assert all(0.01 <= c["ppo.kl_coef"] <= 0.1 and c[CONTROL_KEY] is False for c in configs[1:]), configs
+    assert generator.next_trial() is None  # 3 samples and the control
+
+    # Tune pickles the search with the experiment and saves its state for --resume: both keep the control
+    restored = pickle.loads(pickle.dumps(search))
+    path = tmp_path / "searcher.pkl"
+    search.save(str(path))
+    restored.restore(str(path))
+    assert restored.searcher.control_id == search.searcher.control_id is not None
+    assert not is_control(restored.suggest("new") or {})
+
+
+def _trial(trial_id: str, control: bool = False) -> Any:
+    return SimpleNamespace(trial_id=trial_id, config={CONTROL_KEY: control}, status="RUNNING")
+
+
+def test_asha_compares_the_control_at_every_rung_but_never_stops_it() -> None:
+    settings = SweepSettings(grace_period=1, reduction_factor=2)
+    asha = make_scheduler(settings, OBJECTIVE, SPACE, max_t=4, seed=0)
+    trials = [_trial("good"), _trial("better"), _trial("control", control=True), _trial("weak")]
+    for t in trials:
+        asha.on_trial_add(None, t)  # type: ignore[arg-type]
+    scores = {"good": 40.0, "better": 50.0, "control": 10.0, "weak": 5.0}
+    actions = {
+        t.trial_id: asha.on_trial_result(None, t, {"training_iteration": 1, "dev/emp_f1": scores[t.trial_id]})  # type: ignore[arg-type]
+        for t in trials
+    }
+    # the control is below the rung's cut-off as much as "weak" is: ASHA stops "weak", keeps the control
+    assert actions == {"good": "CONTINUE", "better": "CONTINUE", "control": "CONTINUE", "weak": "STOP"}
+    last = asha.on_trial_result(None, trials[2], {"training_iteration": 4, "dev/emp_f1": 10.0})  # type: ignore[arg-type]
+    assert last == TrialScheduler.STOP  # at max_t the control ends like any trial
+
+
+def test_pbt_never_exploits_the_control(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = SweepSettings(scheduler="pbt", quantile_fraction=0.5)
+    pbt = make_scheduler(settings, OBJECTIVE, SPACE, max_t=4, seed=0)
+    assert isinstance(pbt, FinalAwarePBT)
+    seen: list[tuple[str, list[str]]] = []
+
+    def record(self: Any, trial: Any, controller: Any, upper: list[Any], lower: list[Any]) -> None:
+        seen.append((trial.trial_id, [t.trial_id for t in lower]))
+
+    monkeypatch.setattr(PopulationBasedTraining, "_checkpoint_or_exploit", record)
+    control, weak, top = _trial("control", control=True), _trial("weak"), _trial("top")
+    for trial in (control, weak):
+        pbt._checkpoint_or_exploit(trial, None, [top], [control, weak])
+    assert seen == [("control", ["weak"]), ("weak", ["control", "weak"])]
+    # an exploit that clones the control into another trial does not make that trial a control
+    explore = pbt._custom_explore_fn
+    assert explore({"ppo.kl_coef": 0.2, "reward.weights.ex": 1.0, CONTROL_KEY: True})[CONTROL_KEY] is False
+
+
+def test_the_report_states_every_trial_against_the_control() -> None:
+    rows = [
+        {"trial_id": "t_00000", "status": "completed", "control": True, "ppo.kl_coef": 0.2,
+         "eval/emp_f1": 40.0, "dev/emp_f1": 38.0, "eval/perplexity": 20.0},
+        {"trial_id": "t_00001", "status": "completed", "control": False, "ppo.kl_coef": 0.05,
+         "eval/emp_f1": 42.5, "dev/emp_f1": 39.0, "eval/perplexity": 21.0},
+        {"trial_id": "t_00002", "status": "stopped", "control": False, "ppo.kl_coef": 0.3,
+         "eval/emp_f1": math.nan, "dev/emp_f1": 30.0, "eval/perplexity": math.nan},
+    ]  # fmt: skip
+    out = with_control_deltas(rows)
+    assert [r["vs_control/emp_f1"] for r in out[:2]] == [0.0, 2.5] and math.isnan(out[2]["vs_control/emp_f1"])
+    assert (
+        out[1]["vs_control/perplexity_pct"] == pytest.approx(5.0) and out[2]["vs_control/dev_emp_f1"] == -8.0
+    )
+    text = control_sentence(out, ["ppo.kl_coef"], out[1])
+    assert text.startswith(
+        "Control: t_00000 (the base config's own values: ppo.kl_coef=0.2), completed, Emp-F1 40.00"
+    )
+    assert "Best trial against it: Emp-F1 +2.50, dev Emp-F1 +1.00, perplexity +5.0 %" in text
+    assert "no configuration beat it" in control_sentence(out, ["ppo.kl_coef"], out[0])
+    plain = [{k: v for k, v in r.items() if k != "control"} for r in rows]
+    assert with_control_deltas(plain) == plain and "No control trial" in control_sentence(plain, [], None)
+
+
+def test_with_seeds_every_configuration_and_the_control_run_once_per_seed() -> None:
+    settings = SweepSettings(num_samples=2, seeds=3)
+    space = parse_search_space({"ppo.kl_coef": {"loguniform": [0.01, 0.1]}}, BASE)
+    search = make_search(settings, OBJECTIVE, seed=0, control=space.values_of(BASE))
+    search.add_configurations(
+        [Experiment("seeds", _trainable, config=param_space(space, settings.seed_values(7)), num_samples=3)]
+    )
+    configs = []
+    for _ in range(9):
+        trial = search.next_trial()
+        configs.append(trial.config)  # type: ignore[union-attr]
+        search.on_trial_complete(trial.trial_id)  # type: ignore[union-attr]
+    assert search.next_trial() is None
+    by_config: dict[tuple[Any, bool], list[int]] = {}
+    for c in configs:
+        by_config.setdefault((c["ppo.kl_coef"], is_control(c)), []).append(c["run.seed"])
+    assert len(by_config) == 3 and all(sorted(s) == [7, 8, 9] for s in by_config.values()), by_config
+    assert (0.2, True) in by_config  # the control, once per seed too
+
+
+def test_seeds_need_random_search_without_pbt_and_leave_run_seed_to_them() -> None:
+    from jobs.stages.tune import SweepError
+
+    space = parse_search_space({"ppo.kl_coef": {"uniform": [0.05, 0.5]}}, BASE)
+    probes = [c for _, c in space.probe_configs(BASE)]
+    SweepSettings(seeds=2).check(space, probes)
+    with pytest.raises(SweepError, match=r"--seeds 2 with --search optuna"):
+        SweepSettings(seeds=2, search="optuna").check(space, probes)
+    pbt_base = BASE.with_overrides({"ppo.save_every": 1})
+    with pytest.raises(SweepError, match=r"--seeds 2 with --search random --scheduler pbt"):
+        SweepSettings(seeds=2, scheduler="pbt").check(space, [pbt_base])
+    seeded = parse_search_space({"run.seed": {"choice": [1, 2]}}, BASE)
+    with pytest.raises(SweepError, match=r"the space sweeps run.seed too"):
+        SweepSettings(seeds=2).check(seeded, [c for _, c in seeded.probe_configs(BASE)])
+    with pytest.raises(SweepError, match=r"'seeds': 0"):
+        SweepSettings(seeds=0).check(space, probes)
+
+
+def test_configurations_aggregate_their_seeds_against_the_control() -> None:
+    def row(
+        i: int, kl: float, seed: int, f1: float, control: bool = False, status: str = "completed"
+    ) -> dict[str, Any]:
+        return {"trial_id": f"t_{i:05d}", "status": status, "control": control, "ppo.kl_coef": kl,
+                "run.seed": seed, "eval/emp_f1": f1}  # fmt: skip
+
+    rows = [
+        row(0, 0.2, 1, 40.0, control=True), row(1, 0.2, 2, 42.0, control=True),
+        row(2, 0.2, 3, 41.0, control=True), row(3, 0.2, 4, 39.0, control=True),
+        row(4, 0.05, 1, 44.0), row(5, 0.05, 2, 43.0), row(6, 0.05, 3, 47.0), row(7, 0.05, 4, 30.0),
+        row(8, 0.3, 1, 38.0), row(9, 0.3, 2, math.nan, status="stopped"),
+        row(10, 0.2, 1, 41.0),  # a sample that drew the control's values is another configuration
+    ]  # fmt: skip
+    assert has_seeds(rows, ["ppo.kl_coef", "run.seed"]) and not has_seeds(rows[9:], ["ppo.kl_coef"])
+    control, better, worse, same = configuration_rows(rows, ["ppo.kl_coef", "run.seed"])
+    assert (control["control"], control["seeds"], control["trials"]) == (True, 4, 4)
+    # IQM of 4 scores: the middle two (floor(4/4) = 1 cut from each end)
+    assert control["iqm"] == pytest.approx((40.0 + 41.0) / 2) and better["iqm"] == pytest.approx(
+        (43.0 + 44.0) / 2
+    )
+    assert better["vs_control"] == pytest.approx(43.5 - 40.5)
+    assert better["vs_control_low"] <= better["vs_control"] <= better["vs_control_high"]
+    # P(a seed of 0.05 beats a seed of the control): pairs won out of 16 (30 loses to all 4; 43, 44, 47 win all)
+    assert better["p_improvement"] == pytest.approx(12 / 16)
+    assert (worse["seeds"], worse["trials"], worse["iqm"]) == (1, 2, 38.0)
+    assert worse["p_improvement"] == pytest.approx(0.0) and worse["iqm_low"] == worse["iqm_high"] == 38.0
+    assert (same["control"], same["seeds"]) == (False, 1)
+    header, cells = seeds_table(rows, ["ppo.kl_coef", "run.seed"])
+    assert header[:4] == ["configuration", "ppo.kl_coef", "seeds", "Emp-F1 IQM [95 % CI]"]
+    assert cells[0][:3] == ["control", "0.2", "4 of 4"] and cells[1][0] == "t_00004 …"
+    assert cells[1][4].startswith("+3.00 [") and cells[1][5].startswith("0.75 [")
