@@ -188,6 +188,9 @@ class SweepDir:
     """Emp-F1 against KL and against perplexity, one point per trial, with the Pareto fronts."""
     curves_figure = _At("learning_curves.png")
     """The trials' learning curves (dev Emp-F1, KL, reward per PPO iteration)."""
+    confirm = _At("confirm")
+    """The confirmation: the control and the top configurations evaluated on held-out rows (an evaluate
+    folder: metrics with the paired comparisons, responses, report)."""
     best = _At("best")
     """The best trial's policy and resolved config."""
     best_policy = _At("best", "policy")

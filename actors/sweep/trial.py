@@ -99,12 +99,23 @@ def dev_slice(split: LabeledSplit, size: int, *, seed: int) -> LabeledSplit:
     trial scores the same examples."""
     n = len(split)
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
-    return LabeledSplit(
-        name=f"{split.name}[dev {len(rows)}]",
-        contexts=tuple(split.contexts[i] for i in rows),
-        references=tuple(split.references[i] for i in rows),
-        gold_levels={m: v[rows] for m, v in split.gold_levels.items()},
-    )
+    return split.subset(rows, f"{split.name}[dev {len(rows)}]")
+
+
+def partition(
+    split: LabeledSplit, confirm_examples: int, *, seed: int
+) -> tuple[LabeledSplit, LabeledSplit | None]:
+    """``(search, confirmation)``: ``confirm_examples`` rows of ``split`` (at most half of it), drawn with
+    ``seed``, that the search never sees (no dev slice, no trial's final evaluation), and the rest, both in
+    split order; ``(split, None)`` for 0."""
+    if confirm_examples <= 0:
+        return split, None
+    n = len(split)
+    held = np.random.default_rng([seed, 1]).choice(n, size=min(confirm_examples, n // 2), replace=False)
+    mask = np.zeros(n, dtype=bool)
+    mask[held] = True
+    search = split.subset(np.flatnonzero(~mask), f"{split.name}[search]")
+    return search, split.subset(np.flatnonzero(mask), f"{split.name}[confirmation {int(mask.sum())}]")
 
 
 class DevEvaluator:

@@ -49,6 +49,11 @@ SETTING_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("quantile_fraction", "PBT: bottom share that copies the top"),
         ("resample_probability", "PBT: chance a mutated value is drawn afresh"),
     ),
+    "confirmation": (
+        ("confirm_examples", "rows of --split held out of the search, on which the top configurations are confirmed against the control (0: none)"),
+        ("confirm_top", "configurations confirmed: this many best by the objective, plus the Pareto fronts' trials"),
+        ("perplexity_budget", "percent: the most a confirmed configuration may raise the control's gold perplexity"),
+    ),
     "each trial": (
         ("dev_examples", "rows of the seeded dev slice"),
         ("split", "labelled split of the dev slice and final evaluation"),

@@ -97,16 +97,21 @@ def load_evaluation_inputs(
     split: str = "valid",
     identifiers: Path | None = None,
     max_examples: int | None = None,
+    data: LabeledSplit | None = None,
 ) -> EvaluationInputs:
-    """The labelled ``split`` of the run, the policies (default: the run's SFT and PPO policies) and
-    the identifiers (default: the run's), each checked before any work starts.
+    """The labelled ``split`` of the run (or ``data``, rows of it already read; its first ``max_examples``),
+    the policies (default: the run's SFT and PPO policies) and the identifiers (default: the run's), each
+    checked before any work starts.
 
     Raises:
         EvaluationInputError: an input is missing or unusable; the message names it and the fix.
     """
-    data = read_labeled_split(
-        storage.fetch(layout.labeled.split(split)), name=split, max_examples=max_examples
-    )
+    if data is None:
+        data = read_labeled_split(
+            storage.fetch(layout.labeled.split(split)), name=split, max_examples=max_examples
+        )
+    elif max_examples is not None:
+        data = data.subset(range(min(max_examples, len(data))), data.name)
     return EvaluationInputs(
         split=data,
         policies=resolve_policies(layout, policies),

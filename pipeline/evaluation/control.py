@@ -184,3 +184,64 @@ def _shown(value: Any) -> str:
 
 def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
+
+
+def confirmation_section(
+    confirmation: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> tuple[str, str, list[str], list[list[str]]]:
+    """The report's confirmation: its note, its verdict, and the table (header and cells) of every
+    confirmed trial against the control. ``confirmation`` holds ``split``, ``n_examples``, ``control_id``,
+    ``best_id``, ``rule``, ``n_resamples`` and ``rows`` (``trial_id`` and ``confirm/*`` values)."""
+    c = confirmation
+    by_id = {str(r.get("trial_id")): r for r in rows}
+    note = (
+        f"{c['n_examples']} examples of {c['split']} the search never used (no dev slice, no trial's final "
+        f"evaluation); each configuration against the control {c['control_id']} on the same examples, paired "
+        f"bootstrap with {c['n_resamples']} resamples, 95 % intervals. Rule for best/: {c['rule']}."
+    )
+    confirmed = list(c["rows"])
+
+    def gain(r: Mapping[str, Any]) -> str:
+        return (
+            f"Emp-F1 {_ranged_of(r, 'confirm/emp_f1', 2)} over the control at "
+            f"{_signed(r.get('confirm/perplexity_pct'), 1)} % perplexity"
+        )
+
+    if c["best_id"] != c["control_id"]:
+        best = next(r for r in confirmed if str(r["trial_id"]) == str(c["best_id"]))
+        swept = ", ".join(f"{k}={_shown(by_id.get(str(c['best_id']), {}).get(k))}" for k in keys)
+        verdict = f"best/ = {c['best_id']} ({swept}): {gain(best)}."
+    elif confirmed:
+        closest = max(
+            confirmed,
+            key=lambda r: float(r["confirm/emp_f1"]) if is_finite(r["confirm/emp_f1"]) else -math.inf,
+        )
+        verdict = (
+            f"No configuration beat the control under the rule: best/ is the control {c['control_id']}. "
+            f"Closest: {closest['trial_id']}, {gain(closest)}."
+        )
+    else:
+        verdict = f"No configuration completed to confirm: best/ is the control {c['control_id']}."
+    header = ["trial", *keys, "Δ Emp-F1 [95 % CI]", "Δ ER F1", "Δ IP F1", "Δ EX F1", "Δ ppl %", "Δ Dist-2",
+              "passes"]  # fmt: skip
+    cells = [
+        [
+            str(r["trial_id"]) + (" (best)" if str(r["trial_id"]) == str(c["best_id"]) else ""),
+            *(_shown(by_id.get(str(r["trial_id"]), {}).get(k)) for k in keys),
+            _ranged_of(r, "confirm/emp_f1", 2),
+            *(_signed(r.get(f"confirm/{m}_f1"), 2) for m in ("er", "ip", "ex")),
+            _signed(r.get("confirm/perplexity_pct"), 1),
+            _signed(r.get("confirm/dist2"), 4),
+            "yes" if r.get("confirm/passes") else "no",
+        ]
+        for r in confirmed
+    ]
+    return note, verdict, header, cells
+
+
+def _ranged_of(row: Mapping[str, Any], key: str, digits: int) -> str:
+    value = row.get(key)
+    if not is_finite(value):
+        return "n/a"
+    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    return f"{_signed(value, digits)} [{_signed(low, digits)}, {_signed(high, digits)}]"

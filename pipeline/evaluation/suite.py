@@ -87,6 +87,16 @@ class LabeledSplit:
     def __len__(self) -> int:
         return len(self.contexts)
 
+    def subset(self, rows: Sequence[int] | IntArray, name: str) -> LabeledSplit:
+        """The rows ``rows`` (in the order given) as a split named ``name``."""
+        index = np.asarray(rows, dtype=np.int64)
+        return LabeledSplit(
+            name=name,
+            contexts=tuple(self.contexts[i] for i in index),
+            references=tuple(self.references[i] for i in index),
+            gold_levels={m: v[index] for m, v in self.gold_levels.items()},
+        )
+
 
 def read_labeled_split(path: str | Path, *, name: str, max_examples: int | None = None) -> LabeledSplit:
     """The first ``max_examples`` rows (all when ``None``) of a labelled split parquet, checked.

@@ -17,7 +17,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from pipeline.evaluation.control import SEEDS_NOTE, control_sentence, has_seeds, seeds_table
+from pipeline.evaluation.control import (
+    SEEDS_NOTE,
+    confirmation_section,
+    control_sentence,
+    has_seeds,
+    seeds_table,
+)
 from pipeline.evaluation.figures import save_figure
 from pipeline.evaluation.pareto import (
     AGAINST,
@@ -189,6 +195,8 @@ class SweepSummary:
     """The objective's constraints, shown as given."""
     figures: Sequence[ReportFigure] = ()
     """Figures to link (paths relative to the report)."""
+    confirmation: Mapping[str, Any] | None = None
+    """The confirmation's outcome (:func:`~pipeline.evaluation.control.confirmation_section`), if one ran."""
 
 
 def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
@@ -210,6 +218,9 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> 
     else:
         headline, rest = _no_best(rows, s.constraints)
         lines += [f"**{headline}**: {rest}", ""]
+    if s.confirmation is not None:
+        note, verdict, header, cells = confirmation_section(s.confirmation, rows, s.keys)
+        lines += ["## Confirmation", "", note, "", f"**{verdict}**", "", *_md_table(header, cells), ""]
     lines += ["## Pareto front", "", FRONT_NOTE, ""]
     for caption, header, cells in _front_tables(rows, s.best):
         lines += [f"**{caption}**", "", *_md_table(header, cells), ""]
@@ -255,6 +266,12 @@ def sweep_html(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
     else:
         headline, rest = _no_best(rows, s.constraints)
         parts.append(f"<p><b>{e(headline)}</b>: {e(rest)}</p>")
+    if s.confirmation is not None:
+        note, verdict, header, cells = confirmation_section(s.confirmation, rows, s.keys)
+        parts += [
+            "<h2>Confirmation</h2>", f'<p class="note">{e(note)}</p>', f"<p><b>{e(verdict)}</b></p>",
+            _html_table(header, cells),
+        ]  # fmt: skip
     parts += ["<h2>Pareto front</h2>", f'<p class="note">{e(FRONT_NOTE)}</p>']
     for caption, header, cells in _front_tables(rows, s.best):
         parts += [f"<h3>{e(caption)}</h3>", _html_table(header, cells)]

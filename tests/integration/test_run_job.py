@@ -258,11 +258,15 @@ def test_readme_sweep_and_serve_as_written(
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     sweep = readme_run[0].sweep()
     trials = pq.read_table(sweep.trials).to_pylist()
-    statuses = sorted(t["status"] for t in trials)  # ASHA may stop the weaker trial early
-    assert len(statuses) == 2 and "completed" in statuses and "error" not in statuses, trials
+    statuses = sorted(t["status"] for t in trials)  # ASHA may stop the weaker trial early, never the control
+    assert len(statuses) == 3 and "completed" in statuses and "error" not in statuses, trials
+    assert [t["status"] for t in trials if t["control"]] == ["completed"], trials
     assert sweep.pareto_figure.is_file() and sweep.report_html.is_file()
-    assert (sweep.best_policy / "config.json").is_file()
-    assert re.search(r"2 trial\(s\), [12] completed, 0 failed; best \S+ dev/emp_f1", done.stdout), done.stdout
+    assert (sweep.best_policy / "config.json").is_file() and (sweep.confirm / "metrics.json").is_file()
+    assert re.search(
+        r"3 trial\(s\), [123] completed, 0 failed; best \S+ dev/emp_f1 .*; confirmed on \d+ held-out examples",
+        done.stdout,
+    ), done.stdout
 
     server = subprocess.Popen(
         in_shell(*setup, "exec " + serve), cwd=checkout, env=env, text=True,

@@ -71,9 +71,30 @@ def test_two_trials_complete_and_the_best_policy_is_published(
                     "dev/emp_f1", "dev/emp_f1_se", "rollout/kl", "rollout/kl_k3", "wall_s"):  # fmt: skip
             assert r[key] == r[key], (key, r)  # not NaN
 
-    # the best trial's policy and resolved config; the report names it with the command
+    # the search's best by the objective; then the confirmation on the 16 held-out rows of the 32 (the
+    # search used the other 16 only) picks best/ by its rule: a trial that passes it, else the control
+    assert result.metrics["search_best"]["dev/emp_f1"] == max(r["dev/emp_f1"] for r in rows)
+    confirmation = result.metrics["confirmation"]
+    assert confirmation["n_examples"] == 16 and confirmation["control_id"] == control["trial_id"]
+    confirmed = {c["trial_id"]: c for c in confirmation["rows"]}
+    assert set(confirmed) == {r["trial_id"] for r in rows if not r["control"]}  # both fit the top 3
+    metrics = json.loads(sweep.confirm.joinpath("metrics.json").read_text())
+    assert metrics["n_examples"] == 16 and metrics["policy_order"][0] == control["trial_id"]
+    for trial_id, c in confirmed.items():
+        (comparison,) = [m for m in metrics["comparisons"] if m["policy"] == trial_id]
+        assert c["confirm/emp_f1"] == comparison["metrics"]["emp_f1"]["difference"]
+        gain_ok = comparison["metrics"]["emp_f1"]["ci_low"] > 0
+        assert c["confirm/passes"] == (gain_ok and c["confirm/perplexity_pct"] <= 5.0), c
+    passing = [c for c in confirmed.values() if c["confirm/passes"]]
     best = result.metrics["best"]
-    assert best["dev/emp_f1"] == max(r["dev/emp_f1"] for r in rows)
+    if passing:
+        assert best["trial_id"] == max(passing, key=lambda c: c["confirm/emp_f1"])["trial_id"]
+    else:  # nothing passed: best/ is the control
+        assert (
+            best["trial_id"] == control["trial_id"] and "best/ is the control" in sweep.report_md.read_text()
+        )
+    chosen = sweep.trial(best["trial_id"]).ppo / "policy" / "model.safetensors"
+    assert (sweep.best_policy / "model.safetensors").read_bytes() == chosen.read_bytes()
     load_policy(sweep.best_policy)
     assert (
         "ppo:\n" in sweep.best_config.read_text()
@@ -82,7 +103,7 @@ def test_two_trials_complete_and_the_best_policy_is_published(
     report = sweep.report_md.read_text()
     assert f"**Best trial:** `{best['trial_id']}`" in report and f"--preset {sweep.best_config}" in report
     assert f"Control: {control['trial_id']} (the base config's own values: ppo.kl_coef=0.2" in report
-    assert f"| {control['trial_id']} (control)" in report
+    assert f"| {control['trial_id']} (control)" in report and "## Confirmation" in report
     assert sweep.report_html.is_file() and best["trial_id"] in sweep.report_html.read_text()
     history = pq.read_table(sweep.history).to_pylist()  # every report of every trial: the learning curves
     assert sorted((h["trial_id"], h["iteration"]) for h in history) == sorted(

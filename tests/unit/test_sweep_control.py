@@ -285,3 +285,117 @@ def test_configurations_aggregate_their_seeds_against_the_control() -> None:
     assert header[:4] == ["configuration", "ppo.kl_coef", "seeds", "Emp-F1 IQM [95 % CI]"]
     assert cells[0][:3] == ["control", "0.2", "4 of 4"] and cells[1][0] == "t_00004 …"
     assert cells[1][4].startswith("+3.00 [") and cells[1][5].startswith("0.75 [")
+
+
+def _comparison(trial_id: str, f1: tuple[float, float, float], ppl: tuple[float, float]) -> dict[str, Any]:
+    """An evaluate-stage comparison against the control: Emp-F1 (difference, low, high), perplexity
+    (control's, trial's)."""
+    emp = {"difference": f1[0], "ci_low": f1[1], "ci_high": f1[2]}
+    perplexity = {
+        "metric_a": ppl[0],
+        "metric_b": ppl[1],
+        "difference": ppl[1] - ppl[0],
+        "ci_low": 0.0,
+        "ci_high": 0.0,
+    }
+    return {"baseline": "control", "policy": trial_id, "metrics": {"emp_f1": emp, "perplexity": perplexity}}
+
+
+def test_the_rule_picks_the_highest_confirmed_gain_within_the_perplexity_budget() -> None:
+    from jobs.stages.tune.confirm import decide
+
+    comparisons = [
+        _comparison("a", (1.5, 0.2, 2.8), (20.0, 20.6)),  # +3 % perplexity: passes
+        _comparison("b", (3.0, 1.0, 5.0), (20.0, 22.0)),  # the biggest gain, but +10 % perplexity
+        _comparison("c", (2.5, -0.3, 5.3), (20.0, 19.0)),  # its interval holds 0
+        _comparison("d", (1.9, 0.1, 3.7), (20.0, 21.0)),  # +5 %: exactly the budget, passes; beats a
+    ]
+    rows, best = decide(comparisons, budget=5.0)
+    assert [r["confirm/passes"] for r in rows] == [True, False, False, True] and best == "d"
+    assert rows[1]["confirm/perplexity_pct"] == pytest.approx(10.0) and rows[2]["confirm/emp_f1_low"] == -0.3
+    assert decide(comparisons, budget=12.0)[1] == "b"
+    none, nobody = decide(comparisons[1:3], budget=5.0)
+    assert nobody is None and not any(r["confirm/passes"] for r in none)  # best/ falls back to the control
+    assert decide([], budget=5.0) == ([], None)
+
+
+def test_the_confirmed_trials_are_the_top_by_the_objective_and_the_fronts() -> None:
+    from jobs.stages.tune.confirm import candidates
+
+    def row(i: int, dev: float, f1: float, kl: float, ppl: float, **extra: Any) -> dict[str, Any]:
+        return {"trial_id": f"t_{i}", "status": "completed", "control": False, "dev/emp_f1": dev,
+                "eval/emp_f1": f1, "rollout/kl_k3": kl, "eval/perplexity": ppl, **extra}  # fmt: skip
+
+    rows = [
+        row(0, 40.0, 40.0, 1.0, 20.0, control=True),  # never a candidate
+        row(1, 45.0, 41.0, 3.0, 30.0),
+        row(2, 44.0, 39.0, 2.0, 25.0),
+        row(3, 30.0, 43.0, 0.5, 18.0),  # low on dev, but the fronts' best: confirmed too
+        row(4, 46.0, 30.0, 5.0, 50.0, status="stopped"),
+        row(5, 47.0, 42.0, 1.0, 20.0, feasible=False),
+    ]
+    picked = [r["trial_id"] for r in candidates(rows, OBJECTIVE, top=2)]
+    assert picked == ["t_1", "t_2", "t_3"], picked
+    assert [r["trial_id"] for r in candidates(rows, OBJECTIVE, top=1)] == ["t_1", "t_3"]
+
+
+def test_the_report_states_the_confirmation_and_its_verdict() -> None:
+    from jobs.stages.tune.confirm import decide, rule_text
+
+    confirmed, best = decide(
+        [
+            _comparison("t_1", (1.9, 0.1, 3.7), (20.0, 21.0)),
+            _comparison("t_2", (2.5, -0.3, 5.3), (20.0, 19.0)),
+        ],
+        5.0,
+    )
+    rows = [{"trial_id": "t_0", "ppo.kl_coef": 0.2}, {"trial_id": "t_1", "ppo.kl_coef": 0.05},
+            {"trial_id": "t_2", "ppo.kl_coef": 0.1}]  # fmt: skip
+    from pipeline.evaluation.control import confirmation_section
+
+    c = {"split": "valid[confirmation 1000]", "n_examples": 1000, "control_id": "t_0", "best_id": best,
+         "rule": rule_text(5.0), "n_resamples": 1000, "rows": confirmed}  # fmt: skip
+    note, verdict, header, cells = confirmation_section(c, rows, ["ppo.kl_coef"])
+    assert note.startswith("1000 examples of valid[confirmation 1000] the search never used")
+    assert "at most 5 % above the control's" in note
+    assert (
+        verdict
+        == "best/ = t_1 (ppo.kl_coef=0.05): Emp-F1 +1.90 [+0.10, +3.70] over the control at +5.0 % perplexity."
+    )
+    assert header[:3] == ["trial", "ppo.kl_coef", "Δ Emp-F1 [95 % CI]"]
+    assert cells[0][0] == "t_1 (best)" and cells[0][-1] == "yes" and cells[1][-1] == "no"
+    _, verdict, _, _ = confirmation_section(
+        {**c, "best_id": "t_0", "rows": confirmed[1:]}, rows, ["ppo.kl_coef"]
+    )
+    assert verdict.startswith(
+        "No configuration beat the control under the rule: best/ is the control t_0. Closest: t_2"
+    )
+
+
+def test_the_confirmation_rows_are_held_out_of_the_dev_slice_and_the_final_evaluation() -> None:
+    import numpy as np
+
+    from actors.sweep.trial import dev_slice, partition
+    from pipeline.evaluation.suite import LabeledSplit
+
+    n = 50
+    split = LabeledSplit(
+        name="valid", contexts=tuple(f"c{i}" for i in range(n)), references=tuple(f"r{i}" for i in range(n)),
+        gold_levels={"ER": np.arange(n) % 3, "IP": np.zeros(n, dtype=np.int64), "EX": np.ones(n, dtype=np.int64)},
+    )  # fmt: skip
+    search, held = partition(split, 1000, seed=3)  # at most half the split
+    assert held is not None and (len(search), len(held)) == (25, 25) and held.name == "valid[confirmation 25]"
+    assert set(search.contexts).isdisjoint(held.contexts) and set(search.contexts) | set(
+        held.contexts
+    ) == set(split.contexts)
+    assert list(search.contexts) == sorted(search.contexts, key=lambda c: int(c[1:]))  # split order kept
+    i = split.contexts.index(held.contexts[0])
+    assert held.references[0] == f"r{i}" and held.gold_levels["ER"][0] == i % 3  # rows stay whole
+    again = partition(split, 1000, seed=3)[1]
+    assert (
+        again is not None and again.contexts == held.contexts
+    )  # the same rows every time (trials and driver)
+    dev = dev_slice(search, 8, seed=3)
+    assert set(dev.contexts) <= set(search.contexts)  # the dev slice and the final evaluation: search rows
+    assert partition(split, 0, seed=3)[1] is None and partition(split, 0, seed=3)[0] is split
+    assert len(partition(split, 10, seed=3)[1]) == 10  # type: ignore[arg-type]

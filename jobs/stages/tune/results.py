@@ -10,21 +10,24 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.sweep.trial import is_control, plain_values
+from actors.sweep.trial import is_control, partition, plain_values
 from actors.training.harness import replace_folder
 from jobs.stages.result import StageResult
+from jobs.stages.tune.confirm import N_RESAMPLES, Confirmation, confirm_sweep
 from jobs.stages.tune.settings import SweepError
 from jobs.stages.tune.trial import TrialSetup
 from pipeline.config import Config, save_config
 from pipeline.config.objective import DEV_METRICS, Objective
 from pipeline.config.search_space import SearchSpace
 from pipeline.evaluation.control import with_control_deltas
+from pipeline.evaluation.suite import read_labeled_split
 from pipeline.evaluation.sweep_report import SweepSummary, write_sweep_report
 from pipeline.layout import PPODir, SweepDir
 from pipeline.storage import display, fetch, publish, uri_of
@@ -71,7 +74,15 @@ def record_sweep(
     pq.write_table(pa.Table.from_pylist(history) if history else pa.table({}), sweep.history)
     publish(sweep.history)
     completed = [r for r in rows if r["status"] == "completed"]
-    best = objective.best(rows)
+    search_best = best = objective.best(rows)
+    searched = time.perf_counter() - started
+    confirmation = run_confirmation(rows, setup)
+    if confirmation is not None:  # the confirmed choice (or the control) replaces the search's best
+        confirmed = {str(c["trial_id"]): c for c in confirmation.rows}
+        rows = [{**r, **confirmed.get(str(r["trial_id"]), {})} for r in rows]
+        pq.write_table(trials_table(rows, space), sweep.trials)
+        publish(sweep.trials)
+        best = next(r for r in rows if str(r["trial_id"]) == confirmation.best_id)
     constraints = [str(c) for c in objective.constraints]
     repro = None
     if best is not None:
@@ -81,7 +92,22 @@ def record_sweep(
             f"emprl ppo --run-dir {display(setup.layout.root)} --preset {display(sweep.best_config)} "
             f"--out {display(sweep.best_ppo)}"
         )
-    summary = SweepSummary(space.keys, objective.metric, objective.mode, best, repro, constraints=constraints)
+    confirmed_as = None
+    if confirmation is not None:
+        confirmed_as = {
+            **asdict(confirmation),
+            "n_resamples": N_RESAMPLES,
+            "folder": display(confirmation.folder),
+        }
+    summary = SweepSummary(
+        space.keys,
+        objective.metric,
+        objective.mode,
+        best,
+        repro,
+        constraints=constraints,
+        confirmation=confirmed_as,
+    )
     files = write_sweep_report(rows, history, summary, sweep)  # publishes
     failures = failed_trials(results, sweep)  # a row's status is "error" exactly when its result has an error
     errors = len(failures)
@@ -94,7 +120,13 @@ def record_sweep(
         + ")"
     )
     control = next((r for r in rows if r["control"]), None)
-    if control is not None and control["trial_id"] != best["trial_id"]:
+    if confirmation is not None:
+        headline += (
+            f"; confirmed on {confirmation.n_examples} held-out examples: "
+            + (f"{best['trial_id']} beats the control" if confirmation.passed else "none beat the control")
+            + f" (search {searched:.0f} s, confirmation {confirmation.seconds:.0f} s)"
+        )
+    elif control is not None and control["trial_id"] != best["trial_id"]:
         headline += (
             f"; {best.get('vs_control/emp_f1', math.nan):+.2f} Emp-F1 vs the control {control['trial_id']}"
         )
@@ -117,12 +149,25 @@ def record_sweep(
             "metric": objective.metric,
             "mode": objective.mode,
             "best": dict(best),
+            "search_best": None if search_best is None else dict(search_best),
+            "confirmation": confirmed_as,
+            "search_s": searched,
             "control": None if control is None else dict(control),
         },
         headline=headline,
         outputs=outputs,
         seconds=time.perf_counter() - started,
     )
+
+
+def run_confirmation(rows: Sequence[Mapping[str, Any]], setup: TrialSetup) -> Confirmation | None:
+    """The confirmation of a sweep with a control and held-out rows (:func:`confirm_sweep`), else ``None``."""
+    settings = setup.settings
+    if not settings.held_out:
+        return None
+    split = read_labeled_split(fetch(setup.layout.labeled.split(settings.split)), name=settings.split)
+    _, held = partition(split, settings.held_out, seed=setup.cfg.run.seed)
+    return None if held is None else confirm_sweep(rows, setup, held)
 
 
 def failed_trials(results: Sequence[Any], sweep: SweepDir | None = None) -> list[tuple[Path, str]]:

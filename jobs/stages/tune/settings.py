@@ -77,6 +77,20 @@ class SweepSettings:
     control: bool = True
     """Run the base config's own values of the swept keys as one more trial, the control: same budget,
     never stopped early or exploited; the report measures every trial against it."""
+    confirm_examples: int = 1000
+    """Rows of ``split`` (at most half of it) held out of the search (no dev slice, no final evaluation)
+    on which the top configurations are confirmed against the control; 0: no confirmation (nor without
+    a control)."""
+    confirm_top: int = 3
+    """Configurations confirmed: this many best by the objective, and the Pareto fronts' trials (at most
+    as many again)."""
+    perplexity_budget: float = 5.0
+    """Percent: a confirmed configuration may cost the control's gold perplexity at most this much."""
+
+    @property
+    def held_out(self) -> int:
+        """Rows held out of the search for the confirmation (0 without one)."""
+        return self.confirm_examples if self.control else 0
 
     def seed_values(self, base_seed: int) -> list[int]:
         """The PPO seeds of every configuration: ``base_seed`` and the next ``seeds - 1``."""
@@ -100,10 +114,16 @@ class SweepSettings:
             "report_every": self.report_every, "num_samples": self.num_samples,
             "max_concurrent_trials": self.max_concurrent_trials, "grace_period": self.grace_period,
             "perturbation_interval": self.perturbation_interval, "seeds": self.seeds,
+            "confirm_top": self.confirm_top,
         }  # fmt: skip
         bad = {k: v for k, v in counts.items() if v < 1}
         if bad:
             raise SweepError(f"{bad}: each must be >= 1. Fix: pass positive values.")
+        if self.confirm_examples < 0 or self.perplexity_budget < 0:
+            raise SweepError(
+                f"--confirm-examples {self.confirm_examples} and --perplexity-budget {self.perplexity_budget} "
+                "must be >= 0 (0 examples: no confirmation)."
+            )
         objective = self.objective
         if self.objectives and self.search != "optuna":
             raise SweepError(

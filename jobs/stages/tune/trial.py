@@ -22,6 +22,7 @@ from actors.sweep.trial import (
     DevEvaluator,
     dev_slice,
     metric_row,
+    partition,
     plain_values,
     restore_checkpoint,
     tune_checkpoint,
@@ -126,10 +127,15 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
     else:  # a retried trial that never reported a checkpoint starts afresh (in the bucket too)
         remove(trial.path)
     trial.path.mkdir(parents=True, exist_ok=True)
-    split = read_labeled_split(fetch(layout.labeled.split(settings.split)), name=settings.split)
     # the sweep's seed, not the trial's (--seeds): every trial scores the same dev examples with the same
-    # sampling random numbers, so two trials' reports differ by their policies alone
+    # sampling random numbers, so two trials' reports differ by their policies alone; the confirmation
+    # rows are held out of both the dev slice and the final evaluation
     base_seed = setup.cfg.run.seed
+    split, _ = partition(
+        read_labeled_split(fetch(layout.labeled.split(settings.split)), name=settings.split),
+        settings.held_out,
+        seed=base_seed,
+    )
     dev = DevEvaluator(
         cfg.with_overrides({"run.seed": base_seed}),
         dev_slice(split, settings.dev_examples, seed=base_seed),
@@ -153,6 +159,7 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
         policies=[("trial", layout.ppo.policy)],
         split=settings.split,
         max_examples=settings.eval_examples,
+        data=split,
     )
     evaluation: dict[str, Any] = {}
     evaluate_stage(cfg, layout, inputs, n_resamples=1, reservation=reservation, sinks=[evaluation.update])
