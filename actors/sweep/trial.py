@@ -130,12 +130,10 @@ class DevEvaluator:
         )  # fmt: skip
         self.scorer = IdentifierScorerWorker(identifiers_dir, cfg.identifiers, res.torch_threads, "cpu")
 
-    def __call__(self, policy_dir: Path) -> dict[str, float]:
-        """``dev/emp_f1``, ``dev/{er,ip,ex}_f1``, ``dev/perplexity``, ``dev/dist2`` of ``policy_dir``
-        (the config's sampling, seeded per chunk by ``run.seed``: every trial of one seed samples its dev
-        responses with the same random numbers), and ``dev/emp_f1_se``, the bootstrap standard error of
-        ``dev/emp_f1`` over the slice's examples (its noise: reports closer than about twice it are not
-        told apart)."""
+    def outputs(self, policy_dir: Path) -> PolicyOutputs:
+        """The policy's responses on the slice (the config's sampling, seeded per chunk by ``run.seed``:
+        every trial of one seed samples its dev responses with the same random numbers), their identifier
+        levels and the gold responses' NLL."""
         # a mirror path stays one (resolving links could leave the mirror); the reads below fetch it
         folder = str(policy_dir if storage.uri_of(policy_dir) else policy_dir.resolve())
         self.worker.folder = None  # the folder is rewritten in place between reports: reload it
@@ -143,7 +141,7 @@ class DevEvaluator:
         responses = tuple(r for c in chunks for r in self.worker.generate(folder, c))
         nll_sums, nll_tokens = self.worker.gold_nll(folder, self.split.contexts, self.split.references)
         levels: LevelScores = self.scorer.score(self.split.contexts, responses)
-        outputs = PolicyOutputs(
+        return PolicyOutputs(
             name="dev",
             folder=folder,
             responses=responses,
@@ -151,15 +149,30 @@ class DevEvaluator:
             nll_sums=nll_sums,
             nll_tokens=nll_tokens,
         )
-        gold = self.split.gold_levels
-        se = bootstrap_std_error(
-            lambda idx: emp_f1(
-                {m: g[idx] for m, g in gold.items()}, {m: outputs.pred_levels[m][idx] for m in gold}
-            )["emp_f1"],
-            len(self.split),
-            seed=self.cfg.run.seed,
-        )
+
+    def __call__(self, policy_dir: Path) -> dict[str, float]:
+        """``dev/emp_f1``, ``dev/{er,ip,ex}_f1``, ``dev/perplexity``, ``dev/dist2`` of ``policy_dir``
+        (:meth:`outputs`), and ``dev/emp_f1_se``, the bootstrap standard error of ``dev/emp_f1`` over the
+        slice's examples (its noise: reports closer than about twice it are not told apart)."""
+        outputs = self.outputs(policy_dir)
+        se = emp_f1_std_error(self.split, outputs.pred_levels, len(self.split), seed=self.cfg.run.seed)
         return {**metric_row("dev", policy_metrics(outputs, self.split)), "dev/emp_f1_se": se}
+
+
+def emp_f1_std_error(
+    split: LabeledSplit, pred_levels: dict[str, Any], size: int, *, seed: int, n_resamples: int = 200
+) -> float:
+    """The standard error of Emp-F1 on a slice of ``size`` examples like ``split``'s, from the levels
+    predicted for its responses (:func:`~pipeline.evaluation.bootstrap.bootstrap_std_error`; ``size ==
+    len(split)``: the bootstrap standard error of its own Emp-F1); NaN below 2 examples."""
+    gold = split.gold_levels
+
+    def score(idx: Any) -> float:
+        return float(
+            emp_f1({m: g[idx] for m, g in gold.items()}, {m: pred_levels[m][idx] for m in gold})["emp_f1"]
+        )
+
+    return bootstrap_std_error(score, len(split), size=size, n_resamples=n_resamples, seed=seed)
 
 
 def metric_row(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:

@@ -55,7 +55,8 @@ SETTING_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("perplexity_budget", "percent: the most a confirmed configuration may raise the control's gold perplexity"),
     ),
     "each trial": (
-        ("dev_examples", "rows of the seeded dev slice"),
+        ("dev_examples", "rows of the seeded dev slice (0: sized by a pilot of the SFT policy for --dev-se)"),
+        ("dev_se", "target standard error (Emp-F1) of two trials' paired dev difference, for --dev-examples 0"),
         ("split", "labelled split of the dev slice and final evaluation"),
         ("eval_examples", "rows of the final evaluation (all)"),
         ("max_failures", "restarts of a failed trial"),

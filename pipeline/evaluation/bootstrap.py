@@ -128,20 +128,24 @@ def paired_bootstrap_mean(
 
 
 def bootstrap_std_error(
-    metric_fn: Callable[[IntArray], float], n_items: int, *, n_resamples: int = 200, seed: int = 0
+    metric_fn: Callable[[IntArray], float],
+    n_items: int,
+    *,
+    size: int | None = None,
+    n_resamples: int = 200,
+    seed: int = 0,
 ) -> float:
-    """The standard error of one system's metric over its ``n_items`` items: the standard deviation of
-    ``metric_fn(indices)`` over ``n_resamples`` resamples of the items with replacement (the same index
-    stream as :func:`paired_bootstrap` with ``seed``); NaN for fewer than 2 items."""
-    if n_items < 2:
+    """The standard error of a metric on ``size`` items like these ``n_items`` (default: as many): the
+    standard deviation of ``metric_fn(indices)`` over ``n_resamples`` draws of ``size`` item indices with
+    replacement (``size == n_items``: the bootstrap standard error of the metric on these items; a smaller
+    or larger ``size`` predicts it for a slice of that size). NaN below 2 items."""
+    size = n_items if size is None else size
+    if n_items < 2 or size < 2:
         return math.nan
     if n_resamples < 2:
         raise ValueError(f"n_resamples must be >= 2, got {n_resamples}")
-    values = [
-        float(metric_fn(indices))
-        for block in _index_blocks(np.random.default_rng(seed), n_items, n_resamples)
-        for indices in block
-    ]
+    rng = np.random.default_rng(seed)
+    values = [float(metric_fn(rng.integers(0, n_items, size=size))) for _ in range(n_resamples)]
     return float(np.std(values, ddof=1))
 
 

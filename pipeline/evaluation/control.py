@@ -245,3 +245,19 @@ def _ranged_of(row: Mapping[str, Any], key: str, digits: int) -> str:
         return "n/a"
     low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
     return f"{_signed(value, digits)} [{_signed(low, digits)}, {_signed(high, digits)}]"
+
+
+def dev_pilot_sentence(pilot: Mapping[str, Any] | None, dev_examples: int | None = None) -> str:
+    """What the report says of the dev slice's size: the pilot's measurement and choice, or the given size."""
+    if not pilot:
+        return (
+            f"Dev slice: {dev_examples} examples (given; no pilot measured its noise)."
+            if dev_examples
+            else ""
+        )
+    measured = ", ".join(f"{_shown(float(v))} at {k}" for k, v in pilot["std_error"].items())
+    return (
+        f"Dev slice: {pilot['chosen']} examples, {pilot['reason']}. Pilot: {pilot['policy']} answered "
+        f"{pilot['examples']} search rows (Emp-F1 {pilot['emp_f1']:.2f}); standard error of one dev report by "
+        f"slice size: {measured}."
+    )

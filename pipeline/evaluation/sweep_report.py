@@ -21,6 +21,7 @@ from pipeline.evaluation.control import (
     SEEDS_NOTE,
     confirmation_section,
     control_sentence,
+    dev_pilot_sentence,
     has_seeds,
     seeds_table,
 )
@@ -195,6 +196,10 @@ class SweepSummary:
     """The objective's constraints, shown as given."""
     figures: Sequence[ReportFigure] = ()
     """Figures to link (paths relative to the report)."""
+    dev_pilot: Mapping[str, Any] | None = None
+    """The pilot that sized the dev slice (``dev_pilot.json``), if one ran."""
+    dev_examples: int | None = None
+    """The dev slice's size."""
     confirmation: Mapping[str, Any] | None = None
     """The confirmation's outcome (:func:`~pipeline.evaluation.control.confirmation_section`), if one ran."""
 
@@ -205,6 +210,8 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> 
     s = summary
     lines = [f"# {s.title}", "", f"{_counts(rows)}; best by `{s.metric}` ({s.mode}).", ""]
     lines += [control_sentence(rows, s.keys, s.best), ""]
+    if dev_pilot_sentence(s.dev_pilot, s.dev_examples):
+        lines += [dev_pilot_sentence(s.dev_pilot, s.dev_examples), ""]
     if s.constraints:
         lines += ["Constraints: " + ", ".join(f"`{c}`" for c in s.constraints) + f" ({CONSTRAINT_NOTE}).", ""]
     if s.best is not None:
@@ -252,6 +259,8 @@ def sweep_html(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
         f"<p>{e(_counts(rows))}; best by <code>{e(s.metric)}</code> ({e(s.mode)}).</p>",
         f"<p>{e(control_sentence(rows, s.keys, s.best))}</p>",
     ]
+    if dev_pilot_sentence(s.dev_pilot, s.dev_examples):
+        parts.append(f"<p>{e(dev_pilot_sentence(s.dev_pilot, s.dev_examples))}</p>")
     if s.constraints:
         shown = ", ".join(f"<code>{e(c)}</code>" for c in s.constraints)
         parts.append(f"<p>Constraints: {shown} ({e(CONSTRAINT_NOTE)}).</p>")

@@ -159,6 +159,9 @@ def test_the_standard_error_of_a_mean_is_its_textbook_value() -> None:
     se = bootstrap_std_error(lambda idx: float(values[idx].mean()), len(values), n_resamples=2000, seed=1)
     textbook = values.std(ddof=1) / np.sqrt(len(values))  # 0.1
     assert se == pytest.approx(textbook, rel=0.08)
+    # at a quarter of the items, twice the standard error: 1/sqrt(size)
+    quarter = bootstrap_std_error(lambda idx: float(values[idx].mean()), 400, size=100, n_resamples=2000)
+    assert quarter == pytest.approx(2 * textbook, rel=0.1)
     assert bootstrap_std_error(lambda idx: 1.0, 10) == 0.0  # a constant metric has no noise
     assert np.isnan(bootstrap_std_error(lambda idx: 1.0, 1))
     with pytest.raises(ValueError, match="n_resamples must be >= 2"):

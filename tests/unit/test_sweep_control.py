@@ -399,3 +399,24 @@ def test_the_confirmation_rows_are_held_out_of_the_dev_slice_and_the_final_evalu
     assert set(dev.contexts) <= set(search.contexts)  # the dev slice and the final evaluation: search rows
     assert partition(split, 0, seed=3)[1] is None and partition(split, 0, seed=3)[0] is split
     assert len(partition(split, 10, seed=3)[1]) == 10  # type: ignore[arg-type]
+
+
+def test_the_pilot_takes_the_smallest_slice_within_the_target_or_says_none_is() -> None:
+    from jobs.stages.tune.pilot import choose
+    from pipeline.evaluation.control import dev_pilot_sentence
+
+    measured = {32: 4.0, 64: 2.8, 256: 1.4, 1024: 0.33}  # standard error of one report: ~1/sqrt(size)
+    size, why = choose(measured, target=0.5)  # paired: sqrt(2) x 0.33 = 0.47
+    assert size == 1024 and "(√2 × 0.33)" in why
+    assert choose(measured, target=2.0)[0] == 256  # sqrt(2) x 1.4 = 1.98
+    size, why = choose({32: 4.0, 64: 2.8}, target=0.5)
+    assert (
+        size == 64
+        and "no slice up to 64 examples reaches" in why
+        and "below about 7.9 Emp-F1 are noise" in why
+    )
+    pilot = {"policy": "runs/r/sft/policy", "examples": 64, "emp_f1": 41.234, "std_error": {"32": 4.0, "64": 2.8},
+             "chosen": size, "reason": why}  # fmt: skip
+    text = dev_pilot_sentence(pilot)
+    assert text.startswith("Dev slice: 64 examples, no slice up to 64") and "4 at 32, 2.8 at 64" in text
+    assert dev_pilot_sentence(None, 8) == "Dev slice: 8 examples (given; no pilot measured its noise)."

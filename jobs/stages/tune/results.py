@@ -6,6 +6,7 @@ policy, Tune's error files) is fetched first."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ from pipeline.evaluation.control import with_control_deltas
 from pipeline.evaluation.suite import read_labeled_split
 from pipeline.evaluation.sweep_report import SweepSummary, write_sweep_report
 from pipeline.layout import PPODir, SweepDir
-from pipeline.storage import display, fetch, publish, uri_of
+from pipeline.storage import display, fetch, publish, read_text, uri_of
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +100,12 @@ def record_sweep(
             "n_resamples": N_RESAMPLES,
             "folder": display(confirmation.folder),
         }
+    pilot = read_text(sweep.dev_pilot)
     summary = SweepSummary(
-        space.keys,
-        objective.metric,
-        objective.mode,
-        best,
-        repro,
-        constraints=constraints,
-        confirmation=confirmed_as,
-    )
+        space.keys, objective.metric, objective.mode, best, repro, constraints=constraints,
+        confirmation=confirmed_as, dev_pilot=json.loads(pilot) if pilot else None,
+        dev_examples=setup.settings.dev_examples,
+    )  # fmt: skip
     files = write_sweep_report(rows, history, summary, sweep)  # publishes
     failures = failed_trials(results, sweep)  # a row's status is "error" exactly when its result has an error
     errors = len(failures)

@@ -60,8 +60,11 @@ class SweepSettings:
     resample_probability: float = 0.25
     """PBT: chance a mutated value is drawn afresh instead of scaled by 0.8 / 1.2 (or moved to a
     neighbouring option)."""
-    dev_examples: int = 32
-    """Rows of the seeded dev slice every report scores."""
+    dev_examples: int = 0
+    """Rows of the seeded dev slice every report scores; 0: chosen by a pilot for ``dev_se``."""
+    dev_se: float = 0.5
+    """Target standard error (Emp-F1 points) of the paired difference of two trials' dev reports, which
+    sizes the dev slice when ``dev_examples`` is 0."""
     split: str = "valid"
     """Labelled split of the dev slice and of the final evaluation."""
     eval_examples: int | None = None
@@ -119,6 +122,11 @@ class SweepSettings:
         bad = {k: v for k, v in counts.items() if v < 1}
         if bad:
             raise SweepError(f"{bad}: each must be >= 1. Fix: pass positive values.")
+        if self.dev_examples < 0 or self.dev_se <= 0:
+            raise SweepError(
+                f"--dev-examples {self.dev_examples} must be >= 0 (0: sized by a pilot) and --dev-se "
+                f"{self.dev_se} > 0."
+            )
         if self.confirm_examples < 0 or self.perplexity_budget < 0:
             raise SweepError(
                 f"--confirm-examples {self.confirm_examples} and --perplexity-budget {self.perplexity_budget} "

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +22,10 @@ from ray import tune
 
 from actors.cluster.placement import RoleBundle, cluster_shortfall, ppo_bundles, total
 from actors.ppo.controller import Hook
-from actors.sweep.trial import param_space, trial_resources
+from actors.sweep.trial import param_space, partition, trial_resources
 from jobs.stages.ppo import load_ppo_inputs
 from jobs.stages.result import StageResult
+from jobs.stages.tune.pilot import pilot_dev_examples
 from jobs.stages.tune.results import record_sweep
 from jobs.stages.tune.search import make_scheduler, make_search, num_samples
 from jobs.stages.tune.settings import SweepError, SweepSettings
@@ -77,6 +79,16 @@ def tune_stage(
     )
     sweep = layout.sweep(sweep_dir)
     _prepare_folder(sweep, cfg, space, settings, resume=resume)
+    if not resume and settings.dev_examples == 0:  # sized by a pilot; settings.json keeps the size
+        search, _ = partition(
+            read_labeled_split(fetch(layout.labeled.split(settings.split)), name=settings.split),
+            settings.held_out,
+            seed=cfg.run.seed,
+        )
+        settings = replace(
+            settings, dev_examples=pilot_dev_examples(cfg, layout, search, settings.dev_se, sweep).chosen
+        )
+        _write_settings(sweep, settings)
     setup = TrialSetup(cfg, layout, sweep, settings, objective, tuple(hooks))
     max_t = max(reports_per_trial(p, settings.report_every) for p in probes)
     trainable = tune.with_resources(
@@ -166,6 +178,10 @@ def _prepare_folder(
         yaml.safe_dump({d.key: {d.kind: list(d.args)} for d in space.dimensions}, sort_keys=False)
     )
     publish(sweep.space)
+    _write_settings(sweep, settings)
+
+
+def _write_settings(sweep: SweepDir, settings: SweepSettings) -> None:
     sweep.settings.write_text(json.dumps(settings.to_json(), indent=2) + "\n")
     publish(sweep.settings)
 
