@@ -188,6 +188,8 @@ class SweepDir:
     """Emp-F1 against KL and against perplexity, one point per trial, with the Pareto fronts."""
     curves_figure = _At("learning_curves.png")
     """The trials' learning curves (dev Emp-F1, KL, reward per PPO iteration)."""
+    asha = _At("asha.jsonl")
+    """ASHA's comparisons: each report that reached a rung, the rung's cut-off and the decision."""
     dev_pilot = _At("dev_pilot.json")
     """The pilot that sized the dev slice: standard error of dev Emp-F1 by slice size, the size chosen."""
     confirm = _At("confirm")

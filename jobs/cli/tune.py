@@ -41,7 +41,7 @@ SETTING_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("control", "one more trial with the base config's own values of the swept keys: every gain is stated against it"),
         ("search", "how configs are drawn"),
         ("scheduler", ""),
-        ("--max-concurrent", "max_concurrent_trials", "trials running at once"),
+        ("--max-concurrent", "max_concurrent_trials", "trials running at once (0: as many as fit the cluster)"),
         ("report_every", "PPO iterations between reports"),
         ("grace_period", "ASHA: reports before a trial can stop"),
         ("reduction_factor", "ASHA reduction factor"),

@@ -118,6 +118,7 @@ def configuration_rows(
             "seeds": len(mine),
             "trials": len(members),
             "trial_ids": ", ".join(str(r.get("trial_id")) for r in members),
+            "trial_s": sum(float(r["wall_s"]) for r in members if _finite(r.get("wall_s"))),
             "metric": metric,
         }
         row.update(_interval("iqm", mine and stratified_bootstrap(iqm, mine, n_resamples=N_RESAMPLES)))
@@ -136,7 +137,7 @@ def seeds_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple
     """The report's table of :func:`configuration_rows`: header and cells."""
     swept = [k for k in keys if k != "run.seed"]
     header = ["configuration", *swept, "seeds", "Emp-F1 IQM [95 % CI]", "Δ IQM vs control [95 % CI]",
-              "P(beats control) [95 % CI]"]  # fmt: skip
+              "P(beats control) [95 % CI]", "compute (trial-s)"]  # fmt: skip
     cells = [
         [
             "control" if c["control"] else c["trial_ids"].split(", ")[0] + " …",
@@ -145,6 +146,7 @@ def seeds_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple
             _ranged(c, "iqm", 2, signed=False),
             "—" if c["control"] else _ranged(c, "vs_control", 2, signed=True),
             "—" if c["control"] else _ranged(c, "p_improvement", 2, signed=False),
+            f"{c['trial_s']:.0f}",
         ]
         for c in configuration_rows(rows, keys)
     ]
@@ -261,3 +263,33 @@ def dev_pilot_sentence(pilot: Mapping[str, Any] | None, dev_examples: int | None
         f"{pilot['examples']} search rows (Emp-F1 {pilot['emp_f1']:.2f}); standard error of one dev report by "
         f"slice size: {measured}."
     )
+
+
+ASHA_NOTE = (
+    "Every report that reached one of ASHA's rungs, against the rung's cut-off (the value that keeps the top "
+    "1/reduction-factor of the reports there before it) and the report's own standard error: a margin within "
+    "about 2 standard errors of 0 is a coin flip, not a ranking."
+)
+
+
+def asha_table(decisions: Sequence[Mapping[str, Any]], mode: str) -> tuple[list[str], list[list[str]]]:
+    """The report's table of ASHA's comparisons (``asha.jsonl`` records): header and cells."""
+    header = ["trial", "report", "value", "rung cut-off", "margin", "margin / SE", "decision"]
+    cells = []
+    for d in decisions:
+        value: Any = d.get("value")
+        cutoff: Any = d.get("cutoff")
+        se: Any = d.get("se")
+        margin = (
+            (value - cutoff) * (1 if mode == "max" else -1)
+            if is_finite(value) and is_finite(cutoff)
+            else None
+        )
+        cells.append([
+            str(d["trial_id"]) + (" (control)" if d.get("control") else ""), str(d.get("report")),
+            format_value(value, 2), "first at the rung" if cutoff is None else format_value(cutoff, 2),
+            "—" if margin is None else _signed(margin, 2),
+            "—" if margin is None or not is_finite(se) or not se else f"{margin / se:+.1f}",
+            str(d.get("decision")),
+        ])  # fmt: skip
+    return header, cells

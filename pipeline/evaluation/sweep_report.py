@@ -18,7 +18,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from pipeline.evaluation.control import (
+    ASHA_NOTE,
     SEEDS_NOTE,
+    asha_table,
     confirmation_section,
     control_sentence,
     dev_pilot_sentence,
@@ -200,6 +202,8 @@ class SweepSummary:
     """The pilot that sized the dev slice (``dev_pilot.json``), if one ran."""
     dev_examples: int | None = None
     """The dev slice's size."""
+    asha: Sequence[Mapping[str, Any]] = ()
+    """ASHA's comparisons (``asha.jsonl``)."""
     confirmation: Mapping[str, Any] | None = None
     """The confirmation's outcome (:func:`~pipeline.evaluation.control.confirmation_section`), if one ran."""
 
@@ -231,6 +235,8 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> 
     lines += ["## Pareto front", "", FRONT_NOTE, ""]
     for caption, header, cells in _front_tables(rows, s.best):
         lines += [f"**{caption}**", "", *_md_table(header, cells), ""]
+    if s.asha:
+        lines += ["## ASHA's comparisons", "", ASHA_NOTE, "", *_md_table(*asha_table(s.asha, s.mode)), ""]
     if has_seeds(rows, s.keys):
         lines += [
             "## Configurations over seeds",
@@ -284,6 +290,12 @@ def sweep_html(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
     parts += ["<h2>Pareto front</h2>", f'<p class="note">{e(FRONT_NOTE)}</p>']
     for caption, header, cells in _front_tables(rows, s.best):
         parts += [f"<h3>{e(caption)}</h3>", _html_table(header, cells)]
+    if s.asha:
+        parts += [
+            "<h2>ASHA's comparisons</h2>",
+            f'<p class="note">{e(ASHA_NOTE)}</p>',
+            _html_table(*asha_table(s.asha, s.mode)),
+        ]
     if has_seeds(rows, s.keys):
         parts += [
             "<h2>Configurations over seeds</h2>", f'<p class="note">{e(SEEDS_NOTE)}</p>',

@@ -285,7 +285,8 @@ def test_a_sweep_in_the_bucket_resumes_on_a_fresh_cluster(
     option: the sweep keeps its own settings) finishes it from the bucket."""
     first = [
         EMPRL, "tune", "--verbose", "--run-dir", bucket_run.run_uri, "--preset", "sweep_tiny",
-        "--space", "configs/sweeps/tiny.yaml", "--no-control", "resources.address=auto",
+        "--space", "configs/sweeps/tiny.yaml", "--no-control", "--max-concurrent", "1", "--dev-examples", "32",
+        "resources.address=auto",
         f"resources.role_nodes={SECOND_ROLES}",
     ]  # fmt: skip
     job = fresh.start_job(first, ROOT, env=JOB_ENV)

@@ -44,7 +44,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(sweep_run: Pat
     command = [
         sys.executable, "-m", "jobs.cli.tune", "--run-dir", str(layout.root), "--space", str(space),
         "--search", "optuna", "--objective", "rollout/kl:min", "--scheduler", "fifo", "--num-samples", "2",
-        "--dev-examples", "8", "--eval-examples", "8", "--no-control",
+        "--dev-examples", "8", "--eval-examples", "8", "--no-control", "--max-concurrent", "1",
         *tiny_overrides(ppo__total_steps=STEPS, ppo__save_every=1, ppo__kl_mode="fixed"),
     ]  # fmt: skip
     # one trial finished, the other mid-run with a checkpoint: then the driver and its local cluster die

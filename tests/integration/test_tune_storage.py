@@ -52,7 +52,7 @@ def test_a_sweep_in_a_bucket_resumes_on_a_fresh_node_from_the_bucket_alone(
     space.write_text("ppo.kl_coef: {uniform: [0.05, 0.5]}\n")
     command = [
         sys.executable, "-m", "jobs.cli.tune", "--run-dir", uri, "--space", str(space),
-        "--scheduler", "fifo", "--num-samples", "2", "--dev-examples", "8", "--eval-examples", "8", "--no-control",
+        "--scheduler", "fifo", "--num-samples", "2", "--dev-examples", "8", "--eval-examples", "8", "--no-control", "--max-concurrent", "1",
         *tiny_overrides(ppo__total_steps=STEPS, ppo__save_every=1, ppo__kl_mode="fixed"),
     ]  # fmt: skip
     # one trial finished, the other mid-run with a checkpoint: then the driver and its local cluster die

@@ -155,21 +155,44 @@ def _trial(trial_id: str, control: bool = False) -> Any:
     return SimpleNamespace(trial_id=trial_id, config={CONTROL_KEY: control}, status="RUNNING")
 
 
-def test_asha_compares_the_control_at_every_rung_but_never_stops_it() -> None:
+def test_asha_compares_the_control_at_every_rung_but_never_stops_it(tmp_path: Path) -> None:
     settings = SweepSettings(grace_period=1, reduction_factor=2)
-    asha = make_scheduler(settings, OBJECTIVE, SPACE, max_t=4, seed=0)
+    asha = make_scheduler(settings, OBJECTIVE, SPACE, max_t=4, seed=0, decisions=tmp_path / "asha.jsonl")
     trials = [_trial("good"), _trial("better"), _trial("control", control=True), _trial("weak")]
     for t in trials:
         asha.on_trial_add(None, t)  # type: ignore[arg-type]
     scores = {"good": 40.0, "better": 50.0, "control": 10.0, "weak": 5.0}
     actions = {
-        t.trial_id: asha.on_trial_result(None, t, {"training_iteration": 1, "dev/emp_f1": scores[t.trial_id]})  # type: ignore[arg-type]
+        t.trial_id: asha.on_trial_result(  # type: ignore[arg-type]
+            None, t, {"training_iteration": 1, "dev/emp_f1": scores[t.trial_id], "dev/emp_f1_se": 2.0}
+        )
         for t in trials
     }
     # the control is below the rung's cut-off as much as "weak" is: ASHA stops "weak", keeps the control
     assert actions == {"good": "CONTINUE", "better": "CONTINUE", "control": "CONTINUE", "weak": "STOP"}
     last = asha.on_trial_result(None, trials[2], {"training_iteration": 4, "dev/emp_f1": 10.0})  # type: ignore[arg-type]
     assert last == TrialScheduler.STOP  # at max_t the control ends like any trial
+    # what ASHA compared, with the cut-off of the rung (the median of the reports there before: rf 2)
+    import json
+
+    decisions = [json.loads(line) for line in (tmp_path / "asha.jsonl").read_text().splitlines()]
+    first_rung = [(d["trial_id"], d["cutoff"], d["decision"]) for d in decisions if d["rung"] == 1.0]
+    assert first_rung == [("good", None, "continue"), ("better", 40.0, "continue"), ("control", 45.0, "continue"),
+                          ("weak", 40.0, "stop")]  # fmt: skip
+    from pipeline.evaluation.control import asha_table
+
+    header, cells = asha_table(decisions, "max")
+    assert header[4:6] == ["margin", "margin / SE"]
+    assert cells[0][3] == "first at the rung" and cells[3] == [
+        "weak",
+        "1",
+        "5.00",
+        "40.00",
+        "-35.00",
+        "-17.5",
+        "stop",
+    ]
+    assert cells[2][0] == "control (control)"
 
 
 def test_pbt_never_exploits_the_control(monkeypatch: pytest.MonkeyPatch) -> None:

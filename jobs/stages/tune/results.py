@@ -101,10 +101,15 @@ def record_sweep(
             "folder": display(confirmation.folder),
         }
     pilot = read_text(sweep.dev_pilot)
+    # ASHA's comparisons, appended by the scheduler in this (driver) process
+    local = sweep.asha.read_text() if sweep.asha.is_file() else ""
+    asha = [json.loads(line) for line in local.splitlines() if line.strip()]
+    if asha:
+        publish(sweep.asha)
     summary = SweepSummary(
         space.keys, objective.metric, objective.mode, best, repro, constraints=constraints,
         confirmation=confirmed_as, dev_pilot=json.loads(pilot) if pilot else None,
-        dev_examples=setup.settings.dev_examples,
+        dev_examples=setup.settings.dev_examples, asha=asha,
     )  # fmt: skip
     files = write_sweep_report(rows, history, summary, sweep)  # publishes
     failures = failed_trials(results, sweep)  # a row's status is "error" exactly when its result has an error

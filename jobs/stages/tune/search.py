@@ -8,11 +8,13 @@ Optuna's suggestion)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
 import random
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
@@ -25,13 +27,21 @@ from pipeline.config.search_space import SearchSpace
 
 
 def make_scheduler(
-    settings: SweepSettings, objective: Objective, space: SearchSpace, *, max_t: int, seed: int
+    settings: SweepSettings,
+    objective: Objective,
+    space: SearchSpace,
+    *,
+    max_t: int,
+    seed: int,
+    decisions: Path | None = None,
 ) -> TrialScheduler:
     """ASHA over reports (``training_iteration``), FIFO (every trial runs to the end), or Population Based
-    Training mutating every swept key (clamped back into the space, so a trial config stays valid)."""
+    Training mutating every swept key (clamped back into the space, so a trial config stays valid).
+    ``decisions``: where ASHA appends each comparison it makes (JSON lines), for the report."""
     metric, mode = objective.ranked_metric, objective.mode
     if settings.scheduler == "asha":
         return ControlKeepingASHA(
+            decisions=decisions,
             time_attr="training_iteration",
             metric=metric,
             mode=mode,
@@ -59,15 +69,48 @@ def make_scheduler(
 
 class ControlKeepingASHA(ASHAScheduler):
     """ASHA that compares the control at every rung like any trial (its reports set the rungs' cut-offs
-    too) but never stops it early: every trial's gain is measured against its full run."""
+    too) but never stops it early: every trial's gain is measured against its full run. Each comparison
+    (a report reaching a rung: its value, the rung's cut-off, the decision, the report's standard error)
+    is appended to ``decisions``, so the report can say what ASHA compared and with what margin."""
+
+    def __init__(self, *args: Any, decisions: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.decisions = decisions
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        compared = self._rung_of(trial, result)
         action = str(super().on_trial_result(tune_controller, trial, result))
-        if action == TrialScheduler.STOP and is_control(trial.config):
-            if result.get(self._time_attr, 0) < self._max_t:
-                self._num_stopped -= 1
-                return TrialScheduler.CONTINUE
+        control = is_control(trial.config)
+        if action == TrialScheduler.STOP and control and result.get(self._time_attr, 0) < self._max_t:
+            self._num_stopped -= 1
+            action = TrialScheduler.CONTINUE
+        if compared is not None and self.decisions is not None and self._metric is not None:
+            rung, cutoff = compared
+            record = {
+                "trial_id": str(trial.trial_id), "report": int(result[self._time_attr]), "rung": rung,
+                "metric": self._metric, "value": float(result[self._metric]), "cutoff": cutoff,
+                "decision": "stop" if action == TrialScheduler.STOP else "continue", "control": control,
+                "se": result.get("dev/emp_f1_se"),
+            }  # fmt: skip
+            self.decisions.parent.mkdir(parents=True, exist_ok=True)
+            with self.decisions.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         return action
+
+    def _rung_of(self, trial: Any, result: dict[str, Any]) -> tuple[float, float | None] | None:
+        """The rung this report reaches and the cut-off it is compared with (in the metric's units; ``None``
+        for the rung's first report), as ASHA's bracket computes them (its bookkeeping is private)."""
+        bracket = self._trial_info.get(trial.trial_id)
+        at = result.get(self._time_attr)
+        if bracket is None or at is None or self._metric not in result:
+            return None
+        for milestone, recorded in getattr(bracket, "_rungs", []):
+            if at < milestone or trial.trial_id in recorded:
+                continue
+            cutoff = bracket.cutoff(recorded)
+            sign = -1.0 if self._mode == "min" else 1.0  # the bracket keeps sign x metric
+            return float(milestone), None if cutoff is None else float(cutoff) * sign
+        return None
 
 
 class FinalAwarePBT(PopulationBasedTraining):

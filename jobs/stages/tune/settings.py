@@ -45,8 +45,9 @@ class SweepSettings:
     """ASHA stops weak trials early, FIFO runs every trial to the end, PBT mutates and clones trials."""
     search: Search = "random"
     """Seeded random/grid sampling, or Optuna's TPE."""
-    max_concurrent_trials: int = 1
-    """Trials running at once (fewer when fewer fit the cluster)."""
+    max_concurrent_trials: int = 0
+    """Trials running at once (fewer when fewer fit the cluster); 0: as many as fit the cluster when the
+    sweep starts (at least 1)."""
     report_every: int = 1
     """PPO iterations between reports (a report carries the dev metrics and a PPO checkpoint)."""
     grace_period: int = 1
@@ -115,13 +116,17 @@ class SweepSettings:
         """
         counts = {
             "report_every": self.report_every, "num_samples": self.num_samples,
-            "max_concurrent_trials": self.max_concurrent_trials, "grace_period": self.grace_period,
+            "grace_period": self.grace_period,
             "perturbation_interval": self.perturbation_interval, "seeds": self.seeds,
             "confirm_top": self.confirm_top,
         }  # fmt: skip
         bad = {k: v for k, v in counts.items() if v < 1}
         if bad:
             raise SweepError(f"{bad}: each must be >= 1. Fix: pass positive values.")
+        if self.max_concurrent_trials < 0:
+            raise SweepError(
+                f"--max-concurrent {self.max_concurrent_trials} must be >= 0 (0: as many as fit the cluster)."
+            )
         if self.dev_examples < 0 or self.dev_se <= 0:
             raise SweepError(
                 f"--dev-examples {self.dev_examples} must be >= 0 (0: sized by a pilot) and --dev-se "

@@ -68,7 +68,10 @@ def tune_stage(
     probes = [c for _, c in space.probe_configs(cfg)]
     objective = settings.check(space, probes)
     fits = min(_trials_that_fit(probe, settings.trial_cpus) for probe in probes)
-    if fits < settings.max_concurrent_trials:
+    if settings.max_concurrent_trials == 0:  # as many as fit now (saved: a resume keeps the count)
+        settings = replace(settings, max_concurrent_trials=max(1, fits))
+        logger.info("sweep: %d trial(s) at once: as many as fit the cluster", settings.max_concurrent_trials)
+    elif fits < settings.max_concurrent_trials:
         logger.warning(
             "only %d trial(s) fit in the cluster at once (--max-concurrent %d asks for more): the others wait",
             fits, settings.max_concurrent_trials,
@@ -123,7 +126,9 @@ def tune_stage(
             trainable,
             param_space=param_space(space, settings.seed_values(cfg.run.seed)),
             tune_config=tune.TuneConfig(
-                scheduler=make_scheduler(settings, objective, space, max_t=max_t, seed=cfg.run.seed),
+                scheduler=make_scheduler(
+                    settings, objective, space, max_t=max_t, seed=cfg.run.seed, decisions=sweep.asha
+                ),
                 num_samples=num_samples(settings, control=control is not None),
                 search_alg=make_search(settings, objective, seed=cfg.run.seed, control=control),
                 trial_dirname_creator=_trial_dirname,
