@@ -77,6 +77,8 @@ def use_deepspeed_on(device: torch.device) -> None:
     os.environ["DS_ACCELERATOR"] = want
     from deepspeed.accelerator import get_accelerator, set_accelerator
 
+    if want == "cpu":
+        skip_shm_allreduce()
     if get_accelerator().device_name() == want:
         return
     if want == "cuda":
@@ -87,6 +89,25 @@ def use_deepspeed_on(device: torch.device) -> None:
         from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
 
         set_accelerator(CPU_Accelerator())
+
+
+SHM_OP = "deepspeed_shm_comm"
+"""DeepSpeed's shared-memory allreduce for CPU ranks, a C++ extension built just in time."""
+
+
+def skip_shm_allreduce() -> None:
+    """Make DeepSpeed on CPU reduce through torch.distributed (gloo) instead of :data:`SHM_OP`.
+
+    DeepSpeed builds that extension in every CPU process that joins a process group, a single rank
+    included, before the first step: about 90 s of compiling against the torch headers on a 2-core machine,
+    every process of the node waiting on the build's lock, and again whenever the build command differs
+    (another checkout or virtual environment on the machine). The CPU learners here hold one rank or a
+    small policy, whose allreduce gloo does in milliseconds. DeepSpeed keeps its table of usable ops in one
+    dict that stays edited (``deepspeed.ops.__compatible_ops__``); marking the op unusable there is the
+    switch its ``build_shm_op`` reads."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_OP] = False
 
 
 def cpu_state_dict(module: nn.Module, *, copy: bool = True) -> dict[str, torch.Tensor]:

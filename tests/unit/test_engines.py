@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,38 @@ def test_deepspeed_without_zero_clips_in_the_fused_step_like_clip_grad_norm() ->
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+SHM_SCRIPT = textwrap.dedent(
+    """
+    import os, socket
+    import torch
+    from actors.training.engines import use_deepspeed_on
+    use_deepspeed_on(torch.device("cpu"))  # what every role does before it joins a process group
+    import deepspeed
+    import deepspeed.comm as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
+    tensor = torch.ones(3)
+    dist.all_reduce(tensor)  # through gloo
+    assert tensor.tolist() == [1.0, 1.0, 1.0]
+    assert dist.comm.cdb.shm_comm_op is None
+    print("ok")
+    """
+)
+
+
+def test_deepspeed_on_cpu_reduces_through_gloo_without_building_its_shared_memory_extension(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}
+    result = subprocess.run(
+        [sys.executable, "-c", SHM_SCRIPT], capture_output=True, text=True, timeout=300, check=False, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok") and "built successfully" not in result.stdout
+    assert not (tmp_path / "extensions").exists()  # nothing was compiled
