@@ -52,6 +52,7 @@ SETTING_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     "confirmation": (
         ("confirm_examples", "rows of --split held out of the search, on which the top configurations are confirmed against the control (0: none)"),
         ("confirm_top", "configurations confirmed: this many best by the objective, plus the Pareto fronts' trials"),
+        ("confirm_resamples", "paired-bootstrap resamples of the confirmation's comparisons"),
         ("perplexity_budget", "percent: the most a confirmed configuration may raise the control's gold perplexity"),
     ),
     "each trial": (

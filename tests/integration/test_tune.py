@@ -53,7 +53,9 @@ def test_two_trials_complete_and_the_best_policy_is_published(
     layout = sweep_layout
     cfg = tiny_config(ppo__total_steps=2, ppo__save_every=1, ppo__kl_mode="fixed")
     space = parse_search_space(SPACE, cfg)
-    settings = SweepSettings(max_concurrent_trials=2, grace_period=2, dev_examples=8, eval_examples=8)
+    settings = SweepSettings(
+        max_concurrent_trials=2, grace_period=2, dev_examples=8, eval_examples=8, confirm_resamples=200
+    )
     result = tune_stage(cfg, layout, space, settings, hooks=[_record])  # grace 2: both trials run to the end
     sweep = layout.sweep()
     rows = pq.read_table(sweep.trials).to_pylist()

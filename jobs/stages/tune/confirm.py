@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 CONFIRMED = ("emp_f1", "er_f1", "ip_f1", "ex_f1", "perplexity", "dist2")
 """Metrics whose paired difference from the control the confirmation reports."""
-N_RESAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ def confirm_sweep(
         setup.cfg,
         setup.layout.moved(evaluate=sweep.confirm),
         inputs,
-        n_resamples=N_RESAMPLES,
+        n_resamples=settings.confirm_resamples,
         sinks=[metrics.update],
     )
     confirmed, best = decide(metrics["comparisons"], settings.perplexity_budget)

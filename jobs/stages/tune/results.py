@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from actors.sweep.trial import is_control, partition, plain_values
 from actors.training.harness import replace_folder
 from jobs.stages.result import StageResult
-from jobs.stages.tune.confirm import N_RESAMPLES, Confirmation, confirm_sweep
+from jobs.stages.tune.confirm import Confirmation, confirm_sweep
 from jobs.stages.tune.settings import SweepError
 from jobs.stages.tune.trial import TrialSetup
 from pipeline.config import Config, save_config
@@ -97,7 +97,7 @@ def record_sweep(
     if confirmation is not None:
         confirmed_as = {
             **asdict(confirmation),
-            "n_resamples": N_RESAMPLES,
+            "n_resamples": setup.settings.confirm_resamples,
             "folder": display(confirmation.folder),
         }
     pilot = read_text(sweep.dev_pilot)

@@ -88,6 +88,8 @@ class SweepSettings:
     confirm_top: int = 3
     """Configurations confirmed: this many best by the objective, and the Pareto fronts' trials (at most
     as many again)."""
+    confirm_resamples: int = 1000
+    """Paired-bootstrap resamples of the confirmation's comparisons."""
     perplexity_budget: float = 5.0
     """Percent: a confirmed configuration may cost the control's gold perplexity at most this much."""
 
@@ -118,7 +120,7 @@ class SweepSettings:
             "report_every": self.report_every, "num_samples": self.num_samples,
             "grace_period": self.grace_period,
             "perturbation_interval": self.perturbation_interval, "seeds": self.seeds,
-            "confirm_top": self.confirm_top,
+            "confirm_top": self.confirm_top, "confirm_resamples": self.confirm_resamples,
         }  # fmt: skip
         bad = {k: v for k, v in counts.items() if v < 1}
         if bad:
