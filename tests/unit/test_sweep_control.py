@@ -443,3 +443,9 @@ def test_the_pilot_takes_the_smallest_slice_within_the_target_or_says_none_is() 
     text = dev_pilot_sentence(pilot)
     assert text.startswith("Dev slice: 64 examples, no slice up to 64") and "4 at 32, 2.8 at 64" in text
     assert dev_pilot_sentence(None, 8) == "Dev slice: 8 examples (given; no pilot measured its noise)."
+
+
+def test_a_sweep_saved_before_the_control_resumes_without_one() -> None:
+    old = SweepSettings.from_json({"num_samples": 2, "dev_examples": 32})  # its settings.json
+    assert (old.control, old.confirm_examples, old.held_out, old.dev_examples) == (False, 0, 0, 32)
+    assert SweepSettings.from_json(SweepSettings().to_json()) == SweepSettings()  # a new sweep keeps its own

@@ -20,6 +20,9 @@ class SweepError(ConfigError):
     """A sweep setting is unusable (scheduler, search, resources, resume); the message names it and the fix."""
 
 
+BEFORE_CONTROL = {"control": False, "confirm_examples": 0}
+"""How a sweep saved without these settings ran: no control, no rows held out for a confirmation."""
+
 Scheduler = Literal["asha", "fifo", "pbt"]
 Search = Literal["random", "optuna"]
 
@@ -207,9 +210,12 @@ class SweepSettings:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SweepSettings:
         """The settings a sweep saved (or a command line's values); unknown keys are ignored, missing ones
-        take the defaults, lists become tuples."""
+        take the defaults (:data:`BEFORE_CONTROL`'s for a sweep saved before the control existed, so its
+        resumed trials score the rows they did), lists become tuples."""
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in {**BEFORE_CONTROL, **data}.items()
+            if k in known
         }
         return cls(**values)
