@@ -298,7 +298,8 @@ def test_a_sweep_whose_every_trial_fails_exits_non_zero_with_the_first_error(
     readme_run: tuple[RunLayout, str, str, str], checkout: Path
 ) -> None:
     """The README's sweep command on a copy of the run whose ER identifier is corrupt: every trial fails,
-    `emprl tune` exits 1 naming the first trial's error and its file, the tables are still written."""
+    `emprl tune` exits 1 naming the first trial's error and its file, the tables are still written. (With a
+    given dev slice: the pilot that sizes one would meet the corrupt identifier first, before any trial.)"""
     run = readme_run[0].root
     broken = checkout / "runs" / "broken"
     shutil.copytree(run, broken, ignore=shutil.ignore_patterns("sweep", "ppo", "evaluate"))
@@ -307,7 +308,8 @@ def test_a_sweep_whose_every_trial_fails_exits_non_zero_with_the_first_error(
     (tune,) = readme_lines("emprl tune ")
     env, marker = job_env()
     command = in_shell(
-        *readme_lines("source "), tune.replace(f"--run-dir runs/{run.name}", "--run-dir runs/broken")
+        *readme_lines("source "),
+        tune.replace(f"--run-dir runs/{run.name}", "--run-dir runs/broken") + " --dev-examples 32",
     )
     done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-2000:])
@@ -315,7 +317,7 @@ def test_a_sweep_whose_every_trial_fails_exits_non_zero_with_the_first_error(
         (line for line in done.stderr.splitlines() if line.startswith("sweep error:")), done.stderr
     )
     assert message.startswith(
-        "sweep error: 2 trial(s), 0 completed, 2 failed: no trial completed. First trial's error:"
+        "sweep error: 3 trial(s), 0 completed, 3 failed: no trial completed. First trial's error:"
     ), message
     error_file = Path(message.split("(full traceback: ", 1)[1].split(")", 1)[0])
     assert error_file.is_file() and error_file.is_relative_to(broken / "sweep")
