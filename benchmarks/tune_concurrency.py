@@ -59,7 +59,10 @@ def main() -> None:
                 for repeat in range(args.repeats):
                     out = layout.root / f"sweep_{scheduler}_{n}_{repeat}"
                     shutil.rmtree(out, ignore_errors=True)
-                    settings = SweepSettings(scheduler=scheduler, max_concurrent_trials=n)
+                    # the trials alone, as measured before sweeps had a control, a confirmation and a pilot
+                    settings = SweepSettings(
+                        scheduler=scheduler, max_concurrent_trials=n, control=False, dev_examples=32
+                    )
                     started = time.perf_counter()
                     result = tune_stage(cfg, layout, space, settings, sweep_dir=out)
                     times.setdefault(n, []).append(time.perf_counter() - started)
