@@ -42,8 +42,9 @@ SLOW_POLICY = replace(
 )  # fmt: skip
 """A random T5 of t5-base's width: on one thread its longest response takes seconds."""
 LONG = SLOW_POLICY.max_target_len
-MEDIUM = LONG // 24
-"""Tokens of a burst request: a few percent of the longest generation."""
+MEDIUM = LONG // 48
+"""Tokens of a burst request: about 2 % of the longest generation (the one it waits for in the queue and
+its own stay far inside the HTTP timeout, a quarter of the longest, under any load of the machine)."""
 TIMEOUT_SHARE = 4
 """The HTTP timeout is this fraction of the longest generation (the margin against timing noise)."""
 CLIENTS = 4

@@ -135,6 +135,37 @@ def test_two_trials_complete_and_the_best_policy_is_published(
     assert first_phases == [(1, "generate"), (2, "generate"), (2, "generate")], events
 
 
+def test_when_no_configuration_beats_the_control_best_is_the_control(
+    ray_cluster: None, sweep_layout: RunLayout
+) -> None:
+    """A space whose one point is the base config's own: the trial and the control run the same PPO with
+    the same seed, so their policies are the same, the confirmed gain is exactly 0 (its interval holds 0),
+    nothing passes the rule and best/ is the control."""
+    cfg = tiny_config(ppo__total_steps=1, ppo__kl_mode="fixed", ppo__kl_coef=0.2)
+    space = parse_search_space({"ppo.kl_coef": {"grid": [0.2]}}, cfg)
+    settings = SweepSettings(
+        scheduler="fifo", dev_examples=4, eval_examples=4, confirm_resamples=100, max_concurrent_trials=2
+    )
+    result = tune_stage(cfg, sweep_layout, space, settings)
+    sweep = sweep_layout.sweep()
+    rows = pq.read_table(sweep.trials).to_pylist()
+    (control,) = [r for r in rows if r["control"]]
+    (trial,) = [r for r in rows if not r["control"]]
+    policy = "policy/model.safetensors"
+    same = (sweep.trial(trial["trial_id"]).ppo / policy).read_bytes()
+    assert same == (sweep.trial(control["trial_id"]).ppo / policy).read_bytes()  # one config, one seed
+    (confirmed,) = result.metrics["confirmation"]["rows"]
+    assert confirmed["confirm/emp_f1"] == 0.0 and not confirmed["confirm/passes"], confirmed
+    assert result.metrics["best"]["trial_id"] == control["trial_id"]
+    assert (sweep.best_policy / "model.safetensors").read_bytes() == same
+    report = sweep.report_md.read_text()
+    assert (
+        f"No configuration beat the control under the rule: best/ is the control {control['trial_id']}"
+        in report
+    )
+    assert "none beat the control" in result.headline
+
+
 def test_a_bad_space_fails_before_any_trial_naming_the_key(sweep_layout: RunLayout, tmp_path: Path) -> None:
     layout = sweep_layout
     base = ["--run-dir", str(layout.root), *tiny_overrides()]
