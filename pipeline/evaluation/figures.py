@@ -1,4 +1,5 @@
-"""PNG figures of the evaluation report, drawn with matplotlib's object API on the Agg canvas.
+"""PNG figures of the evaluation report and of a sweep's learning curves, drawn with matplotlib's object API
+on the Agg canvas.
 
 No pyplot and no global state: each function builds one ``Figure``, saves it and returns the path,
 so figures can be drawn from any thread or worker. Inputs are plain values from ``metrics.json``
@@ -10,14 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from pipeline.evaluation.pareto import is_finite
+from pipeline.evaluation.pareto import is_finite, metric_label
 
 LEVEL_NAMES = ("none", "weak", "strong")
 """EPITOME levels 0, 1, 2."""
@@ -200,3 +203,72 @@ def _plot_series(ax: Axes, rows: Sequence[Mapping[str, Any]], keys: Sequence[str
         )
     if legend:
         ax.legend(fontsize=7)
+
+
+CURVES = ("dev/emp_f1", "rollout/kl_k3", "reward/score")
+"""History metrics of the learning curves, one panel each."""
+
+
+def learning_curves_figure(
+    history: Sequence[Mapping[str, Any]],
+    *,
+    metrics: Sequence[str] = CURVES,
+    best_id: str | None = None,
+    path: Path,
+) -> Path | None:
+    """One panel per metric with a value: one line per trial against the PPO iteration, the best trial's
+    thicker, one legend of trial labels; ``None`` when no metric has a value."""
+    trials: dict[str, list[Mapping[str, Any]]] = {}
+    for h in history:
+        trials.setdefault(str(h["trial_id"]), []).append(h)
+    panels = [
+        k for k in metrics if any(is_finite(h.get(k)) and is_finite(h.get("iteration")) for h in history)
+    ]
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.2 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colors = colormaps["tab20"]
+    legend: dict[str, Line2D] = {}
+    for ax, key in zip(axes, panels, strict=True):
+        for k, (trial_id, reports) in enumerate(trials.items()):
+            points = sorted(
+                (h["iteration"], h[key])
+                for h in reports
+                if is_finite(h.get(key)) and is_finite(h.get("iteration"))
+            )
+            if not points:
+                continue
+            best = trial_id == best_id
+            label = short_id(trial_id) + (" (best)" if best else "")
+            (legend[label],) = ax.plot(
+                *zip(*points, strict=True), color="black" if best else colors(k % colors.N), marker=".",
+                markersize=4, linewidth=2.8 if best else 1.1, zorder=3 if best else 2, label=label,
+            )  # fmt: skip
+        log_scale_if_wide(ax, key, [float(h[key]) for h in history if is_finite(h.get(key))], "y")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("PPO iteration")
+        ax.set_ylabel(metric_label(key))
+    fig.legend(
+        list(legend.values()), list(legend), title="trial", fontsize=7, loc="center left",
+        bbox_to_anchor=(1.0, 0.5), ncol=1 + len(legend) // 25,
+    )  # fmt: skip
+    fig.suptitle("Learning curves")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def short_id(trial_id: Any) -> str:
+    """The tail of a Tune trial id: its 5-digit counter."""
+    return str(trial_id)[-5:]  # Tune ids end in the trial's 5-digit counter
+
+
+def log_scale_if_wide(ax: Axes, key: str, values: Sequence[float], axis: Literal["x", "y"]) -> None:
+    """A log scale on ``axis`` for a perplexity spanning more than a decade, ticked at 1-2-5."""
+    if key.endswith("/perplexity") and values and min(values) > 0 and max(values) > 10 * min(values):
+        scaled = ax.xaxis if axis == "x" else ax.yaxis
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        # plain numbers at 1-2-5 steps: the default 10^k labels say little over one or two decades
+        scaled.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        scaled.set_major_formatter(FormatStrFormatter("%g"))
+        scaled.set_minor_formatter(NullFormatter())

@@ -9,13 +9,11 @@ import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from pipeline.evaluation.control import (
     ASHA_NOTE,
@@ -27,15 +25,13 @@ from pipeline.evaluation.control import (
     has_seeds,
     seeds_table,
 )
-from pipeline.evaluation.figures import save_figure
+from pipeline.evaluation.figures import learning_curves_figure, log_scale_if_wide, save_figure, short_id
 from pipeline.evaluation.pareto import (
     AGAINST,
     NAMES,
     OBJECTIVE,
     Front,
     Mode,
-    is_finite,
-    metric_label,
     pareto_fronts,
 )
 from pipeline.evaluation.report import (
@@ -68,9 +64,6 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("exploits", "exploits", 0),
 )
 """Metric columns of the table: (row key, header, decimals)."""
-
-CURVES = ("dev/emp_f1", "rollout/kl_k3", "reward/score")
-"""History metrics of the learning curves, one panel each."""
 
 STATUS_STYLE = {"completed": ("o", "tab:blue"), "stopped": ("s", "tab:orange"), "error": ("X", "tab:red")}
 """Marker and colour of a trial in the Pareto figure, by status."""
@@ -130,55 +123,6 @@ def pareto_figure(
     return save_figure(fig, path)
 
 
-def learning_curves_figure(
-    history: Sequence[Mapping[str, Any]],
-    *,
-    metrics: Sequence[str] = CURVES,
-    best_id: str | None = None,
-    path: Path,
-) -> Path | None:
-    """One panel per metric with a value: one line per trial against the PPO iteration, the best trial's
-    thicker, one legend of trial labels; ``None`` when no metric has a value."""
-    trials: dict[str, list[Mapping[str, Any]]] = {}
-    for h in history:
-        trials.setdefault(str(h["trial_id"]), []).append(h)
-    panels = [
-        k for k in metrics if any(is_finite(h.get(k)) and is_finite(h.get("iteration")) for h in history)
-    ]
-    if not panels:
-        return None
-    fig = Figure(figsize=(4.2 * len(panels), 3.4))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    colors = colormaps["tab20"]
-    legend: dict[str, Line2D] = {}
-    for ax, key in zip(axes, panels, strict=True):
-        for k, (trial_id, reports) in enumerate(trials.items()):
-            points = sorted(
-                (h["iteration"], h[key])
-                for h in reports
-                if is_finite(h.get(key)) and is_finite(h.get("iteration"))
-            )
-            if not points:
-                continue
-            best = trial_id == best_id
-            label = _short(trial_id) + (" (best)" if best else "")
-            (legend[label],) = ax.plot(
-                *zip(*points, strict=True), color="black" if best else colors(k % colors.N), marker=".",
-                markersize=4, linewidth=2.8 if best else 1.1, zorder=3 if best else 2, label=label,
-            )  # fmt: skip
-        _log_scale(ax, key, [float(h[key]) for h in history if is_finite(h.get(key))], "y")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("PPO iteration")
-        ax.set_ylabel(metric_label(key))
-    fig.legend(
-        list(legend.values()), list(legend), title="trial", fontsize=7, loc="center left",
-        bbox_to_anchor=(1.0, 0.5), ncol=1 + len(legend) // 25,
-    )  # fmt: skip
-    fig.suptitle("Learning curves")
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
 @dataclass(frozen=True)
 class SweepSummary:
     """What a sweep report says besides its rows."""
@@ -213,9 +157,8 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> 
     :data:`COLUMNS` metrics) under ``summary``."""
     s = summary
     lines = [f"# {s.title}", "", f"{_counts(rows)}; best by `{s.metric}` ({s.mode}).", ""]
-    lines += [control_sentence(rows, s.keys, s.best), ""]
-    if dev_pilot_sentence(s.dev_pilot, s.dev_examples):
-        lines += [dev_pilot_sentence(s.dev_pilot, s.dev_examples), ""]
+    for sentence in _sentences(rows, s):
+        lines += [sentence, ""]
     if s.constraints:
         lines += ["Constraints: " + ", ".join(f"`{c}`" for c in s.constraints) + f" ({CONSTRAINT_NOTE}).", ""]
     if s.best is not None:
@@ -235,21 +178,33 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> 
     lines += ["## Pareto front", "", FRONT_NOTE, ""]
     for caption, header, cells in _front_tables(rows, s.best):
         lines += [f"**{caption}**", "", *_md_table(header, cells), ""]
-    if s.asha:
-        lines += ["## ASHA's comparisons", "", ASHA_NOTE, "", *_md_table(*asha_table(s.asha, s.mode)), ""]
-    if has_seeds(rows, s.keys):
-        lines += [
-            "## Configurations over seeds",
-            "",
-            SEEDS_NOTE,
-            "",
-            *_md_table(*seeds_table(rows, s.keys)),
-            "",
-        ]
+    for title, note, header, cells in _noise_tables(rows, s):
+        lines += [f"## {title}", "", note, "", *_md_table(header, cells), ""]
     if s.figures:
         lines += ["## Figures", "", *figures_markdown(s.figures)]
     lines += ["## Trials", "", *_md_table(*_trials_table(rows, s.keys, s.best)), ""]
     return "\n".join(lines)
+
+
+def _sentences(rows: Sequence[Mapping[str, Any]], s: SweepSummary) -> list[str]:
+    """The report's opening sentences: the control and the dev slice's size."""
+    return [
+        t
+        for t in (control_sentence(rows, s.keys, s.best), dev_pilot_sentence(s.dev_pilot, s.dev_examples))
+        if t
+    ]
+
+
+def _noise_tables(
+    rows: Sequence[Mapping[str, Any]], s: SweepSummary
+) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """Title, note, header and cells of the tables about noise: ASHA's comparisons, the seeds."""
+    tables = []
+    if s.asha:
+        tables.append(("ASHA's comparisons", ASHA_NOTE, *asha_table(s.asha, s.mode)))
+    if has_seeds(rows, s.keys):
+        tables.append(("Configurations over seeds", SEEDS_NOTE, *seeds_table(rows, s.keys)))
+    return tables
 
 
 def sweep_html(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
@@ -263,10 +218,8 @@ def sweep_html(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
         f"<title>{e(s.title)}</title><style>{STYLE}{PRE_STYLE}</style></head><body>",
         f"<h1>{e(s.title)}</h1>",
         f"<p>{e(_counts(rows))}; best by <code>{e(s.metric)}</code> ({e(s.mode)}).</p>",
-        f"<p>{e(control_sentence(rows, s.keys, s.best))}</p>",
+        *(f"<p>{e(sentence)}</p>" for sentence in _sentences(rows, s)),
     ]
-    if dev_pilot_sentence(s.dev_pilot, s.dev_examples):
-        parts.append(f"<p>{e(dev_pilot_sentence(s.dev_pilot, s.dev_examples))}</p>")
     if s.constraints:
         shown = ", ".join(f"<code>{e(c)}</code>" for c in s.constraints)
         parts.append(f"<p>Constraints: {shown} ({e(CONSTRAINT_NOTE)}).</p>")
@@ -290,17 +243,8 @@ def sweep_html(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> str:
     parts += ["<h2>Pareto front</h2>", f'<p class="note">{e(FRONT_NOTE)}</p>']
     for caption, header, cells in _front_tables(rows, s.best):
         parts += [f"<h3>{e(caption)}</h3>", _html_table(header, cells)]
-    if s.asha:
-        parts += [
-            "<h2>ASHA's comparisons</h2>",
-            f'<p class="note">{e(ASHA_NOTE)}</p>',
-            _html_table(*asha_table(s.asha, s.mode)),
-        ]
-    if has_seeds(rows, s.keys):
-        parts += [
-            "<h2>Configurations over seeds</h2>", f'<p class="note">{e(SEEDS_NOTE)}</p>',
-            _html_table(*seeds_table(rows, s.keys)),
-        ]  # fmt: skip
+    for title, note, header, cells in _noise_tables(rows, s):
+        parts += [f"<h2>{e(title)}</h2>", f'<p class="note">{e(note)}</p>', _html_table(header, cells)]
     if s.figures:
         parts += ["<h2>Figures</h2>", *figures_html(s.figures)]
     parts += ["<h2>Trials</h2>", _html_table(*_trials_table(rows, s.keys, s.best)), "</body></html>"]
@@ -339,10 +283,6 @@ def _feasible(row: Mapping[str, Any]) -> bool:
     return row.get("feasible", True) is not False  # rows of sweeps without constraints have no column
 
 
-def _short(trial_id: Any) -> str:
-    return str(trial_id)[-5:]  # Tune ids end in the trial's 5-digit counter
-
-
 def _draw_front(ax: Axes, rows: Sequence[Mapping[str, Any]], front: Front, best_id: str | None) -> None:
     groups: dict[tuple[str, bool], list[int]] = {}
     for i in front.points:
@@ -355,7 +295,9 @@ def _draw_front(ax: Axes, rows: Sequence[Mapping[str, Any]], front: Front, best_
         )  # fmt: skip
     for i in front.points:
         point = (float(rows[i][front.x]), float(rows[i][front.y]))
-        ax.annotate(_short(rows[i]["trial_id"]), point, xytext=(4, 3), textcoords="offset points", fontsize=7)
+        ax.annotate(
+            short_id(rows[i]["trial_id"]), point, xytext=(4, 3), textcoords="offset points", fontsize=7
+        )
         if rows[i]["trial_id"] == best_id:
             ax.scatter(*point, marker="*", s=240, c="gold", edgecolors="black", zorder=4)
         if rows[i].get("control"):
@@ -365,23 +307,13 @@ def _draw_front(ax: Axes, rows: Sequence[Mapping[str, Any]], front: Front, best_
     )
     # the boundary of the dominated region: flat until the next front point along x
     ax.step(xs, ys, where="post" if front.x_mode == "min" else "pre", color="black", linewidth=1, zorder=2)
-    _log_scale(ax, front.x, [float(rows[i][front.x]) for i in front.points], "x")
-    _log_scale(ax, front.y, [float(rows[i][front.y]) for i in front.points], "y")
+    log_scale_if_wide(ax, front.x, [float(rows[i][front.x]) for i in front.points], "x")
+    log_scale_if_wide(ax, front.y, [float(rows[i][front.y]) for i in front.points], "y")
     ax.set_xlabel(f"{front.label(front.x)} {ARROWS[front.x_mode]}")
     ax.set_ylabel(f"{front.label(front.y)} {ARROWS[front.y_mode]}")
     ax.set_title(
         f"{len(front.front)} on the front; {len(front.points)} trial(s) with both values", fontsize=9
     )
-
-
-def _log_scale(ax: Axes, key: str, values: Sequence[float], axis: Literal["x", "y"]) -> None:
-    if key.endswith("/perplexity") and values and min(values) > 0 and max(values) > 10 * min(values):
-        scaled = ax.xaxis if axis == "x" else ax.yaxis
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-        # plain numbers at 1-2-5 steps: the default 10^k labels say little over one or two decades
-        scaled.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        scaled.set_major_formatter(FormatStrFormatter("%g"))
-        scaled.set_minor_formatter(NullFormatter())
 
 
 def _counts(rows: Sequence[Mapping[str, Any]]) -> str:
