@@ -28,7 +28,7 @@ from actors.inference.scorer import IdentifierScorerWorker
 from actors.ppo.checkpoints import CONTROLLER, CheckpointStore
 from pipeline import storage
 from pipeline.config import MECHANISMS, Config
-from pipeline.config.search_space import Dimension, SearchSpace
+from pipeline.config.search_space import SEED_KEY, Dimension, SearchSpace
 from pipeline.evaluation.bootstrap import bootstrap_std_error
 from pipeline.evaluation.classification import emp_f1
 from pipeline.evaluation.suite import LabeledSplit, PolicyOutputs, policy_metrics
@@ -61,7 +61,7 @@ config key (every config key is dotted: ``section.name``); every other trial has
 def param_space(space: SearchSpace, seeds: Sequence[int] = ()) -> dict[str, Any]:
     """``{dotted key: tune domain}`` plus :data:`CONTROL_KEY` (``False``; the control's point sets it) and,
     for more than one of ``seeds``, ``run.seed`` as a grid over them (every configuration once per seed)."""
-    seed_grid = {"run.seed": tune.grid_search(list(seeds))} if len(seeds) > 1 else {}
+    seed_grid = {SEED_KEY: tune.grid_search(list(seeds))} if len(seeds) > 1 else {}
     return {**{d.key: tune_domain(d) for d in space.dimensions}, **seed_grid, CONTROL_KEY: False}
 
 

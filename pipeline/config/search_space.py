@@ -34,6 +34,9 @@ divisibility); larger spaces are checked one key at a time."""
 
 EXAMPLE = "ppo.kl_coef: {loguniform: [0.05, 0.5]}"
 
+SEED_KEY = "run.seed"
+"""The config key a sweep's ``--seeds`` varies; the rest of a trial's swept values is its configuration."""
+
 
 class SearchSpaceError(ConfigError):
     """A search space names an unknown key, has a malformed spec, or can draw a value the config rejects."""

@@ -12,12 +12,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipeline.config.search_space import SEED_KEY
 from pipeline.evaluation.aggregate import Interval, iqm, probability_of_improvement, stratified_bootstrap
 from pipeline.evaluation.pareto import is_finite
 from pipeline.evaluation.report import format_value
-
-SEED_KEY = "run.seed"
-"""The config key a sweep's ``--seeds`` varies; the rest of a trial's swept values is its configuration."""
 
 N_RESAMPLES = 2000
 
@@ -103,7 +101,7 @@ def configuration_rows(
         groups.setdefault(configuration_of(trial, keys), []).append(trial)
     scores = {
         config: [
-            float(r[metric]) for r in members if r.get("status") == "completed" and _finite(r.get(metric))
+            float(r[metric]) for r in members if r.get("status") == "completed" and is_finite(r.get(metric))
         ]
         for config, members in groups.items()
     }
@@ -118,7 +116,7 @@ def configuration_rows(
             "seeds": len(mine),
             "trials": len(members),
             "trial_ids": ", ".join(str(r.get("trial_id")) for r in members),
-            "trial_s": sum(float(r["wall_s"]) for r in members if _finite(r.get("wall_s"))),
+            "trial_s": sum(float(r["wall_s"]) for r in members if is_finite(r.get("wall_s"))),
             "metric": metric,
         }
         row.update(_interval("iqm", mine and stratified_bootstrap(iqm, mine, n_resamples=N_RESAMPLES)))
@@ -135,7 +133,7 @@ def configuration_rows(
 
 def seeds_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     """The report's table of :func:`configuration_rows`: header and cells."""
-    swept = [k for k in keys if k != "run.seed"]
+    swept = [k for k in keys if k != SEED_KEY]
     header = ["configuration", *swept, "seeds", "Emp-F1 IQM [95 % CI]", "Δ IQM vs control [95 % CI]",
               "P(beats control) [95 % CI]", "compute (trial-s)"]  # fmt: skip
     cells = [
@@ -176,10 +174,6 @@ def _interval(name: str, interval: Any) -> dict[str, float]:
     return {name: interval.estimate, f"{name}_low": interval.low, f"{name}_high": interval.high}
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
 def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -205,7 +199,7 @@ def confirmation_section(
 
     def gain(r: Mapping[str, Any]) -> str:
         return (
-            f"Emp-F1 {_ranged_of(r, 'confirm/emp_f1', 2)} over the control at "
+            f"Emp-F1 {_ranged(r, 'confirm/emp_f1', 2, signed=True)} over the control at "
             f"{_signed(r.get('confirm/perplexity_pct'), 1)} % perplexity"
         )
 
@@ -230,7 +224,7 @@ def confirmation_section(
         [
             str(r["trial_id"]) + (" (best)" if str(r["trial_id"]) == str(c["best_id"]) else ""),
             *(_shown(by_id.get(str(r["trial_id"]), {}).get(k)) for k in keys),
-            _ranged_of(r, "confirm/emp_f1", 2),
+            _ranged(r, "confirm/emp_f1", 2, signed=True),
             *(_signed(r.get(f"confirm/{m}_f1"), 2) for m in ("er", "ip", "ex")),
             _signed(r.get("confirm/perplexity_pct"), 1),
             _signed(r.get("confirm/dist2"), 4),
@@ -239,14 +233,6 @@ def confirmation_section(
         for r in confirmed
     ]
     return note, verdict, header, cells
-
-
-def _ranged_of(row: Mapping[str, Any], key: str, digits: int) -> str:
-    value = row.get(key)
-    if not is_finite(value):
-        return "n/a"
-    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
-    return f"{_signed(value, digits)} [{_signed(low, digits)}, {_signed(high, digits)}]"
 
 
 def dev_pilot_sentence(pilot: Mapping[str, Any] | None, dev_examples: int | None = None) -> str:

@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from pipeline.config.search_space import SEED_KEY
 from pipeline.evaluation.control import (
     ASHA_NOTE,
     SEEDS_NOTE,
@@ -354,8 +355,8 @@ def _trials_table(
     rows: Sequence[Mapping[str, Any]], keys: Sequence[str], best: Mapping[str, Any] | None
 ) -> tuple[list[str], list[list[str]]]:
     metric_columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
-    if len({r.get("run.seed") for r in rows}) > 1:  # --seeds
-        keys = [*keys, "run.seed"]
+    if len({r.get(SEED_KEY) for r in rows}) > 1:  # --seeds
+        keys = [*keys, SEED_KEY]
     constrained = not all(_feasible(r) for r in rows)
     header = ["trial", "status", *(["feasible"] if constrained else []), *keys]
     header += [h for _, h, _ in metric_columns]

@@ -274,6 +274,8 @@ def test_seeds_need_random_search_without_pbt_and_leave_run_seed_to_them() -> No
         SweepSettings(seeds=2).check(seeded, [c for _, c in seeded.probe_configs(BASE)])
     with pytest.raises(SweepError, match=r"'seeds': 0"):
         SweepSettings(seeds=0).check(space, probes)
+    with pytest.raises(SweepError, match=r"--eval-examples 0 must be >= 1"):
+        SweepSettings(eval_examples=0).check(space, probes)
 
 
 def test_configurations_aggregate_their_seeds_against_the_control() -> None:

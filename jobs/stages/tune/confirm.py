@@ -69,9 +69,10 @@ def candidates(rows: Sequence[Mapping[str, Any]], objective: Objective, top: int
         (r for r in pool if is_finite(r.get(key))), key=lambda r: (sign * float(r[key]), str(r["trial_id"]))
     )
     picked = ranked[:top]
+    eligible = {str(r["trial_id"]) for r in pool} - {str(r["trial_id"]) for r in picked}
     on_fronts = {i for front in pareto_fronts(rows) for i in front.front}
     front_rows = sorted(
-        (rows[i] for i in on_fronts if rows[i] in pool and rows[i] not in picked),
+        (rows[i] for i in on_fronts if str(rows[i]["trial_id"]) in eligible),
         key=lambda r: (-float(r.get("eval/emp_f1", -math.inf)), str(r["trial_id"])),
     )
     return picked + front_rows[:top]

@@ -18,17 +18,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.sweep.trial import is_control, partition, plain_values
+from actors.sweep.trial import is_control, plain_values
 from actors.training.harness import replace_folder
 from jobs.stages.result import StageResult
 from jobs.stages.tune.confirm import Confirmation, confirm_sweep
 from jobs.stages.tune.settings import SweepError
-from jobs.stages.tune.trial import TrialSetup
+from jobs.stages.tune.trial import TrialSetup, search_rows
 from pipeline.config import Config, save_config
 from pipeline.config.objective import DEV_METRICS, Objective
-from pipeline.config.search_space import SearchSpace
+from pipeline.config.search_space import SEED_KEY, SearchSpace
 from pipeline.evaluation.control import with_control_deltas
-from pipeline.evaluation.suite import read_labeled_split
 from pipeline.evaluation.sweep_report import SweepSummary, write_sweep_report
 from pipeline.layout import PPODir, SweepDir
 from pipeline.storage import display, fetch, publish, read_text, uri_of
@@ -168,8 +167,7 @@ def run_confirmation(rows: Sequence[Mapping[str, Any]], setup: TrialSetup) -> Co
     settings = setup.settings
     if not settings.held_out:
         return None
-    split = read_labeled_split(fetch(setup.layout.labeled.split(settings.split)), name=settings.split)
-    _, held = partition(split, settings.held_out, seed=setup.cfg.run.seed)
+    _, held = search_rows(setup.layout, settings, setup.cfg.run.seed)
     return None if held is None else confirm_sweep(rows, setup, held)
 
 
@@ -248,7 +246,7 @@ def trial_row(
         "status": status,
         "control": is_control(result.config),
         **{k: config.get(k) for k in space.keys},
-        "run.seed": int(config.get("run.seed", cfg.run.seed)),
+        SEED_KEY: int(config.get(SEED_KEY, cfg.run.seed)),
     }
     extra = [c.key for c in objective.constraints] + [objective.ranked_metric]  # shown and judged too
     for key in [*TABLE_METRICS, *(k for k in dict.fromkeys(extra) if k not in TABLE_METRICS)]:

@@ -139,7 +139,7 @@ def make_search(
     when given, is the first trial. Random search then needs one more sample: see :func:`num_samples`."""
     point = None if control is None else {**control, CONTROL_KEY: True}
     if point is not None:  # the control may sit outside the space (its whole point): Tune need not warn
-        logging.getLogger("ray.tune.search.variant_generator").addFilter(_NotPresetWarning())
+        logging.getLogger("ray.tune.search.variant_generator").addFilter(NOT_PRESET_WARNING)
     if settings.search == "random":
         # the same draws every time; Tune ignores TuneConfig.max_concurrent_trials next to a generator.
         # A point to evaluate takes the place of one sample (a whole pass over a grid).
@@ -168,6 +168,10 @@ def make_search(
 class _NotPresetWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Pre-set value")
+
+
+NOT_PRESET_WARNING = _NotPresetWarning()
+"""One filter for every sweep of the process (adding the same one again is a no-op)."""
 
 
 def num_samples(settings: SweepSettings, *, control: bool) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from actors.cluster.placement import ppo_bundles
 from pipeline.config import Config, ConfigError
 from pipeline.config.objective import Objective
-from pipeline.config.search_space import SearchSpace
+from pipeline.config.search_space import SEED_KEY, SearchSpace
 
 
 class SweepError(ConfigError):
@@ -132,6 +132,8 @@ class SweepSettings:
             raise SweepError(
                 f"--max-concurrent {self.max_concurrent_trials} must be >= 0 (0: as many as fit the cluster)."
             )
+        if self.eval_examples is not None and self.eval_examples < 1:
+            raise SweepError(f"--eval-examples {self.eval_examples} must be >= 1 (or omitted for all).")
         if self.dev_examples < 0 or self.dev_se <= 0:
             raise SweepError(
                 f"--dev-examples {self.dev_examples} must be >= 0 (0: sized by a pilot) and --dev-se "
@@ -157,7 +159,7 @@ class SweepSettings:
         return objective
 
     def _check_seeds(self, space: SearchSpace) -> None:
-        if "run.seed" in space.keys:
+        if SEED_KEY in space.keys:
             raise SweepError(
                 "--seeds runs every configuration once per run.seed, but the space sweeps run.seed too. Fix: "
                 "drop run.seed from the space (or --seeds)."

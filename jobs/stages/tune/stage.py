@@ -22,19 +22,18 @@ from ray import tune
 
 from actors.cluster.placement import RoleBundle, cluster_shortfall, ppo_bundles, total
 from actors.ppo.controller import Hook
-from actors.sweep.trial import param_space, partition, trial_resources
+from actors.sweep.trial import param_space, trial_resources
 from jobs.stages.ppo import load_ppo_inputs
 from jobs.stages.result import StageResult
 from jobs.stages.tune.pilot import pilot_dev_examples
 from jobs.stages.tune.results import record_sweep
 from jobs.stages.tune.search import make_scheduler, make_search, num_samples
 from jobs.stages.tune.settings import SweepError, SweepSettings
-from jobs.stages.tune.trial import TrialSetup, reports_per_trial, run_trial
+from jobs.stages.tune.trial import TrialSetup, reports_per_trial, run_trial, search_rows
 from pipeline.config import Config, save_config
 from pipeline.config.search_space import SearchSpace
-from pipeline.evaluation.suite import read_labeled_split
 from pipeline.layout import RunLayout, SweepDir
-from pipeline.storage import display, fetch, list_names, publish, ray_storage, uri_of
+from pipeline.storage import display, list_names, publish, ray_storage, uri_of
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -77,17 +76,10 @@ def tune_stage(
             fits, settings.max_concurrent_trials,
         )  # fmt: skip
     load_ppo_inputs(layout)  # before any trial: missing inputs fail once, here
-    read_labeled_split(
-        fetch(layout.labeled.split(settings.split)), name=settings.split, max_examples=settings.eval_examples
-    )
+    search, _ = search_rows(layout, settings, cfg.run.seed)  # a missing or bad split fails here, once
     sweep = layout.sweep(sweep_dir)
     _prepare_folder(sweep, cfg, space, settings, resume=resume)
     if not resume and settings.dev_examples == 0:  # sized by a pilot; settings.json keeps the size
-        search, _ = partition(
-            read_labeled_split(fetch(layout.labeled.split(settings.split)), name=settings.split),
-            settings.held_out,
-            seed=cfg.run.seed,
-        )
         settings = replace(
             settings, dev_examples=pilot_dev_examples(cfg, layout, search, settings.dev_se, sweep).chosen
         )

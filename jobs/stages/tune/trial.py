@@ -32,7 +32,8 @@ from jobs.stages.ppo import load_ppo_inputs, ppo_stage
 from jobs.stages.tune.settings import SweepSettings
 from pipeline.config import Config
 from pipeline.config.objective import Objective
-from pipeline.evaluation.suite import read_labeled_split
+from pipeline.config.search_space import SEED_KEY
+from pipeline.evaluation.suite import LabeledSplit, read_labeled_split
 from pipeline.layout import RunLayout, SweepDir
 from pipeline.storage import fetch, read_text, remove, write_text
 
@@ -113,6 +114,16 @@ def record_start(starts_file: Path, trial_config: dict[str, Any]) -> list[str]:
     return [k for k, _ in lines]
 
 
+def search_rows(
+    layout: RunLayout, settings: SweepSettings, seed: int
+) -> tuple[LabeledSplit, LabeledSplit | None]:
+    """``settings.split`` of the run parted (:func:`~actors.sweep.trial.partition`, the sweep's ``seed``) into
+    the rows the search uses (dev slice, final evaluations, the pilot) and those held out for the
+    confirmation: the driver and every trial part it alike."""
+    split = read_labeled_split(fetch(layout.labeled.split(settings.split)), name=settings.split)
+    return partition(split, settings.held_out, seed=seed)
+
+
 def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
     """One trial: PPO in the trial's reservation, periodic dev reports, the full evaluation last."""
     settings = setup.settings
@@ -131,13 +142,9 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
     # sampling random numbers, so two trials' reports differ by their policies alone; the confirmation
     # rows are held out of both the dev slice and the final evaluation
     base_seed = setup.cfg.run.seed
-    split, _ = partition(
-        read_labeled_split(fetch(layout.labeled.split(settings.split)), name=settings.split),
-        settings.held_out,
-        seed=base_seed,
-    )
+    split, _ = search_rows(layout, settings, base_seed)
     dev = DevEvaluator(
-        cfg.with_overrides({"run.seed": base_seed}),
+        cfg.with_overrides({SEED_KEY: base_seed}),
         dev_slice(split, settings.dev_examples, seed=base_seed),
         layout.identifiers.path,
     )
