@@ -130,10 +130,13 @@ def evaluate_stage(
     num_samples: int = 10,
     sinks: Sequence[EvaluationSink] = (),
     reservation: Reservation | None = None,
+    groups: Sequence[tuple[str, Sequence[str]]] | None = None,
 ) -> StageResult:
     """Evaluate ``inputs`` (default: :func:`load_evaluation_inputs` of the run) into ``layout.evaluate``:
     metrics, every response and the report. The metrics go to each of ``sinks``; the workers are placed
-    in ``reservation`` when given (see :func:`~actors.cluster.placement.evaluation_bundles`)."""
+    in ``reservation`` when given (see :func:`~actors.cluster.placement.evaluation_bundles`); ``groups``
+    compares configurations over their seeds instead of single policies
+    (:func:`~pipeline.evaluation.suite.evaluate`)."""
     started = time.perf_counter()
     inputs = inputs or load_evaluation_inputs(layout)
     data, sources, identifiers, split = inputs.split, inputs.policies, inputs.identifiers, inputs.split.name
@@ -157,7 +160,7 @@ def evaluate_stage(
     pq.write_table(table, out.responses)
     storage.publish(out.responses)
     t0 = time.perf_counter()
-    metrics = evaluate(data, outputs, n_resamples=n_resamples, seed=cfg.run.seed)
+    metrics = evaluate(data, outputs, n_resamples=n_resamples, seed=cfg.run.seed, groups=groups)
     stats["time/metrics"] = time.perf_counter() - t0
     r = cfg.rollout
     metrics["decoding"] = (

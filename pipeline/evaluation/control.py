@@ -186,14 +186,18 @@ def confirmation_section(
     confirmation: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
 ) -> tuple[str, str, list[str], list[list[str]]]:
     """The report's confirmation: its note, its verdict, and the table (header and cells) of every
-    confirmed trial against the control. ``confirmation`` holds ``split``, ``n_examples``, ``control_id``,
-    ``best_id``, ``rule``, ``n_resamples`` and ``rows`` (``trial_id`` and ``confirm/*`` values)."""
+    confirmed configuration against the control. ``confirmation`` holds ``split``, ``n_examples``,
+    ``control_id`` (and ``control_trials``, the control's seeds), ``best_id``, ``rule``, ``n_resamples`` and
+    ``rows`` (``trial_id``: the configuration's name, ``trials``: its seeds' trials, ``confirm/*`` values)."""
     c = confirmation
     by_id = {str(r.get("trial_id")): r for r in rows}
+    swept = [k for k in keys if k != SEED_KEY]
+    controls = list(c.get("control_trials") or [c["control_id"]])
     note = (
         f"{c['n_examples']} examples of {c['split']} the search never used (no dev slice, no trial's final "
-        f"evaluation); each configuration against the control {c['control_id']} on the same examples, paired "
-        f"bootstrap with {c['n_resamples']} resamples, 95 % intervals. Rule for best/: {c['rule']}."
+        f"evaluation); each configuration against the control ({_seeds_of(controls)}) on the same examples, "
+        f"paired bootstrap with {c['n_resamples']} resamples over examples, 95 % intervals; a configuration "
+        f"with several seeds is scored by their mean on each resample. Rule for best/: {c['rule']}."
     )
     confirmed = list(c["rows"])
 
@@ -203,10 +207,17 @@ def confirmation_section(
             f"{_signed(r.get('confirm/perplexity_pct'), 1)} % perplexity"
         )
 
+    def trials(r: Mapping[str, Any]) -> list[str]:
+        return [str(t) for t in r.get("trials") or [r["trial_id"]]]
+
+    def values(r: Mapping[str, Any]) -> Mapping[str, Any]:
+        return by_id.get(trials(r)[0], {})
+
     if c["best_id"] != c["control_id"]:
-        best = next(r for r in confirmed if str(r["trial_id"]) == str(c["best_id"]))
-        swept = ", ".join(f"{k}={_shown(by_id.get(str(c['best_id']), {}).get(k))}" for k in keys)
-        verdict = f"best/ = {c['best_id']} ({swept}): {gain(best)}."
+        best = next(r for r in confirmed if str(c["best_id"]) in trials(r))
+        shown = ", ".join(f"{k}={_shown(values(best).get(k))}" for k in swept)
+        seeds = f"; its {_seeds_of(trials(best))}" if len(trials(best)) > 1 else ""
+        verdict = f"best/ = {c['best_id']} ({shown}{seeds}): {gain(best)}."
     elif confirmed:
         closest = max(
             confirmed,
@@ -218,12 +229,13 @@ def confirmation_section(
         )
     else:
         verdict = f"No configuration completed to confirm: best/ is the control {c['control_id']}."
-    header = ["trial", *keys, "Δ Emp-F1 [95 % CI]", "Δ ER F1", "Δ IP F1", "Δ EX F1", "Δ ppl %", "Δ Dist-2",
-              "passes"]  # fmt: skip
+    header = ["configuration", *swept, "seeds", "Δ Emp-F1 [95 % CI]", "Δ ER F1", "Δ IP F1", "Δ EX F1",
+              "Δ ppl %", "Δ Dist-2", "passes"]  # fmt: skip
     cells = [
         [
-            str(r["trial_id"]) + (" (best)" if str(r["trial_id"]) == str(c["best_id"]) else ""),
-            *(_shown(by_id.get(str(r["trial_id"]), {}).get(k)) for k in keys),
+            str(r["trial_id"]) + (" (best)" if str(c["best_id"]) in trials(r) else ""),
+            *(_shown(values(r).get(k)) for k in swept),
+            str(len(trials(r))),
             _ranged(r, "confirm/emp_f1", 2, signed=True),
             *(_signed(r.get(f"confirm/{m}_f1"), 2) for m in ("er", "ip", "ex")),
             _signed(r.get("confirm/perplexity_pct"), 1),
@@ -233,6 +245,10 @@ def confirmation_section(
         for r in confirmed
     ]
     return note, verdict, header, cells
+
+
+def _seeds_of(trials: Sequence[str]) -> str:
+    return f"trial {trials[0]}" if len(trials) == 1 else f"{len(trials)} seeds: trials {', '.join(trials)}"
 
 
 def dev_pilot_sentence(pilot: Mapping[str, Any] | None, dev_examples: int | None = None) -> str:

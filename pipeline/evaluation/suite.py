@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -243,9 +244,25 @@ class NgramIndex:
         return int(present.sum()) / total
 
 
+@dataclass(frozen=True)
+class Seeds:
+    """One system's per-item data for each of its seeds (the same items, one entry per item each): what
+    :func:`compare` resamples for a configuration trained with several seeds."""
+
+    members: tuple[Any, ...]
+
+    def __len__(self) -> int:
+        return len(self.members[0])
+
+
+def seed_mean(fn: Callable[[Any, IntArray], float]) -> Callable[[Seeds, IntArray], float]:
+    """``fn`` of one seed's data on the items ``idx``, averaged over the seeds."""
+    return lambda seeds, idx: float(np.mean([fn(member, idx) for member in seeds.members]))
+
+
 def compare(
-    a: PolicyOutputs,
-    b: PolicyOutputs,
+    a: PolicyOutputs | Sequence[PolicyOutputs],
+    b: PolicyOutputs | Sequence[PolicyOutputs],
     split: LabeledSplit,
     *,
     n_resamples: int = 1000,
@@ -254,16 +271,33 @@ def compare(
 ) -> dict[str, BootstrapResult]:
     """Paired bootstrap of ``metric(b) − metric(a)`` for every key of :data:`METRICS`.
 
+    ``a`` and ``b`` are one policy each, or a configuration's policies over its training seeds: a
+    configuration's metric on a resample is the mean of its seeds' metrics on the same items, so every
+    resample draws examples (the unit the split samples) and keeps each example's seeds together; the
+    interval is over examples for these seeds, not over seeds.
+
     Every metric uses the same ``seed`` and so the same resamples. Corpus-level metrics are recomputed
     on each resample (Emp-F1 and per-mechanism F1 from levels, BLEU from summed :func:`bleu_stats`,
     Dist-n from n-gram ids, perplexity from summed NLL and tokens); ROUGE-L and length are item means.
     """
-    _check_aligned(a, split)
-    _check_aligned(b, split)
+    group_a, group_b = _seeds(a), _seeds(b)
+    for o in (*group_a, *group_b):
+        _check_aligned(o, split)
     gold = split.gold_levels
     mechanisms = tuple(gold)
     refs = list(split.references)
     kw: dict[str, Any] = {"n_resamples": n_resamples, "seed": seed, "alpha": alpha}
+
+    def paired(fn: Callable[[Any, IntArray], float], data: Callable[[PolicyOutputs], Any]) -> BootstrapResult:
+        return paired_bootstrap(
+            seed_mean(fn), Seeds(tuple(map(data, group_a))), Seeds(tuple(map(data, group_b))), **kw
+        )
+
+    def paired_mean(scores: Callable[[PolicyOutputs], FloatArray]) -> BootstrapResult:
+        # the mean over seeds of per-item means is the per-item mean over seeds, averaged over items
+        return paired_bootstrap_mean(
+            np.mean([scores(o) for o in group_a], axis=0), np.mean([scores(o) for o in group_b], axis=0), **kw
+        )
 
     def levels(o: PolicyOutputs) -> IntArray:
         return np.stack([o.pred_levels[m] for m in mechanisms], axis=1)
@@ -282,30 +316,36 @@ def compare(
     def ppl(table: FloatArray, idx: IntArray) -> float:
         return perplexity(float(table[idx, 0].sum()), int(table[idx, 1].sum()))
 
-    out: dict[str, BootstrapResult] = {"emp_f1": paired_bootstrap(emp, levels(a), levels(b), **kw)}
+    out: dict[str, BootstrapResult] = {"emp_f1": paired(emp, levels)}
     for j, m in enumerate(mechanisms):
-        out[f"{m.lower()}_f1"] = paired_bootstrap(mechanism_f1(j), levels(a), levels(b), **kw)
-    if math.isfinite(ppl(nll_table(a), _all(a))) and math.isfinite(ppl(nll_table(b), _all(b))):
-        out["perplexity"] = paired_bootstrap(ppl, nll_table(a), nll_table(b), **kw)
+        out[f"{m.lower()}_f1"] = paired(mechanism_f1(j), levels)
+    if all(math.isfinite(ppl(nll_table(o), _all(o))) for o in (*group_a, *group_b)):
+        out["perplexity"] = paired(ppl, nll_table)
     else:
-        logger.warning("perplexity of %s or %s is not finite: no bootstrap for it", a.name, b.name)
+        logger.warning("a perplexity of %s or %s is not finite: no bootstrap for it", _names(a), _names(b))
     for n in (1, 2):
-        out[f"dist{n}"] = paired_bootstrap(
-            lambda index, idx: index.distinct(idx),
-            NgramIndex.build(a.responses, n),
-            NgramIndex.build(b.responses, n),
-            **kw,
-        )
-    stats_a, stats_b = bleu_stats(list(a.responses), refs), bleu_stats(list(b.responses), refs)
+        out[f"dist{n}"] = paired(NgramIndex.distinct, partial(_ngrams, n=n))
+    stats = {id(o): bleu_stats(list(o.responses), refs) for o in (*group_a, *group_b)}
     for n in range(1, 5):
-        out[f"bleu{n}"] = paired_bootstrap(_bleu_n(n), stats_a, stats_b, **kw)
-    out["rouge_l"] = paired_bootstrap_mean(
-        rouge_l_scores(list(a.responses), refs), rouge_l_scores(list(b.responses), refs), **kw
-    )
-    out["mean_length"] = paired_bootstrap_mean(
-        lengths(list(a.responses)).astype(np.float64), lengths(list(b.responses)).astype(np.float64), **kw
-    )
+        out[f"bleu{n}"] = paired(_bleu_n(n), lambda o: stats[id(o)])
+    out["rouge_l"] = paired_mean(lambda o: rouge_l_scores(list(o.responses), refs))
+    out["mean_length"] = paired_mean(lambda o: lengths(list(o.responses)).astype(np.float64))
     return out
+
+
+def _ngrams(o: PolicyOutputs, n: int) -> NgramIndex:
+    return NgramIndex.build(o.responses, n)
+
+
+def _seeds(outputs: PolicyOutputs | Sequence[PolicyOutputs]) -> tuple[PolicyOutputs, ...]:
+    group = (outputs,) if isinstance(outputs, PolicyOutputs) else tuple(outputs)
+    if not group:
+        raise ValueError("compare needs at least one policy on each side")
+    return group
+
+
+def _names(outputs: PolicyOutputs | Sequence[PolicyOutputs]) -> str:
+    return "+".join(o.name for o in _seeds(outputs))
 
 
 def evaluate(
@@ -315,20 +355,27 @@ def evaluate(
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: Sequence[tuple[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """The metrics dict of ``metrics.json``.
 
     Keys: ``split``, ``n_examples``, ``gold`` (level distribution per mechanism and the
     :data:`GOLD_METRICS` of the gold responses), ``policy_order`` (names as given: JSON writers may
-    sort keys), ``policies`` (name -> :func:`policy_metrics`), ``comparisons`` (for each policy after the first: ``baseline``, ``policy`` and
-    ``metrics``, key -> :class:`~pipeline.evaluation.bootstrap.BootstrapResult` of policy − baseline) and
-    ``bootstrap`` (its settings).
+    sort keys), ``policies`` (name -> :func:`policy_metrics`), ``comparisons`` and ``bootstrap`` (its
+    settings). ``groups`` (default: each policy alone, in order) names the compared systems: ``(name,
+    policy names)``, a configuration's policies over its seeds (:func:`compare`). Each group after the first
+    has a comparison with the first: ``baseline`` and ``policy`` (group names), ``baseline_members`` and
+    ``policy_members`` and ``metrics``, key -> :class:`~pipeline.evaluation.bootstrap.BootstrapResult` of
+    policy − baseline.
     """
     if not outputs:
         raise EvaluationInputError("no policy to evaluate. Fix: pass at least one --policy NAME=FOLDER.")
     names = [o.name for o in outputs]
     if len(set(names)) != len(names):
         raise EvaluationInputError(f"policy names must be unique, got {names}")
+    by_name = {o.name: o for o in outputs}
+    systems = [(o.name, [o.name]) for o in outputs] if groups is None else [(g, list(m)) for g, m in groups]
+    _check_groups(systems, by_name)
     refs = list(split.references)
     metrics: dict[str, Any] = {
         "split": split.name,
@@ -344,14 +391,41 @@ def evaluate(
         "comparisons": [],
         "bootstrap": {"n_resamples": n_resamples, "seed": seed, "alpha": alpha},
     }
-    base = outputs[0]
-    for other in outputs[1:]:
-        logger.info("paired bootstrap: %s vs %s, %d resamples per metric", other.name, base.name, n_resamples)
-        result = compare(base, other, split, n_resamples=n_resamples, seed=seed, alpha=alpha)
+    base, base_members = systems[0]
+    for name, members in systems[1:]:
+        logger.info("paired bootstrap: %s vs %s, %d resamples per metric", name, base, n_resamples)
+        result = compare(
+            [by_name[m] for m in base_members],
+            [by_name[m] for m in members],
+            split,
+            n_resamples=n_resamples,
+            seed=seed,
+            alpha=alpha,
+        )
         metrics["comparisons"].append(
-            {"baseline": base.name, "policy": other.name, "metrics": {k: dict(v) for k, v in result.items()}}
+            {
+                "baseline": base,
+                "policy": name,
+                "baseline_members": base_members,
+                "policy_members": members,
+                "metrics": {k: dict(v) for k, v in result.items()},
+            }
         )
     return metrics
+
+
+def _check_groups(groups: Sequence[tuple[str, Sequence[str]]], policies: Mapping[str, Any]) -> None:
+    if not groups:
+        raise EvaluationInputError("groups is empty: name at least the baseline group")
+    names = [g for g, _ in groups]
+    if len(set(names)) != len(names):
+        raise EvaluationInputError(f"group names must be unique, got {names}")
+    for name, members in groups:
+        unknown = [m for m in members if m not in policies]
+        if not members or unknown:
+            raise EvaluationInputError(
+                f"group {name!r} must name evaluated policies ({sorted(policies)}), got {list(members)}"
+            )
 
 
 def responses_table(split: LabeledSplit, outputs: Sequence[PolicyOutputs]) -> pa.Table:

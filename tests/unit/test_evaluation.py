@@ -116,6 +116,57 @@ def test_bootstrap_observed_values_are_the_table_values() -> None:
     assert result["emp_f1"]["difference"] > 0 and result["perplexity"]["difference"] < 0
 
 
+def test_a_configuration_over_seeds_is_scored_by_its_seeds_mean_on_the_same_resamples() -> None:
+    split = _split()
+    sft = _outputs("sft", HYPS, PRED, [1.0, 2.0, 3.0, 4.0])
+    gold = _outputs("gold", REFS, GOLD, [0.5, 0.5, 1.0, 1.0])
+    other = _outputs("other", HYPS, GOLD, [2.0, 2.0, 2.0, 2.0])
+    alone = compare(sft, gold, split, n_resamples=100, seed=4)
+    # a group of one is the policy alone; a seed repeated changes nothing
+    assert compare([sft], [gold], split, n_resamples=100, seed=4) == alone
+    assert compare([sft, sft], [gold, gold], split, n_resamples=100, seed=4) == alone
+    pooled = compare([sft], [gold, other], split, n_resamples=100, seed=4)
+    tables = {o.name: policy_metrics(o, split) for o in (sft, gold, other)}
+    for key, r in pooled.items():
+        mean_b = (tables["gold"][key] + tables["other"][key]) / 2
+        assert r["metric_b"] == pytest.approx(mean_b), key
+        assert r["difference"] == pytest.approx(mean_b - tables["sft"][key]), key
+        assert r["ci_low"] <= r["ci_high"], key
+    # Emp-F1 on a resample is each seed's Emp-F1 on the same examples, averaged: by hand on one resample
+    from pipeline.evaluation.bootstrap import _index_blocks
+
+    first = next(iter(_index_blocks(np.random.default_rng(4), 4, 1)))[0]
+    by_hand = np.mean(
+        [
+            compare(sft, o, split.subset(first, "r"), n_resamples=1)["emp_f1"]["metric_b"]
+            for o in (gold, other)
+        ]
+    )
+    single = compare(sft, [gold, other], split.subset(first, "r"), n_resamples=1)["emp_f1"]["metric_b"]
+    assert single == pytest.approx(by_hand)
+
+
+def test_evaluate_compares_groups_of_seeds_with_the_first_group() -> None:
+    split = _split()
+    outs = [
+        _outputs("c0", HYPS, PRED, [1.0] * 4),
+        _outputs("c1", HYPS, GOLD, [1.5] * 4),
+        _outputs("t0", REFS, GOLD, [2.0] * 4),
+        _outputs("t1", REFS, PRED, [3.0] * 4),
+    ]
+    metrics = evaluate(split, outs, n_resamples=20, seed=3, groups=[("c", ["c0", "c1"]), ("t", ["t0", "t1"])])
+    (comparison,) = metrics["comparisons"]
+    assert (comparison["baseline"], comparison["policy"]) == ("c", "t")
+    assert (comparison["baseline_members"], comparison["policy_members"]) == (["c0", "c1"], ["t0", "t1"])
+    assert comparison["metrics"] == {
+        k: dict(v) for k, v in compare(outs[:2], outs[2:], split, n_resamples=20, seed=3).items()
+    }
+    assert set(metrics["policies"]) == {"c0", "c1", "t0", "t1"}  # every seed keeps its own metrics
+    for bad in ([("c", ["c0"]), ("t", ["nope"])], [("c", ["c0"]), ("c", ["t0"])], [("c", [])], []):
+        with pytest.raises(EvaluationInputError):
+            evaluate(split, outs, n_resamples=20, groups=bad)
+
+
 def test_evaluate_compares_every_policy_with_the_first() -> None:
     split = _split()
     outs = [

@@ -359,9 +359,35 @@ def test_the_confirmed_trials_are_the_top_by_the_objective_and_the_fronts() -> N
         row(4, 46.0, 30.0, 5.0, 50.0, status="stopped"),
         row(5, 47.0, 42.0, 1.0, 20.0, feasible=False),
     ]
-    picked = [r["trial_id"] for r in candidates(rows, OBJECTIVE, top=2)]
-    assert picked == ["t_1", "t_2", "t_3"], picked
-    assert [r["trial_id"] for r in candidates(rows, OBJECTIVE, top=1)] == ["t_1", "t_3"]
+    picked = [[r["trial_id"] for r in g] for g in candidates(rows, OBJECTIVE, top=2)]
+    assert picked == [["t_1"], ["t_2"], ["t_3"]], picked
+    assert [g[0]["trial_id"] for g in candidates(rows, OBJECTIVE, top=1)] == ["t_1", "t_3"]
+
+
+def test_a_configuration_is_confirmed_with_all_its_seeds_ranked_by_their_mean() -> None:
+    from jobs.stages.tune.confirm import candidates, group_name
+
+    def row(i: int, beta: float, seed: int, dev: float, **extra: Any) -> dict[str, Any]:
+        return {"trial_id": f"t_{i}", "status": "completed", "control": False, "ppo.kl_coef": beta,
+                "run.seed": seed, "dev/emp_f1": dev, "eval/emp_f1": dev, "rollout/kl_k3": 1.0,
+                "eval/perplexity": 20.0, **extra}  # fmt: skip
+
+    rows = [
+        row(0, 0.2, 0, 40.0, control=True),
+        row(1, 0.2, 1, 41.0, control=True),
+        row(2, 0.05, 0, 50.0),  # one lucky seed: mean 44
+        row(3, 0.05, 1, 38.0),
+        row(4, 0.1, 0, 46.0),  # mean 45.5: ranked first
+        row(5, 0.1, 1, 45.0),
+        row(6, 0.3, 0, 47.0, status="stopped"),  # its only completed seed counts alone
+        row(7, 0.3, 1, 43.0),
+    ]
+    keys = ["ppo.kl_coef", "run.seed"]
+    groups = candidates(rows, OBJECTIVE, top=3, keys=keys)[:3]
+    assert [[r["trial_id"] for r in g] for g in groups] == [["t_4", "t_5"], ["t_2", "t_3"], ["t_7"]]
+    assert group_name(groups[0]) == "t_4+t_5" and group_name(groups[2]) == "t_7"
+    # without keys every trial is its own configuration, as before
+    assert [g[0]["trial_id"] for g in candidates(rows, OBJECTIVE, top=2)][:2] == ["t_2", "t_4"]
 
 
 def test_the_report_states_the_confirmation_and_its_verdict() -> None:
@@ -387,7 +413,7 @@ def test_the_report_states_the_confirmation_and_its_verdict() -> None:
         verdict
         == "best/ = t_1 (ppo.kl_coef=0.05): Emp-F1 +1.90 [+0.10, +3.70] over the control at +5.0 % perplexity."
     )
-    assert header[:3] == ["trial", "ppo.kl_coef", "Δ Emp-F1 [95 % CI]"]
+    assert header[:4] == ["configuration", "ppo.kl_coef", "seeds", "Δ Emp-F1 [95 % CI]"]
     assert cells[0][0] == "t_1 (best)" and cells[0][-1] == "yes" and cells[1][-1] == "no"
     _, verdict, _, _ = confirmation_section(
         {**c, "best_id": "t_0", "rows": confirmed[1:]}, rows, ["ppo.kl_coef"]
@@ -395,6 +421,27 @@ def test_the_report_states_the_confirmation_and_its_verdict() -> None:
     assert verdict.startswith(
         "No configuration beat the control under the rule: best/ is the control t_0. Closest: t_2"
     )
+
+
+def test_the_report_names_the_seeds_of_a_confirmed_configuration() -> None:
+    from jobs.stages.tune.confirm import decide, rule_text
+    from pipeline.evaluation.control import confirmation_section
+
+    comparison = _comparison("t_1+t_2", (1.9, 0.1, 3.7), (20.0, 21.0))
+    comparison["policy_members"] = ["t_1", "t_2"]
+    confirmed, best = decide([comparison], 5.0)
+    assert best == "t_1+t_2" and confirmed[0]["trials"] == ["t_1", "t_2"]
+    rows = [{"trial_id": "t_0", "ppo.kl_coef": 0.2, "run.seed": 0}, {"trial_id": "t_3", "ppo.kl_coef": 0.2, "run.seed": 1},
+            {"trial_id": "t_1", "ppo.kl_coef": 0.05, "run.seed": 0}, {"trial_id": "t_2", "ppo.kl_coef": 0.05, "run.seed": 1}]  # fmt: skip
+    c = {"split": "valid[confirmation 1000]", "n_examples": 1000, "control_id": "t_0", "best_id": "t_1",
+         "control_trials": ["t_0", "t_3"], "rule": rule_text(5.0), "n_resamples": 1000, "rows": confirmed}  # fmt: skip
+    note, verdict, header, cells = confirmation_section(c, rows, ["ppo.kl_coef", "run.seed"])
+    assert "against the control (2 seeds: trials t_0, t_3)" in note and "their mean on each resample" in note
+    assert verdict.startswith("best/ = t_1 (ppo.kl_coef=0.05; its 2 seeds: trials t_1, t_2): Emp-F1 +1.90")
+    assert header[:3] == ["configuration", "ppo.kl_coef", "seeds"]  # run.seed is what the seeds vary
+    assert cells == [
+        ["t_1+t_2 (best)", "0.05", "2", "+1.90 [+0.10, +3.70]", "n/a", "n/a", "n/a", "+5.0", "n/a", "yes"]
+    ]
 
 
 def test_the_confirmation_rows_are_held_out_of_the_dev_slice_and_the_final_evaluation() -> None:

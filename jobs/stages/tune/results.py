@@ -76,9 +76,13 @@ def record_sweep(
     completed = [r for r in rows if r["status"] == "completed"]
     search_best = best = objective.best(rows)
     searched = time.perf_counter() - started
-    confirmation = run_confirmation(rows, setup)
+    confirmation = run_confirmation(rows, setup, space.keys)
     if confirmation is not None:  # the confirmed choice (or the control) replaces the search's best
-        confirmed = {str(c["trial_id"]): c for c in confirmation.rows}
+        confirmed = {
+            trial: {k: v for k, v in c.items() if k.startswith("confirm/")}
+            for c in confirmation.rows
+            for trial in c["trials"]
+        }
         rows = [{**r, **confirmed.get(str(r["trial_id"]), {})} for r in rows]
         pq.write_table(trials_table(rows, space), sweep.trials)
         publish(sweep.trials)
@@ -162,13 +166,15 @@ def record_sweep(
     )
 
 
-def run_confirmation(rows: Sequence[Mapping[str, Any]], setup: TrialSetup) -> Confirmation | None:
+def run_confirmation(
+    rows: Sequence[Mapping[str, Any]], setup: TrialSetup, keys: Sequence[str]
+) -> Confirmation | None:
     """The confirmation of a sweep with a control and held-out rows (:func:`confirm_sweep`), else ``None``."""
     settings = setup.settings
     if not settings.held_out:
         return None
     _, held = search_rows(setup.layout, settings, setup.cfg.run.seed)
-    return None if held is None else confirm_sweep(rows, setup, held)
+    return None if held is None else confirm_sweep(rows, setup, held, keys)
 
 
 def failed_trials(results: Sequence[Any], sweep: SweepDir | None = None) -> list[tuple[Path, str]]:
