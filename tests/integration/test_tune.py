@@ -138,26 +138,47 @@ def test_two_trials_complete_and_the_best_policy_is_published(
 def test_when_no_configuration_beats_the_control_best_is_the_control(
     ray_cluster: None, sweep_layout: RunLayout
 ) -> None:
-    """A space whose one point is the base config's own: the trial and the control run the same PPO with
-    the same seed, so their policies are the same, the confirmed gain is exactly 0 (its interval holds 0),
-    nothing passes the rule and best/ is the control."""
+    """A space whose one point is the base config's own, over two seeds: each seed of the trial runs the same
+    PPO as the control's seed, so their policies are the same, the configuration's confirmed gain over the
+    control (both over their two seeds) is exactly 0 (its interval holds 0), nothing passes the rule and
+    best/ is the control."""
     cfg = tiny_config(ppo__total_steps=1, ppo__kl_mode="fixed", ppo__kl_coef=0.2)
     space = parse_search_space({"ppo.kl_coef": {"grid": [0.2]}}, cfg)
     settings = SweepSettings(
-        scheduler="fifo", dev_examples=4, eval_examples=4, confirm_resamples=100, max_concurrent_trials=2
+        scheduler="fifo",
+        dev_examples=4,
+        eval_examples=4,
+        confirm_resamples=100,
+        max_concurrent_trials=2,
+        seeds=2,
     )
     result = tune_stage(cfg, sweep_layout, space, settings)
     sweep = sweep_layout.sweep()
     rows = pq.read_table(sweep.trials).to_pylist()
-    (control,) = [r for r in rows if r["control"]]
-    (trial,) = [r for r in rows if not r["control"]]
+    controls = sorted((r for r in rows if r["control"]), key=lambda r: r["run.seed"])
+    trials = sorted((r for r in rows if not r["control"]), key=lambda r: r["run.seed"])
+    assert (
+        [r["run.seed"] for r in controls]
+        == [r["run.seed"] for r in trials]
+        == [cfg.run.seed, cfg.run.seed + 1]
+    )
     policy = "policy/model.safetensors"
-    same = (sweep.trial(trial["trial_id"]).ppo / policy).read_bytes()
-    assert same == (sweep.trial(control["trial_id"]).ppo / policy).read_bytes()  # one config, one seed
-    (confirmed,) = result.metrics["confirmation"]["rows"]
+    weights = {r["trial_id"]: (sweep.trial(r["trial_id"]).ppo / policy).read_bytes() for r in rows}
+    for control, trial in zip(controls, trials, strict=True):  # one config, the same seed: the same policy
+        assert weights[trial["trial_id"]] == weights[control["trial_id"]]
+    assert weights[controls[0]["trial_id"]] != weights[controls[1]["trial_id"]]  # the seeds differ
+    confirmation = result.metrics["confirmation"]
+    (confirmed,) = confirmation["rows"]
+    assert sorted(confirmed["trials"]) == sorted(
+        r["trial_id"] for r in trials
+    )  # the configuration, both seeds
+    assert confirmation["control_trials"] == sorted(r["trial_id"] for r in controls)
+    (comparison,) = json.loads(sweep.confirm.joinpath("metrics.json").read_text())["comparisons"]
+    assert len(comparison["baseline_members"]) == len(comparison["policy_members"]) == 2
     assert confirmed["confirm/emp_f1"] == 0.0 and not confirmed["confirm/passes"], confirmed
+    control = controls[0]
     assert result.metrics["best"]["trial_id"] == control["trial_id"]
-    assert (sweep.best_policy / "model.safetensors").read_bytes() == same
+    assert (sweep.best_policy / "model.safetensors").read_bytes() == weights[control["trial_id"]]
     report = sweep.report_md.read_text()
     assert (
         f"No configuration beat the control under the rule: best/ is the control {control['trial_id']}"
