@@ -149,6 +149,8 @@ class SweepSummary:
     """The dev slice's size."""
     asha: Sequence[Mapping[str, Any]] = ()
     """ASHA's comparisons (``asha.jsonl``)."""
+    scheduling: str = ""
+    """How ASHA's grace period and reduction factor were chosen, if derived."""
     confirmation: Mapping[str, Any] | None = None
     """The confirmation's outcome (:func:`~pipeline.evaluation.control.confirmation_section`), if one ran."""
 
@@ -188,10 +190,14 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], summary: SweepSummary) -> 
 
 
 def _sentences(rows: Sequence[Mapping[str, Any]], s: SweepSummary) -> list[str]:
-    """The report's opening sentences: the control and the dev slice's size."""
+    """The report's opening sentences: the control, the dev slice's size and how ASHA was set."""
     return [
         t
-        for t in (control_sentence(rows, s.keys, s.best), dev_pilot_sentence(s.dev_pilot, s.dev_examples))
+        for t in (
+            control_sentence(rows, s.keys, s.best),
+            dev_pilot_sentence(s.dev_pilot, s.dev_examples),
+            s.scheduling and s.scheduling + ".",
+        )
         if t
     ]
 

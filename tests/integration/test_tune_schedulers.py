@@ -89,7 +89,7 @@ def test_asha_stops_the_weaker_trial_after_its_first_report(
     space = parse_search_space({"ppo.kl_coef": {"grid": [0.05, 0.3]}}, cfg)
     settings = SweepSettings(
         metric="rollout/kl_coef", mode="min", constraints=("rollout/kl_coef<=0.1",), max_concurrent_trials=1,
-        dev_examples=8, eval_examples=8, control=False,
+        dev_examples=8, eval_examples=8, control=False, grace_period=1, reduction_factor=2,
     )  # fmt: skip
     result = tune_stage(cfg, layout, space, settings)
     rows = {r["ppo.kl_coef"]: r for r in pq.read_table(layout.sweep().trials).to_pylist()}

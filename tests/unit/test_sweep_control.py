@@ -155,6 +155,40 @@ def _trial(trial_id: str, control: bool = False) -> Any:
     return SimpleNamespace(trial_id=trial_id, config={CONTROL_KEY: control}, status="RUNNING")
 
 
+@pytest.mark.parametrize(
+    ("max_t", "trials", "pair_se", "eta", "grace", "rungs"),
+    [
+        (3, 18, 1.4, 2.0, 2, [2]),  # noisy: keep half; 3 reports allow one cut
+        (6, 18, 1.4, 2.0, 2, [2, 4]),  # two cuts fit 6 reports
+        (9, 20, 0.4, 3.0, 1, [1, 3]),  # within the target: rf 3, two cuts
+        (9, 4, 0.4, 3.0, 3, [3]),  # 4 trials allow one cut of 1/3
+        (6, 2, None, 2.0, 3, [3]),  # not measured: rf 2; 2 trials, one cut
+        (1, 9, 0.4, 3.0, 1, []),  # one report: nothing to cut
+    ],
+)
+def test_asha_is_derived_from_the_noise_and_the_budget(
+    max_t: int, trials: int, pair_se: float | None, eta: float, grace: int, rungs: list[int]
+) -> None:
+    from jobs.stages.tune.search import derive_asha
+
+    settings = derive_asha(SweepSettings(), max_t=max_t, trials=trials, pair_se=pair_se)
+    assert (settings.reduction_factor, settings.grace_period) == (eta, grace)
+    asha = make_scheduler(settings, OBJECTIVE, SPACE, max_t=max_t, seed=0)
+    milestones = sorted(t for t, _ in asha._brackets[0]._rungs if t < max_t)  # type: ignore[attr-defined]
+    assert milestones == rungs, asha._brackets[0]._rungs  # type: ignore[attr-defined]
+    assert settings.asha_rule.endswith(
+        f"rungs at report(s) {', '.join(map(str, rungs)) or 'none (nothing is stopped)'} of {max_t}"
+    )
+    given = derive_asha(
+        SweepSettings(grace_period=2, reduction_factor=4), max_t=max_t, trials=trials, pair_se=pair_se
+    )
+    assert given == SweepSettings(grace_period=2, reduction_factor=4)  # given values stand
+    assert (
+        derive_asha(SweepSettings(scheduler="fifo"), max_t=max_t, trials=trials, pair_se=pair_se).asha_rule
+        == ""
+    )
+
+
 def test_asha_compares_the_control_at_every_rung_but_never_stops_it(tmp_path: Path) -> None:
     settings = SweepSettings(grace_period=1, reduction_factor=2)
     asha = make_scheduler(settings, OBJECTIVE, SPACE, max_t=4, seed=0, decisions=tmp_path / "asha.jsonl")

@@ -112,7 +112,7 @@ def record_sweep(
     summary = SweepSummary(
         space.keys, objective.metric, objective.mode, best, repro, constraints=constraints,
         confirmation=confirmed_as, dev_pilot=json.loads(pilot) if pilot else None,
-        dev_examples=setup.settings.dev_examples, asha=asha,
+        dev_examples=setup.settings.dev_examples, asha=asha, scheduling=setup.settings.asha_rule,
     )  # fmt: skip
     files = write_sweep_report(rows, history, summary, sweep)  # publishes
     failures = failed_trials(results, sweep)  # a row's status is "error" exactly when its result has an error

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import random
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,8 @@ def make_scheduler(
             metric=metric,
             mode=mode,
             max_t=max_t,
-            grace_period=min(settings.grace_period, max_t),
-            reduction_factor=settings.reduction_factor,
+            grace_period=min(settings.grace_period or 1, max_t),
+            reduction_factor=settings.reduction_factor or 2.0,
         )
     if settings.scheduler == "fifo":
         return FIFOScheduler()  # type: ignore[no-untyped-call]
@@ -172,6 +174,56 @@ class _NotPresetWarning(logging.Filter):
 
 NOT_PRESET_WARNING = _NotPresetWarning()
 """One filter for every sweep of the process (adding the same one again is a no-op)."""
+
+
+def derive_asha(settings: SweepSettings, *, max_t: int, trials: int, pair_se: float | None) -> SweepSettings:
+    """``settings`` with ASHA's grace period and reduction factor chosen where they are 0, and the rule
+    written in ``asha_rule``. ``max_t``: reports of a full trial (the budget); ``trials``: how many the
+    sweep runs; ``pair_se``: the pilot's standard error of the difference of two trials' reports (``None``:
+    not measured).
+
+    - Reduction factor: 3 (Hyperband's default) when two reports' difference is measured within
+      ``--dev-se``; else 2, keeping half of every rung, since a single report then mis-ranks close trials.
+    - Grace period: rungs are spread geometrically up to the budget, as many as there are ``1/η`` cuts the
+      trial count and the budget both allow (cutting a rung of one trial, or between reports that do not
+      exist, only costs): the first rung at ``⌈max_t / η^cuts⌉`` reports, so exactly ``cuts`` rungs come
+      before the last report (no cut: ``max_t``, and ASHA stops nothing).
+    """
+    if settings.scheduler != "asha" or (settings.grace_period and settings.reduction_factor):
+        return settings
+    if settings.reduction_factor:
+        eta, why = settings.reduction_factor, f"reduction factor {settings.reduction_factor:g} (given)"
+    elif pair_se is None:
+        eta, why = (
+            2.0,
+            "the dev noise was not measured (dev slice given): reduction factor 2, keeping half a rung",
+        )
+    elif pair_se <= settings.dev_se:
+        eta = 3.0
+        why = f"the pilot's paired standard error {pair_se:.2f} is within {settings.dev_se:g} Emp-F1: reduction factor 3"
+    else:
+        eta = 2.0
+        why = (
+            f"the pilot's paired standard error {pair_se:.2f} exceeds {settings.dev_se:g} Emp-F1: one report "
+            "mis-ranks close trials, so each rung keeps half (reduction factor 2)"
+        )
+    cuts = 0
+    while eta ** (cuts + 1) <= min(trials, max_t):
+        cuts += 1
+    grace = settings.grace_period or max(1, math.ceil(max_t / eta**cuts))
+    rungs = []
+    rung = float(grace)
+    while rung < max_t:
+        rungs.append(round(rung))
+        rung *= eta
+    given = (
+        " (given)" if settings.grace_period else f": {trials} trials and {max_t} reports allow {cuts} cut(s)"
+    )
+    rule = (
+        f"ASHA: {why}; grace period {grace} report(s){given}; rungs at report(s) "
+        f"{', '.join(map(str, rungs)) or 'none (nothing is stopped)'} of {max_t}"
+    )
+    return replace(settings, grace_period=grace, reduction_factor=eta, asha_rule=rule)
 
 
 def num_samples(settings: SweepSettings, *, control: bool) -> int:

@@ -53,10 +53,14 @@ class SweepSettings:
     sweep starts (at least 1)."""
     report_every: int = 1
     """PPO iterations between reports (a report carries the dev metrics and a PPO checkpoint)."""
-    grace_period: int = 1
-    """ASHA: reports before a trial can be stopped."""
-    reduction_factor: float = 2.0
-    """ASHA: the fraction ``1 / reduction_factor`` of trials goes on at each rung."""
+    grace_period: int = 0
+    """ASHA: reports before a trial can be stopped; 0: derived from the noise and the budget
+    (:func:`~jobs.stages.tune.search.derive_asha`)."""
+    reduction_factor: float = 0.0
+    """ASHA: the fraction ``1 / reduction_factor`` of trials goes on at each rung; 0: derived."""
+    asha_rule: str = ""
+    """How the sweep chose ASHA's grace period and reduction factor (written by the sweep; the report
+    states it)."""
     perturbation_interval: int = 1
     """PBT: reports between exploit/explore steps."""
     quantile_fraction: float = 0.25
@@ -121,13 +125,17 @@ class SweepSettings:
         """
         counts = {
             "report_every": self.report_every, "num_samples": self.num_samples,
-            "grace_period": self.grace_period,
             "perturbation_interval": self.perturbation_interval, "seeds": self.seeds,
             "confirm_top": self.confirm_top, "confirm_resamples": self.confirm_resamples,
         }  # fmt: skip
         bad = {k: v for k, v in counts.items() if v < 1}
         if bad:
             raise SweepError(f"{bad}: each must be >= 1. Fix: pass positive values.")
+        if self.grace_period < 0 or not (self.reduction_factor == 0 or self.reduction_factor > 1):
+            raise SweepError(
+                f"--grace-period {self.grace_period} must be >= 0 and --reduction-factor "
+                f"{self.reduction_factor} > 1 (0 for either: derived from the dev noise and the budget)."
+            )
         if self.max_concurrent_trials < 0:
             raise SweepError(
                 f"--max-concurrent {self.max_concurrent_trials} must be >= 0 (0: as many as fit the cluster)."

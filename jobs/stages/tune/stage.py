@@ -27,7 +27,7 @@ from jobs.stages.ppo import load_ppo_inputs
 from jobs.stages.result import StageResult
 from jobs.stages.tune.pilot import pilot_dev_examples
 from jobs.stages.tune.results import record_sweep
-from jobs.stages.tune.search import make_scheduler, make_search, num_samples
+from jobs.stages.tune.search import derive_asha, make_scheduler, make_search, num_samples
 from jobs.stages.tune.settings import SweepError, SweepSettings
 from jobs.stages.tune.trial import TrialSetup, reports_per_trial, run_trial, search_rows
 from pipeline.config import Config, save_config
@@ -79,13 +79,19 @@ def tune_stage(
     search, _ = search_rows(layout, settings, cfg.run.seed)  # a missing or bad split fails here, once
     sweep = layout.sweep(sweep_dir)
     _prepare_folder(sweep, cfg, space, settings, resume=resume)
-    if not resume and settings.dev_examples == 0:  # sized by a pilot; settings.json keeps the size
-        settings = replace(
-            settings, dev_examples=pilot_dev_examples(cfg, layout, search, settings.dev_se, sweep).chosen
-        )
+    max_t = max(reports_per_trial(p, settings.report_every) for p in probes)
+    if not resume:  # the dev slice sized by a pilot, ASHA by the noise: settings.json keeps both
+        pair_se = None
+        if settings.dev_examples == 0:
+            pilot = pilot_dev_examples(cfg, layout, search, settings.dev_se, sweep)
+            settings = replace(settings, dev_examples=pilot.chosen)
+            pair_se = math.sqrt(2) * pilot.std_error[pilot.chosen]
+        trials = num_samples(settings, control=settings.control) * space.grid_size * settings.seeds
+        settings = derive_asha(settings, max_t=max_t, trials=trials, pair_se=pair_se)
+        if settings.asha_rule:
+            logger.info("sweep: %s", settings.asha_rule)
         _write_settings(sweep, settings)
     setup = TrialSetup(cfg, layout, sweep, settings, objective, tuple(hooks))
-    max_t = max(reports_per_trial(p, settings.report_every) for p in probes)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), trial_resources(cfg, trial_cpus=settings.trial_cpus)
     )
