@@ -67,6 +67,8 @@ SETTING_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
 """Every :class:`SweepSettings` field as one command-line option, by help group."""
 
 METAVARS = {"constraints": "KEY<=X", "objectives": "METRIC:MODE"}
+DERIVED = {"asha_rule"}
+"""Settings the sweep writes, not the command line."""
 
 
 def add_parser(sub: Any) -> None:
@@ -113,8 +115,10 @@ def _add_setting(group: Any, flag: str, field: str, text: str) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
-    """The :class:`SweepSettings` the command line asks for."""
-    return SweepSettings.from_json({f.name: getattr(args, f.name) for f in fields(SweepSettings)})
+    """The :class:`SweepSettings` the command line asks for (``asha_rule`` is the sweep's to write)."""
+    return SweepSettings.from_json(
+        {f.name: getattr(args, f.name) for f in fields(SweepSettings) if f.name not in DERIVED}
+    )
 
 
 def resumed_sweep(args: argparse.Namespace, sweep: SweepDir) -> tuple[Config, SearchSpace, SweepSettings]:

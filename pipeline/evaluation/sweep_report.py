@@ -33,6 +33,7 @@ from pipeline.evaluation.pareto import (
     OBJECTIVE,
     Front,
     Mode,
+    is_finite,
     pareto_fronts,
 )
 from pipeline.evaluation.report import (
@@ -48,6 +49,7 @@ from pipeline.storage import publish
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("eval/emp_f1", "Emp-F1", 2),
+    ("eval/emp_f1_se", "± SE", 2),
     ("vs_control/emp_f1", "Δ Emp-F1 vs control", 2),
     ("eval/er_f1", "ER F1", 2),
     ("eval/ip_f1", "IP F1", 2),
@@ -76,8 +78,12 @@ FRONT_NOTE = (
 )
 CONSTRAINT_NOTE = "a trial that breaks one cannot be the best"
 PRE_STYLE = "pre { background: #f7f7f7; padding: 0.5em 1em; overflow-x: auto; }\n"
+SE_OF = {"eval/emp_f1": "eval/emp_f1_se", "dev/emp_f1": "dev/emp_f1_se"}
+"""The standard error that gives a plotted metric its interval."""
+Z95 = 1.96
 CAPTIONS = {
-    "pareto": "Emp-F1 against KL and perplexity, one point per trial; step line: Pareto front; "
+    "pareto": "Emp-F1 against KL and perplexity, one point per trial; bars: 95 % interval of each trial's "
+    "Emp-F1 over the evaluation's examples (±1.96 bootstrap SE); step line: Pareto front; "
     "star: best trial; diamond: the control; hollow: breaks a constraint.",
     "curves": "Learning curves per PPO iteration, one line per trial (the best one thicker).",
 }
@@ -296,6 +302,13 @@ def _draw_front(ax: Axes, rows: Sequence[Mapping[str, Any]], front: Front, best_
         groups.setdefault((str(rows[i].get("status")), _feasible(rows[i])), []).append(i)
     for (status, feasible), indices in groups.items():
         marker, color = STATUS_STYLE.get(status, ("o", "tab:gray"))
+        bars = [i for i in indices if front.y in SE_OF and is_finite(rows[i].get(SE_OF[front.y]))]
+        if bars:  # the 95 % interval of each trial's value over the evaluation's examples
+            ax.errorbar(
+                [float(rows[i][front.x]) for i in bars], [float(rows[i][front.y]) for i in bars],
+                yerr=[Z95 * float(rows[i][SE_OF[front.y]]) for i in bars],
+                fmt="none", ecolor=color, elinewidth=1, capsize=2, alpha=0.6, zorder=2,
+            )  # fmt: skip
         ax.scatter(
             [float(rows[i][front.x]) for i in indices], [float(rows[i][front.y]) for i in indices],
             marker=marker, s=36, edgecolors=color, facecolors=color if feasible else "none", zorder=3,

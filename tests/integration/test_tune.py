@@ -69,9 +69,12 @@ def test_two_trials_complete_and_the_best_policy_is_published(
         assert r["vs_control/emp_f1"] == pytest.approx(r["eval/emp_f1"] - control["eval/emp_f1"]), r
         assert r["status"] == "completed" and r["iteration"] == 2 and r["reports"] == 2, r
         assert 0.5 <= r["reward.weights.ex"] <= 2.0 or r["control"]
-        for key in ("eval/emp_f1", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity", "eval/dist2",
-                    "dev/emp_f1", "dev/emp_f1_se", "rollout/kl", "rollout/kl_k3", "wall_s"):  # fmt: skip
+        for key in ("eval/emp_f1", "eval/emp_f1_se", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity",
+                    "eval/dist2", "dev/emp_f1", "dev/emp_f1_se", "rollout/kl", "rollout/kl_k3", "wall_s"):  # fmt: skip
             assert r[key] == r[key], (key, r)  # not NaN
+        # the final Emp-F1's standard error over the 8 evaluated examples, from the trial's own responses
+        responses = pq.read_table(sweep.trial(r["trial_id"]).evaluate / "responses.parquet")
+        assert responses.num_rows == 8 and r["eval/emp_f1_se"] >= 0, r
 
     # the search's best by the objective; then the confirmation on the 16 held-out rows of the 32 (the
     # search used the other 16 only) picks best/ by its rule: a trial that passes it, else the control

@@ -180,3 +180,28 @@ def test_a_sweep_without_constraints_has_no_feasible_column() -> None:
     text = sweep_markdown(rows, SweepSummary(["ppo.kl_coef"], "dev/emp_f1", "max", best=None))
     assert "| trial | status | ppo.kl_coef |" in text and "feasible" not in text
     assert "| 5f2c1_00003 | completed | 46.00 | 3.000 |" in text  # a plain front entry
+
+
+def test_the_pareto_figure_shows_each_trials_interval() -> None:
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.figure import Figure
+
+    from pipeline.evaluation.sweep_report import Z95, _draw_front
+
+    rows = [
+        {"trial_id": "t_0", "status": "completed", "eval/emp_f1": 40.0, "eval/emp_f1_se": 1.0,
+         "rollout/kl_k3": 1.0, "eval/perplexity": 20.0},
+        {"trial_id": "t_1", "status": "completed", "eval/emp_f1": 42.0, "eval/emp_f1_se": 0.5,
+         "rollout/kl_k3": 2.0, "eval/perplexity": 25.0},
+        {"trial_id": "t_2", "status": "completed", "eval/emp_f1": 41.0, "eval/emp_f1_se": math.nan,
+         "rollout/kl_k3": 0.5, "eval/perplexity": 30.0},  # no interval: a point without a bar
+    ]  # fmt: skip
+    front = pareto_fronts(rows)[0]
+    ax = Figure().subplots()
+    _draw_front(ax, rows, front, best_id=None)
+    (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = sorted(tuple(map(tuple, s)) for s in bars.lines[2][0].get_segments())
+    assert segments == [
+        ((1.0, 40.0 - Z95), (1.0, 40.0 + Z95)),
+        ((2.0, 42.0 - Z95 * 0.5), (2.0, 42.0 + Z95 * 0.5)),
+    ]

@@ -35,7 +35,7 @@ from pipeline.storage import display, fetch, publish, read_text, uri_of
 logger = logging.getLogger(__name__)
 
 TABLE_METRICS = (
-    "eval/emp_f1", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity", "eval/dist2",
+    "eval/emp_f1", "eval/emp_f1_se", "eval/er_f1", "eval/ip_f1", "eval/ex_f1", "eval/perplexity", "eval/dist2",
     *DEV_METRICS, "dev/emp_f1_se", "rollout/kl", "rollout/kl_k3", "rollout/kl_coef", "reward/score",
 )  # fmt: skip
 """Metric columns of ``trials.parquet`` (besides the objective's and the constraints' keys)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from ray import tune
 
 from actors.cluster.placement import Reservation
@@ -21,6 +22,7 @@ from actors.ppo.metrics import IterationReport
 from actors.sweep.trial import (
     DevEvaluator,
     dev_slice,
+    emp_f1_std_error,
     metric_row,
     partition,
     plain_values,
@@ -171,4 +173,13 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
     evaluation: dict[str, Any] = {}
     evaluate_stage(cfg, layout, inputs, n_resamples=1, reservation=reservation, sinks=[evaluation.update])
     full = metric_row("eval", evaluation["policies"]["trial"])
+    full["eval/emp_f1_se"] = evaluation_std_error(layout, inputs.split, seed=cfg.run.seed)
     reporter.report({**reporter.last, **final, **full, "final": 1.0})
+
+
+def evaluation_std_error(layout: RunLayout, split: LabeledSplit, *, seed: int) -> float:
+    """The bootstrap standard error of the trial's final Emp-F1 over the evaluation's examples, from the
+    levels of its responses (``responses.parquet``): the Pareto figure's interval."""
+    table = pq.read_table(fetch(layout.evaluate.responses))
+    levels = {m: table[f"trial_{m.lower()}_level"].to_numpy() for m in split.gold_levels}
+    return emp_f1_std_error(split, levels, len(split), seed=seed)
