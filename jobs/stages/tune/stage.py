@@ -114,10 +114,11 @@ def tune_stage(
     else:
         control = space.values_of(cfg) if settings.control else None
         logger.info(
-            "sweep: %s trial(s) over %s%s; %s, %s search; objective %s; up to %d at once, %d report(s) per "
+            "sweep: %s trial(s) over %s%s%s; %s, %s search; objective %s; up to %d at once, %d report(s) per "
             "trial",
-            "?" if settings.search == "optuna" else settings.num_samples * space.grid_size,
+            "?" if settings.search == "optuna" else settings.num_samples * space.grid_size * settings.seeds,
             ", ".join(space.keys), f", and the control {control}" if control else " (no control)",
+            f", each over {settings.seeds} seeds" if settings.seeds > 1 else "",
             settings.scheduler, settings.search, objective.describe(), settings.max_concurrent_trials, max_t,
         )  # fmt: skip
         tuner = tune.Tuner(
