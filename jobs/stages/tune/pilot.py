@@ -44,6 +44,11 @@ class DevPilot:
     chosen: int
     reason: str
 
+    @property
+    def pair_se(self) -> float:
+        """The standard error of two trials' paired difference at the chosen size (√2 × one report's)."""
+        return math.sqrt(2) * self.std_error[self.chosen]
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (sizes as strings)."""
         return {**asdict(self), "std_error": {str(k): v for k, v in self.std_error.items()}}

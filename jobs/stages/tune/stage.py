@@ -85,7 +85,7 @@ def tune_stage(
         if settings.dev_examples == 0:
             pilot = pilot_dev_examples(cfg, layout, search, settings.dev_se, sweep)
             settings = replace(settings, dev_examples=pilot.chosen)
-            pair_se = math.sqrt(2) * pilot.std_error[pilot.chosen]
+            pair_se = pilot.pair_se
         trials = num_samples(settings, control=settings.control) * space.grid_size * settings.seeds
         settings = derive_asha(settings, max_t=max_t, trials=trials, pair_se=pair_se)
         if settings.asha_rule:
