@@ -353,18 +353,41 @@ SWEEPS = {
 """A 4-trial grid under ASHA; 2 samples under PBT, the worse trial exploiting the better one at every report
 (its starts from another trial's checkpoint are counted apart: ``exploits``, not ``failures``)."""
 SWEEP_STEPS = 4
+FAILURE_SAID = "restarting it from its last checkpoint"
+"""What the sweep prints when a trial failed and Tune restarts it."""
+
+
+def _failures_said(cluster: NoSharedDiskCluster, job: str) -> int:
+    return cluster.job_logs(job).count(FAILURE_SAID)
+
+
+def _alive(cluster: NoSharedDiskCluster, class_part: str) -> set[tuple[str, str]]:
+    """``(node name, actor id)`` of the alive actors whose class name contains ``class_part``."""
+    status, body = _get(f"{cluster.dashboard_url}/api/v0/actors?limit=2000&detail=true", timeout=30)
+    assert status == 200, body
+    names = _node_names(cluster)
+    return {
+        (names.get(a["node_id"], "?"), a["actor_id"])
+        for a in body["data"]["result"]["result"]
+        if a["state"] == "ALIVE" and class_part in a["class_name"]
+    }
 
 
 def _actors(cluster: NoSharedDiskCluster, class_part: str) -> list[str]:
     """Node names of the alive actors whose class name contains ``class_part``."""
-    status, body = _get(f"{cluster.dashboard_url}/api/v0/actors?limit=2000&detail=true", timeout=30)
-    assert status == 200, body
-    names = _node_names(cluster)
-    return sorted(
-        names.get(a["node_id"], "?")
-        for a in body["data"]["result"]["result"]
-        if a["state"] == "ALIVE" and class_part in a["class_name"]
-    )
+    return sorted(node for node, _ in _alive(cluster, class_part))
+
+
+def _running_trial_node(cluster: NoSharedDiskCluster) -> str | None:
+    """A worker node where a trial runs PPO now: the trial's function (Tune's ``ImplicitFunc``) and its
+    learner both alive there, the same learner on two looks a second apart. A learner alone is not enough:
+    one of a trial that PBT just paused is still alive while it is torn down (killing its node fails no
+    trial), and a trial whose function sits on another node recovers its roles itself, inside PPO."""
+    learners = {a for a in _alive(cluster, "LearnerWorker") if a[0] != "head"}
+    time.sleep(1)
+    steady = learners & _alive(cluster, "LearnerWorker")
+    functions = {node for node, _ in _alive(cluster, "ImplicitFunc")}
+    return next((node for node, _ in sorted(steady) if node in functions), None)
 
 
 @pytest.mark.parametrize("scheduler", list(SWEEPS))
@@ -376,7 +399,9 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
     runs PPO is killed and a node of the same size joins 5 s later. Tune restarts that trial from its last
     checkpoint (``--max-failures``) with its own hyperparameters (PBT's mutated ones included), the other goes
     on, the sweep ends with every trial once in the table and the restarted one marked (``failures``; PBT's
-    clones counted apart, in ``exploits``)."""
+    clones counted apart, in ``exploits``). Under PBT a trial's learner outlives a pause by a second or two:
+    a kill that lands there fails no trial, and the next running trial's node is killed (at most 3 kills);
+    the console's failure lines and Tune's counts must agree."""
     run = f"sweep_{scheduler}"
     uri = bucket.uri(run)
     command = [
@@ -387,27 +412,39 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
     ]  # fmt: skip
     job = cluster.start_job(command, ROOT, env=JOB_ENV)
     deadline = time.monotonic() + 900
-    victim = None
-    while victim is None:
-        assert cluster.job_status(job) in ("PENDING", "RUNNING"), cluster.job_logs(job)[-6000:]
-        assert time.monotonic() < deadline, "no trial checkpoint in the bucket within 900 s"
-        if any("/checkpoint_" in key for key in bucket.keys(run, "sweep/tune/")):
-            # a node where a trial runs PPO now: its learner is alive (a trial that synchronous PBT paused has
-            # none, and an idle trial actor Tune keeps for reuse would fail no trial)
-            victim = next((n for n in _actors(cluster, "LearnerWorker") if n != "head"), None)
-        time.sleep(1)
-    killed_at = time.monotonic()
-    node_type = {
-        k: v for k, v in cluster.nodes[victim].resources.items() if k != victim
-    }  # e.g. {"node_b": 1}
-    cluster.kill_node(victim)
-    time.sleep(REPLACEMENT_AFTER_S)
-    cluster.add_node(f"{victim}_{scheduler}", 2, node_type)  # the same node type comes back
+    kills: list[str] = []
+    while not kills or _failures_said(cluster, job) == 0:
+        assert len(kills) < 3, f"{kills} killed, no trial failed:\n{cluster.job_logs(job)[-6000:]}"
+        victim = None
+        while victim is None:
+            assert cluster.job_status(job) in ("PENDING", "RUNNING"), cluster.job_logs(job)[-6000:]
+            assert time.monotonic() < deadline, "no trial checkpoint in the bucket within 900 s"
+            if any("/checkpoint_" in key for key in bucket.keys(run, "sweep/tune/")):
+                victim = _running_trial_node(cluster)
+            time.sleep(1)
+        killed_at = time.monotonic()
+        node_type = {
+            k: v for k, v in cluster.nodes[victim].resources.items() if k != victim
+        }  # e.g. {"node_b": 1}
+        cluster.kill_node(victim)
+        kills.append(victim)
+        time.sleep(REPLACEMENT_AFTER_S)
+        cluster.add_node(f"{victim}_{scheduler}{len(kills)}", 2, node_type)  # the same node type comes back
+        # the trial's function died with the node: Tune says so within seconds. A trial that PBT was pausing
+        # right then (its learner not yet torn down) fails nothing: then another node is killed.
+        said_by = time.monotonic() + 60
+        while _failures_said(cluster, job) == 0 and time.monotonic() < said_by:
+            if cluster.job_status(job) not in ("PENDING", "RUNNING"):
+                break
+            time.sleep(2)
     status, logs = cluster.wait_job(job, 900)
+    (bucket.folder / f"{run}.log").write_text(logs)
     assert status == "SUCCEEDED", logs[-6000:]
     seconds = time.monotonic() - killed_at
     trials = pq.read_table(io.BytesIO(bucket.read(run, "sweep/trials.parquet"))).to_pylist()
-    print(f"\n{scheduler} sweep: killed {victim} (running a trial); finished {seconds:.0f} s later")
+    print(
+        f"\n{scheduler} sweep: killed {kills} (each running a trial); finished {seconds:.0f} s after the last"
+    )
     for t in trials:
         print(
             f"  {t['trial_id']}: kl_coef {t['ppo.kl_coef']} {t['status']} iterations {t['iteration']} failures {t['failures']} exploits {t['exploits']}"
@@ -417,7 +454,10 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
     assert {t["status"] for t in trials} <= {"completed", "stopped"}, trials
     if scheduler == "asha":
         assert sorted(t["ppo.kl_coef"] for t in trials) == [0.05, 0.1, 0.2, 0.4]
-    assert any(t["failures"] == 1 for t in trials), trials  # the trial on the lost node failed, restarted
+    # each trial the lost node failed was restarted from its checkpoint: Tune counted what the console said
+    said = logs.count(FAILURE_SAID)
+    assert said >= 1 and sum(t["failures"] for t in trials) == said, (said, trials)
+    assert "given up" not in logs
     for t in trials:
         folder = f"sweep/trials/{t['trial_id']}/ppo"
         # its PPO log: every iteration once, whatever restarted it (a lost node, a PBT exploit)
@@ -427,7 +467,7 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
         # PPO last ran under the hyperparameters Tune holds for the trial (after a restart, after a mutation)
         in_force = yaml.safe_load(bucket.read(run, f"{folder}/config.yaml"))["ppo"]["kl_coef"]
         assert in_force == t["ppo.kl_coef"], (t["trial_id"], in_force, t["ppo.kl_coef"])
-    bucket.results[run] = {"seconds_after_kill": seconds, "victim": victim}
+    bucket.results[run] = {"seconds_after_kill": seconds, "victims": kills}
 
 
 SFT = ["sft.epochs=3", "resources.address=auto", "resources.role_nodes=trainer=node_b"]

@@ -137,6 +137,7 @@ def tune_stage(
                 storage_path=storage_path,
                 storage_filesystem=storage_filesystem,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                callbacks=[FailureLog(settings.max_failures)],
                 # PBT clones other trials' checkpoints: keep enough that a donor's is still there
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if settings.scheduler == "pbt" else 2),
                 verbose=0,
@@ -144,6 +145,26 @@ def tune_stage(
         )
     grid = tuner.fit()
     return record_sweep([grid[i] for i in range(len(grid))], setup, space, started, trial_failures(grid))
+
+
+class FailureLog(tune.Callback):
+    """Says on the console when a trial fails (its function or one of its PPO roles died: an error, a lost
+    node) and whether Tune restarts it from its last checkpoint or gives it up (``--max-failures``)."""
+
+    def __init__(self, max_failures: int) -> None:
+        self.max_failures = max_failures
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        logger.warning(
+            "sweep: trial %s failed (failure %d of at most %d); restarting it from its last checkpoint",
+            trial.trial_id, trial.num_failures, self.max_failures,
+        )  # fmt: skip
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        logger.warning(
+            "sweep: trial %s failed (failure %d; --max-failures %d): given up, the sweep goes on without it",
+            trial.trial_id, trial.num_failures, self.max_failures,
+        )  # fmt: skip
 
 
 def trial_failures(grid: Any) -> dict[str, int]:
