@@ -25,6 +25,25 @@ SEEDS_NOTE = (
     "seeds beats one of the control's (0.5: no better); a gain whose interval holds 0 is not one."
 )
 
+FEW_SEEDS = 5
+"""Below this many seeds per configuration the report says its intervals over seeds are coarse."""
+
+
+def seeds_note(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str = "eval/emp_f1") -> str:
+    """:data:`SEEDS_NOTE`, and a warning when some configuration has fewer than :data:`FEW_SEEDS` scored
+    seeds: a bootstrap over n runs draws few distinct resamples, and P(beats control) of n against m seeds
+    can only be a multiple of 1/(n·m)."""
+    seeds = [len(scored) for scored in _scores(_configurations(rows, keys), metric).values() if scored]
+    if not seeds or min(seeds) >= FEW_SEEDS:
+        return SEEDS_NOTE
+    fewest = min(seeds)
+    return (
+        f"{SEEDS_NOTE} With {fewest} seed{'s' if fewest > 1 else ''} for some configuration these intervals "
+        f"are coarse (few distinct resamples; P(beats control) moves in steps of 1/(seeds × control's seeds)) "
+        f"and say little about seed-to-seed spread: only the confirmation on held-out examples decides best/, "
+        f"and {FEW_SEEDS} or more seeds make this table worth reading."
+    )
+
 
 VS_CONTROL: tuple[tuple[str, str, bool], ...] = (
     ("vs_control/emp_f1", "eval/emp_f1", False),
@@ -96,15 +115,8 @@ def configuration_rows(
     (completed trials with ``metric``), ``trials``, ``iqm`` with ``iqm_low``/``iqm_high``, and against the
     control's seeds ``vs_control`` (difference of IQMs) with ``vs_control_low``/``_high`` and
     ``p_improvement`` with ``p_improvement_low``/``_high`` (NaN where there is no control, or no scores)."""
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for trial in rows:
-        groups.setdefault(configuration_of(trial, keys), []).append(trial)
-    scores = {
-        config: [
-            float(r[metric]) for r in members if r.get("status") == "completed" and is_finite(r.get(metric))
-        ]
-        for config, members in groups.items()
-    }
+    groups = _configurations(rows, keys)
+    scores = _scores(groups, metric)
     control = next((scores[c] for c in groups if c[0]), [])
     out: list[dict[str, Any]] = []
     for config, members in groups.items():
@@ -159,13 +171,31 @@ def _ranged(row: Mapping[str, Any], name: str, digits: int, *, signed: bool) -> 
     return f"{form.format(value)} [{form.format(low)}, {form.format(high)}]"
 
 
+def _configurations(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
+    """The trials of each configuration (:func:`configuration_of`), in order of first trial."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for trial in rows:
+        groups.setdefault(configuration_of(trial, keys), []).append(trial)
+    return groups
+
+
+def _scores(
+    groups: Mapping[tuple[Any, ...], Sequence[Mapping[str, Any]]], metric: str
+) -> dict[tuple[Any, ...], list[float]]:
+    """Each configuration's ``metric`` over its completed seeds that have one."""
+    return {
+        config: [
+            float(r[metric]) for r in members if r.get("status") == "completed" and is_finite(r.get(metric))
+        ]
+        for config, members in groups.items()
+    }
+
+
 def has_seeds(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> bool:
     """Whether some configuration ran with more than one seed."""
-    counts: dict[tuple[Any, ...], int] = {}
-    for row in rows:
-        config = configuration_of(row, keys)
-        counts[config] = counts.get(config, 0) + 1
-    return any(n > 1 for n in counts.values())
+    return any(len(members) > 1 for members in _configurations(rows, keys).values())
 
 
 def _interval(name: str, interval: Any) -> dict[str, float]:

@@ -18,12 +18,12 @@ from matplotlib.lines import Line2D
 from pipeline.config.search_space import SEED_KEY
 from pipeline.evaluation.control import (
     ASHA_NOTE,
-    SEEDS_NOTE,
     asha_table,
     confirmation_section,
     control_sentence,
     dev_pilot_sentence,
     has_seeds,
+    seeds_note,
     seeds_table,
 )
 from pipeline.evaluation.figures import learning_curves_figure, log_scale_if_wide, save_figure, short_id
@@ -216,7 +216,7 @@ def _noise_tables(
     if s.asha:
         tables.append(("ASHA's comparisons", ASHA_NOTE, *asha_table(s.asha, s.mode)))
     if has_seeds(rows, s.keys):
-        tables.append(("Configurations over seeds", SEEDS_NOTE, *seeds_table(rows, s.keys)))
+        tables.append(("Configurations over seeds", seeds_note(rows, s.keys), *seeds_table(rows, s.keys)))
     return tables
 
 

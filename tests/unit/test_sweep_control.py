@@ -22,9 +22,12 @@ from pipeline.config import load_config
 from pipeline.config.objective import Objective
 from pipeline.config.search_space import parse_search_space
 from pipeline.evaluation.control import (
+    FEW_SEEDS,
+    SEEDS_NOTE,
     configuration_rows,
     control_sentence,
     has_seeds,
+    seeds_note,
     seeds_table,
     with_control_deltas,
 )
@@ -532,3 +535,21 @@ def test_a_sweep_saved_before_the_control_resumes_without_one() -> None:
     old = SweepSettings.from_json({"num_samples": 2, "dev_examples": 32})  # its settings.json
     assert (old.control, old.confirm_examples, old.held_out, old.dev_examples) == (False, 0, 0, 32)
     assert SweepSettings.from_json(SweepSettings().to_json()) == SweepSettings()  # a new sweep keeps its own
+
+
+def test_the_seeds_note_warns_when_a_configuration_has_few_seeds() -> None:
+    """Fewer than FEW_SEEDS scored seeds for some configuration: the note says the intervals are coarse;
+    a stopped seed without a score does not count; FEW_SEEDS everywhere: the plain note."""
+
+    def row(i: int, kl: float, seed: int, f1: float, **extra: Any) -> dict[str, Any]:
+        return {"trial_id": f"t_{i:05d}", "status": "completed", "control": False, "ppo.kl_coef": kl,
+                "run.seed": seed, "eval/emp_f1": f1, **extra}  # fmt: skip
+
+    keys = ["ppo.kl_coef", "run.seed"]
+    full = [row(i, kl, s, 40.0 + i) for i, (kl, s) in enumerate((k, s) for k in (0.1, 0.2) for s in range(5))]
+    assert seeds_note(full, keys) == SEEDS_NOTE
+    short = [*full[:9], row(9, 0.2, 4, math.nan, status="stopped")]
+    note = seeds_note(short, keys)
+    assert note.startswith(SEEDS_NOTE) and "With 4 seeds for some configuration" in note
+    two = [row(0, 0.1, 1, 40.0), row(1, 0.1, 2, 41.0), row(2, 0.2, 1, 42.0), row(3, 0.2, 2, 43.0)]
+    assert "With 2 seeds" in seeds_note(two, keys) and f"{FEW_SEEDS} or more seeds" in seeds_note(two, keys)
