@@ -399,9 +399,10 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
     runs PPO is killed and a node of the same size joins 5 s later. Tune restarts that trial from its last
     checkpoint (``--max-failures``) with its own hyperparameters (PBT's mutated ones included), the other goes
     on, the sweep ends with every trial once in the table and the restarted one marked (``failures``; PBT's
-    clones counted apart, in ``exploits``). Under PBT a trial's learner outlives a pause by a second or two:
-    a kill that lands there fails no trial, and the next running trial's node is killed (at most 3 kills);
-    the console's failure lines and Tune's counts must agree."""
+    clones counted apart, in ``exploits``). A trial's actors outlive a report by a second or two (PBT pauses
+    trials at every report): a kill that lands on a trial Tune is pausing or ending fails no trial, and the
+    next running trial's node is killed (at most 3 kills); the console's failure lines and Tune's counts
+    must agree."""
     run = f"sweep_{scheduler}"
     uri = bucket.uri(run)
     command = [
@@ -430,8 +431,8 @@ def test_a_sweep_survives_losing_a_node_that_runs_a_trial(
         kills.append(victim)
         time.sleep(REPLACEMENT_AFTER_S)
         cluster.add_node(f"{victim}_{scheduler}{len(kills)}", 2, node_type)  # the same node type comes back
-        # the trial's function died with the node: Tune says so within seconds. A trial that PBT was pausing
-        # right then (its learner not yet torn down) fails nothing: then another node is killed.
+        # the trial's function died with the node: Tune says so within seconds. A trial Tune was pausing or
+        # ending right then (its actors outlive the report by a second or two) fails nothing: kill another node.
         said_by = time.monotonic() + 60
         while _failures_said(cluster, job) == 0 and time.monotonic() < said_by:
             if cluster.job_status(job) not in ("PENDING", "RUNNING"):
