@@ -18,6 +18,7 @@ from ray.tune.search import Searcher
 from actors.sweep.trial import CONTROL_KEY, is_control, param_space, plain_values
 from jobs.stages.tune import SweepSettings
 from jobs.stages.tune.search import ControlFirst, FinalAwarePBT, make_scheduler, make_search, num_samples
+from jobs.stages.tune.stage import FailureLog
 from pipeline.config import load_config
 from pipeline.config.objective import Objective
 from pipeline.config.search_space import parse_search_space
@@ -553,3 +554,21 @@ def test_the_seeds_note_warns_when_a_configuration_has_few_seeds() -> None:
     assert note.startswith(SEEDS_NOTE) and "With 4 seeds for some configuration" in note
     two = [row(0, 0.1, 1, 40.0), row(1, 0.1, 2, 41.0), row(2, 0.2, 1, 42.0), row(3, 0.2, 2, 43.0)]
     assert "With 2 seeds" in seeds_note(two, keys) and f"{FEW_SEEDS} or more seeds" in seeds_note(two, keys)
+
+
+def test_a_failed_trial_is_said_on_the_console_with_its_count_and_what_tune_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tune's recover and error callbacks each log one warning naming the trial, its failure count and
+    ``--max-failures``; the callback survives pickling (Tune saves it with the experiment, for a resume)."""
+    log = pickle.loads(pickle.dumps(FailureLog(max_failures=2)))
+    trial = SimpleNamespace(trial_id="abc12_00001", num_failures=1)
+    with caplog.at_level("WARNING", logger="jobs.stages.tune.stage"):
+        log.on_trial_recover(iteration=7, trials=[trial], trial=trial)
+        trial.num_failures = 3
+        log.on_trial_error(iteration=9, trials=[trial], trial=trial)
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first == (
+        "sweep: trial abc12_00001 failed (failure 1 of at most 2); restarting it from its last checkpoint"
+    )
+    assert second.startswith("sweep: trial abc12_00001 failed (failure 3; --max-failures 2): given up")
