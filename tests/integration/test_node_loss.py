@@ -379,15 +379,28 @@ def _actors(cluster: NoSharedDiskCluster, class_part: str) -> list[str]:
 
 
 def _running_trial_node(cluster: NoSharedDiskCluster) -> str | None:
-    """A worker node where a trial runs PPO now: the trial's function (Tune's ``ImplicitFunc``) and its
-    learner both alive there, the same learner on two looks a second apart. A learner alone is not enough:
-    one of a trial that PBT just paused is still alive while it is torn down (killing its node fails no
-    trial), and a trial whose function sits on another node recovers its roles itself, inside PPO."""
-    learners = {a for a in _alive(cluster, "LearnerWorker") if a[0] != "head"}
-    time.sleep(1)
-    steady = learners & _alive(cluster, "LearnerWorker")
-    functions = {node for node, _ in _alive(cluster, "ImplicitFunc")}
-    return next((node for node, _ in sorted(steady) if node in functions), None)
+    """A worker node where a trial is between two reports now: its function's ``train`` call (Tune's
+    ``ImplicitFunc.train``, which lasts from the trial's start or last report to its next one) is running
+    there, the same call on two looks 3 s apart, and its actor still alive after that. A trial Tune is
+    pausing (synchronous PBT pauses at every report) or ending keeps its actors for a second or two, and the
+    state API reports a finished call as running for about as long: killing that node fails no trial."""
+
+    def running() -> set[tuple[str, str, str]]:
+        query = "limit=10000&detail=true&filter_keys=state&filter_predicates=%3D&filter_values=RUNNING"
+        status, body = _get(f"{cluster.dashboard_url}/api/v0/tasks?{query}", timeout=30)
+        assert status == 200, body
+        names = _node_names(cluster)
+        return {
+            (names.get(t["node_id"], "?"), t["task_id"], t["actor_id"])
+            for t in body["data"]["result"]["result"]
+            if t.get("func_or_class_name") == "ImplicitFunc.train" and t["state"] == "RUNNING"
+        }
+
+    first = {call for call in running() if call[0] != "head"}
+    time.sleep(3)
+    steady = first & running()
+    alive = {actor for _, actor in _alive(cluster, "")}  # the GCS actor table, not the task events
+    return next((node for node, _, actor in sorted(steady) if actor in alive), None)
 
 
 @pytest.mark.parametrize("scheduler", list(SWEEPS))
