@@ -15,6 +15,8 @@ Needs root (mount namespaces). Run as a script (``python nodes.py NODE_SPEC_JSON
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import random
@@ -27,9 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,11 @@ WORKER_PORTS = 150
 """Ports of each node's worker-port range (one per worker process)."""
 NODE_TMP_SIZE = "6g"
 """Size cap of each node's private ``/tmp`` (tmpfs pages are only used when written)."""
+AGENT_TIMEOUT_S = 120.0
+"""How long a started head may go without a job agent (it takes a few seconds) before it counts as broken."""
+PORT_LOCK = Path(tempfile.gettempdir()) / "emprl-node-ports.lock"
+"""Held by whoever picks a node's ports, until the node listens on them: test processes that start clusters
+at the same moment (pytest-xdist workers) do not pick the same free ports."""
 _LOOPBACK = re.compile(r"^(127\.0\.0\.1|\[::ffff:127\.0\.0\.1\]|\[::1\]):\d+$")
 
 
@@ -99,6 +107,21 @@ def _pids_in(namespace: str) -> list[int]:
         if "zombie" not in state:
             found.append(int(entry))
     return found
+
+
+class AgentMissing(RuntimeError):
+    """The head's dashboard answers, but no job agent ever registered with it."""
+
+
+@contextlib.contextmanager
+def _port_lock() -> Iterator[None]:
+    """An exclusive lock across this machine's processes (``flock`` on :data:`PORT_LOCK`)."""
+    with PORT_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -182,25 +205,32 @@ class NoSharedDiskCluster:
             tempfile.mkdtemp(prefix="emprl-node-holds-", dir="/run" if os.path.isdir("/run") else "/var/tmp")
         )
         self._taken: set[int] = set()
-        names = list(spec)
+        self._spec = {name: float(cpus) for name, cpus in spec.items()}
         self.nodes: dict[str, NodeProcess] = {}
-        for index, name in enumerate(names):
-            self.nodes[name] = self._node(name, float(spec[name]), {name: 1.0}, head=index == 0)
-        self.head = self.nodes[names[0]]
+        self._plan()
         self.startup_s = 0.0
 
-    def _node(self, name: str, num_cpus: float, resources: dict[str, float], *, head: bool) -> NodeProcess:
+    def _plan(self) -> None:
+        """The nodes of ``spec``, not started, without ports yet (:meth:`start` picks them)."""
+        names = list(self._spec)
+        self.nodes = {}
+        for index, name in enumerate(names):
+            self.nodes[name] = NodeProcess(
+                name=name, head=index == 0, num_cpus=self._spec[name], resources={name: 1.0}, ports={},
+                log=self.logs / f"{name}.log",
+            )  # fmt: skip
+        self.head = self.nodes[names[0]]
+
+    def _pick_ports(self, node: NodeProcess) -> None:
+        """Free ports for every server of ``node`` (hold :func:`_port_lock` from here until it listens)."""
         port_names = ["node_manager", "object_manager", "metrics_export", "metrics_agent",
                       "dashboard_agent_http", "runtime_env_agent"]  # fmt: skip
-        if head:
+        if node.head:
             port_names += ["gcs", "dashboard"]
         ports = dict(zip(port_names, _free_ports(len(port_names)), strict=True))
         ports["min_worker"] = _free_range(WORKER_PORTS, self._taken)
         ports["max_worker"] = ports["min_worker"] + WORKER_PORTS - 1
-        return NodeProcess(
-            name=name, head=head, num_cpus=num_cpus, resources=resources, ports=ports,
-            log=self.logs / f"{name}.log",
-        )  # fmt: skip
+        node.ports = ports
 
     # -- addresses -----------------------------------------------------------------------------------
     @property
@@ -222,31 +252,84 @@ class NoSharedDiskCluster:
         self.stop()
 
     def start(self) -> NoSharedDiskCluster:
-        """Start the head, then every worker node; return once all of them are alive in the GCS."""
+        """Start the head, then every worker node; return once all of them are alive in the GCS and the
+        head's job agent takes jobs. A cluster whose job agent never comes (it could not bind its port:
+        another process took it between our choice and its start) is stopped and started again on new
+        ports, once."""
         started = time.monotonic()
-        try:
-            self._launch(self.head)
-            self._wait_ready([self.head])
-            workers = [n for n in self.nodes.values() if not n.head]
-            for node in workers:
-                self._launch(node)
-            self._wait_ready(workers)
-            self._wait_alive(len(self.nodes), started)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in (1, 2):
+            try:
+                with _port_lock():  # no other cluster of this machine picks ports until ours listen
+                    for node in self.nodes.values():
+                        self._pick_ports(node)
+                    self._launch(self.head)
+                    self._wait_ready([self.head])
+                    workers = [n for n in self.nodes.values() if not n.head]
+                    for node in workers:
+                        self._launch(node)
+                    self._wait_ready(workers)
+                self._wait_alive(len(self.nodes), time.monotonic())
+                self._wait_job_agent(AGENT_TIMEOUT_S)
+            except AgentMissing as missing:
+                self.stop()
+                if attempt == 2:
+                    raise RuntimeError(
+                        f"{missing} (twice, on two sets of ports); logs in {self.logs}"
+                    ) from None
+                print(
+                    f"nodes: {missing}; starting the cluster again on new ports", file=sys.stderr, flush=True
+                )
+                self._plan()
+                continue
+            except BaseException:
+                self.stop()
+                raise
+            break
         self.startup_s = time.monotonic() - started
         return self
+
+    def _wait_job_agent(self, timeout_s: float) -> None:
+        """Until the head's dashboard hands a job to the head's job agent (``POST /api/jobs/`` of a no-op
+        answers 200); :class:`AgentMissing` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        body = json.dumps(
+            {"entrypoint": "true", "submission_id": f"emprl-agent-check-{uuid.uuid4().hex[:8]}"}
+        )
+        answer = ""
+        while time.monotonic() < deadline:
+            request = urllib.request.Request(
+                f"{self.dashboard_url}/api/jobs/", data=body.encode(), method="POST",
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=30) as r:
+                    if r.status == 200:
+                        return
+            except urllib.error.HTTPError as e:
+                answer = e.read().decode(errors="replace")[-300:]
+                if "already exists" in answer:  # an earlier try's job got through
+                    return
+            except OSError as e:
+                answer = str(e)
+            time.sleep(2)
+        raise AgentMissing(
+            f"the head's job agent took no job within {timeout_s:.0f} s (last answer: {answer})"
+        )
 
     def add_node(self, name: str, num_cpus: float, resources: Mapping[str, float] | None = None) -> float:
         """Start one more worker node (an autoscaler's replacement): resource ``{name: 1}`` plus
         ``resources`` (e.g. the lost node's ``{"node_b": 1}``: the same node type). Returns once the head
         lists it alive; the seconds that took."""
         started = time.monotonic()
-        node = self._node(name, num_cpus, {name: 1.0, **(resources or {})}, head=False)
+        node = NodeProcess(
+            name=name, head=False, num_cpus=num_cpus, resources={name: 1.0, **(resources or {})}, ports={},
+            log=self.logs / f"{name}.log",
+        )  # fmt: skip
         self.nodes[name] = node
-        self._launch(node)
-        self._wait_ready([node])
+        with _port_lock():
+            self._pick_ports(node)
+            self._launch(node)
+            self._wait_ready([node])
         deadline = time.monotonic() + self.startup_timeout_s
         while not any(name in row.get("resources_total", {}) for row in self.alive_nodes()):
             if time.monotonic() > deadline:
@@ -490,6 +573,7 @@ class NoSharedDiskCluster:
         ]  # fmt: skip
         cli_env = self._cli_env()
         deadline = time.monotonic() + timeout
+        agent_deadline = time.monotonic() + AGENT_TIMEOUT_S  # a head whose agent is gone stays without one
         while True:  # the head's job agent starts a few seconds after the dashboard answers
             out_path = log or self.logs / f"job-{time.time_ns()}.log"
             with out_path.open("w") as out:
@@ -501,7 +585,7 @@ class NoSharedDiskCluster:
                     proc.wait()
                     rc = 124
             output = out_path.read_text(errors="replace")
-            if "No available agent" in output and time.monotonic() < deadline - 30:
+            if "No available agent" in output and time.monotonic() < min(deadline - 30, agent_deadline):
                 time.sleep(2)
                 continue
             return rc, output
