@@ -4,6 +4,7 @@ server on loopback (``s3_server``, ``s3_bucket``)."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ from pipeline.config import DataConfig
 from pipeline.data import EDSplit, EpitomeData, parse_ed_split, read_epitome
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # started in the background by a shell without job control (`cmd &` in a script, `nohup`), pytest and
+    # every process it starts would inherit SIGINT ignored: the tests of what Ctrl-C does would see nothing
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 MULTI_NODE_MODULES = ("test_nodes", "test_cluster_storage", "test_node_loss")
