@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from processes import BackgroundJob, job_env, leftovers, processes_with, selected_tests
+from processes import BackgroundJob, job_env, kill_all, leftovers, processes_with, selected_tests
 
 from jobs.cli.run import STAGE_NAMES
 from pipeline.config import load_config
@@ -141,7 +142,11 @@ def test_interrupted_or_failed_run_leaves_no_process(tmp_path: Path) -> None:
     train_processes = [p for p in processes_with(marker) if "RayTrainWorker" in p or "TrainController" in p]
     assert train_processes, processes_with(marker)
     job.send_signal(signal.SIGINT)
-    rest, _ = job.communicate(timeout=120)
+    try:
+        rest, _ = job.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        kill_all(marker)  # nothing of the test outlives it
+        raise
     assert job.returncode != 0
     assert "KeyboardInterrupt" in rest, rest[-2000:]
     assert leftovers(marker) == []
@@ -268,12 +273,17 @@ def test_readme_sweep_and_serve_as_written(
         done.stdout,
     ), done.stdout
 
+    request = in_shell(*readme_block("try-it-request"))
+    port = re.search(r"127\.0\.0\.1:(\d+)", request[-1])
+    assert port, request
+    with socket.socket() as probe:  # a server already there would answer the request in place of ours
+        taken = probe.connect_ex(("127.0.0.1", int(port.group(1)))) == 0
+    assert not taken, f"127.0.0.1:{port.group(1)} (the README's port) is taken by a process of another run"
     server = subprocess.Popen(
         in_shell(*setup, "exec " + serve), cwd=checkout, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        request = in_shell(*readme_block("try-it-request"))
         deadline = time.monotonic() + 240
         while True:
             answer = subprocess.run(
@@ -288,7 +298,11 @@ def test_readme_sweep_and_serve_as_written(
         assert {"er", "ip", "ex"} <= set(body["levels"]), body
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C, as the README says
-        output, _ = server.communicate(timeout=120)
+        try:
+            output, _ = server.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            kill_all(marker)  # a server that ignored Ctrl-C must not outlive the test (nor hold the port)
+            raise
     assert server.returncode == 0, output[-3000:]
     assert leftovers(marker) == []
 
