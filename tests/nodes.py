@@ -213,13 +213,21 @@ class NoSharedDiskCluster:
     def _plan(self) -> None:
         """The nodes of ``spec``, not started, without ports yet (:meth:`start` picks them)."""
         names = list(self._spec)
-        self.nodes = {}
-        for index, name in enumerate(names):
-            self.nodes[name] = NodeProcess(
-                name=name, head=index == 0, num_cpus=self._spec[name], resources={name: 1.0}, ports={},
-                log=self.logs / f"{name}.log",
-            )  # fmt: skip
+        self.nodes = {
+            name: self._node(name, self._spec[name], {name: 1.0}, head=index == 0)
+            for index, name in enumerate(names)
+        }
         self.head = self.nodes[names[0]]
+
+    def _node(self, name: str, num_cpus: float, resources: dict[str, float], *, head: bool) -> NodeProcess:
+        return NodeProcess(
+            name=name,
+            head=head,
+            num_cpus=num_cpus,
+            resources=resources,
+            ports={},
+            log=self.logs / f"{name}.log",
+        )
 
     def _pick_ports(self, node: NodeProcess) -> None:
         """Free ports for every server of ``node`` (hold :func:`_port_lock` from here until it listens)."""
@@ -257,36 +265,35 @@ class NoSharedDiskCluster:
         another process took it between our choice and its start) is stopped and started again on new
         ports, once."""
         started = time.monotonic()
-        for attempt in (1, 2):
+        try:
             try:
-                with _port_lock():  # no other cluster of this machine picks ports until ours listen
-                    for node in self.nodes.values():
-                        self._pick_ports(node)
-                    self._launch(self.head)
-                    self._wait_ready([self.head])
-                    workers = [n for n in self.nodes.values() if not n.head]
-                    for node in workers:
-                        self._launch(node)
-                    self._wait_ready(workers)
-                self._wait_alive(len(self.nodes), time.monotonic())
-                self._wait_job_agent(AGENT_TIMEOUT_S)
+                self._start_nodes()
             except AgentMissing as missing:
                 self.stop()
-                if attempt == 2:
-                    raise RuntimeError(
-                        f"{missing} (twice, on two sets of ports); logs in {self.logs}"
-                    ) from None
                 print(
                     f"nodes: {missing}; starting the cluster again on new ports", file=sys.stderr, flush=True
                 )
                 self._plan()
-                continue
-            except BaseException:
-                self.stop()
-                raise
-            break
+                self._start_nodes()
+        except BaseException:
+            self.stop()
+            raise
         self.startup_s = time.monotonic() - started
         return self
+
+    def _start_nodes(self) -> None:
+        """One try of :meth:`start`: ports, the head, the workers, then the job agent."""
+        with _port_lock():  # no other cluster of this machine picks ports until ours listen
+            for node in self.nodes.values():
+                self._pick_ports(node)
+            self._launch(self.head)
+            self._wait_ready([self.head])
+            workers = [n for n in self.nodes.values() if not n.head]
+            for node in workers:
+                self._launch(node)
+            self._wait_ready(workers)
+        self._wait_alive(len(self.nodes), time.monotonic())
+        self._wait_job_agent(AGENT_TIMEOUT_S)
 
     def _wait_job_agent(self, timeout_s: float) -> None:
         """Until the head's dashboard hands a job to the head's job agent (``POST /api/jobs/`` of a no-op
@@ -313,7 +320,7 @@ class NoSharedDiskCluster:
                 answer = str(e)
             time.sleep(2)
         raise AgentMissing(
-            f"the head's job agent took no job within {timeout_s:.0f} s (last answer: {answer})"
+            f"the head's job agent took no job within {timeout_s:.0f} s (last answer: {answer}); logs in {self.logs}"
         )
 
     def add_node(self, name: str, num_cpus: float, resources: Mapping[str, float] | None = None) -> float:
@@ -321,10 +328,7 @@ class NoSharedDiskCluster:
         ``resources`` (e.g. the lost node's ``{"node_b": 1}``: the same node type). Returns once the head
         lists it alive; the seconds that took."""
         started = time.monotonic()
-        node = NodeProcess(
-            name=name, head=False, num_cpus=num_cpus, resources={name: 1.0, **(resources or {})}, ports={},
-            log=self.logs / f"{name}.log",
-        )  # fmt: skip
+        node = self._node(name, num_cpus, {name: 1.0, **(resources or {})}, head=False)
         self.nodes[name] = node
         with _port_lock():
             self._pick_ports(node)
@@ -574,7 +578,7 @@ class NoSharedDiskCluster:
         cli_env = self._cli_env()
         deadline = time.monotonic() + timeout
         agent_deadline = time.monotonic() + AGENT_TIMEOUT_S  # a head whose agent is gone stays without one
-        while True:  # the head's job agent starts a few seconds after the dashboard answers
+        while True:  # start() waited for the job agent; a new one (after a head restart) takes seconds
             out_path = log or self.logs / f"job-{time.time_ns()}.log"
             with out_path.open("w") as out:
                 proc = subprocess.Popen(cli, env=cli_env, stdout=out, stderr=subprocess.STDOUT, text=True)
