@@ -10,7 +10,8 @@ its program (``raylet``, ``gcs_server``, the dashboard and its agents, ``pytest`
 idle first is counted under what it ran next. It prints the CPU seconds (user + system) of each kind, the
 number of processes and the mean per process, and what the sampled processes add up to against the
 machine's busy CPU over the same time (from ``/proc/stat``: the share the samples caught; a process that
-lives less than one interval may be missed).
+lives less than one interval may be missed, and a worker whose titled life is shorter than one interval stays
+under ``ray::IDLE`` or ``default_worker``).
 """
 
 from __future__ import annotations
