@@ -50,16 +50,21 @@ print(json.dumps({{"file": sys.modules["{module}"].__file__, "cpu": usage.ru_uti
 
 
 def measure(checkout: Path, module: str, repeats: int) -> tuple[float, list[str]]:
-    """Median CPU seconds of a fresh interpreter importing ``module`` from ``checkout``, and what it loaded."""
-    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
+    """Median CPU seconds of a fresh interpreter importing ``module`` from ``checkout``, and what it loaded.
+    A first import, not counted, compiles the checkout's bytecode (a new worktree has none); every import
+    must come from ``checkout``, not from the editable install's folder."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
     runs = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         out = subprocess.run(
             [sys.executable, "-c", PROBE.format(module=module, heavy=HEAVY)],
             cwd=checkout, env=env, check=True, capture_output=True, text=True,
         )  # fmt: skip
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return statistics.median(r["cpu"] for r in runs), runs[0]["loaded"]
+        run = json.loads(out.stdout.strip().splitlines()[-1])
+        if not Path(run["file"]).is_relative_to(checkout):
+            raise SystemExit(f"{module} was imported from {run['file']}, not from {checkout}")
+        runs.append(run)
+    return statistics.median(r["cpu"] for r in runs[1:]), runs[0]["loaded"]
 
 
 def main() -> None:
