@@ -5,6 +5,8 @@ Groups marked restartable replace an actor that dies (its process killed, its no
 the calls that gave it its state (e.g. the latest weights) and re-run its shards, so no shard is
 lost or counted twice. Application errors are re-raised as :class:`RemoteRoleError` with role and
 rank; a dead actor of a non-restartable group raises :class:`RoleDiedError` for the caller to recover.
+A :class:`LocalGroup` is the same interface over one instance in the caller's own process (no actor, no
+restart): ``resources.in_process_roles`` and a CPU sweep trial's final evaluation use it.
 """
 
 from __future__ import annotations
@@ -41,13 +43,15 @@ class RoleDiedError(RuntimeError):
 
 @dataclass
 class _Call:
-    group: RoleGroup
+    group: Group
     shard: int
     rank: int
     generation: int
     method: str
     args: tuple[Any, ...]
     ref: Any = None
+    local: bool = False
+    """Ran at submit time in this process (:class:`LocalGroup`): ``ref`` holds the result itself."""
 
 
 @dataclass
@@ -149,6 +153,56 @@ class RoleGroup:
             _kill(actor)
 
 
+class LocalGroup:
+    """A :class:`RoleGroup` stand-in: one instance of ``cls`` in this process that runs every call as it
+    is submitted (shards in order), for roles that need no process of their own. Nothing restarts it: an
+    error in a call raises :class:`RemoteRoleError` with the role at submit time."""
+
+    restartable = False
+    restarts = 0
+    max_restarts = 0
+
+    def __init__(self, role: str, instance: Any) -> None:
+        self.role, self.actors, self.generations = role, [instance], [0]
+        self.on_replace: Callable[[int], None] | None = None
+        self.before_replace: Callable[[], None] | None = None
+
+    @classmethod
+    def build(cls, role: str, worker: type, args: Sequence[Any]) -> LocalGroup:
+        """A group of one new ``worker(*args)``."""
+        return cls(role, worker(*args))
+
+    def __len__(self) -> int:
+        return 1
+
+    def remember(self, method: str, *args: Any) -> None:
+        """Nothing to replay: the instance never dies alone."""
+
+    def submit(self, method: str, shards: Sequence[tuple[Any, ...]]) -> Pending:
+        """Run ``method(*shard)`` for each shard, one after the other."""
+        return Pending([self._run(i, method, tuple(shard)) for i, shard in enumerate(shards)])
+
+    def submit_all(self, method: str, *args: Any) -> Pending:
+        """Run ``method(*args)`` once (the group has one member)."""
+        return Pending([self._run(0, method, args)])
+
+    def _run(self, shard: int, method: str, args: tuple[Any, ...]) -> _Call:
+        call = _Call(self, shard, 0, 0, method, args, local=True)
+        try:
+            call.ref = getattr(self.actors[0], method)(*args)
+        except Exception as exc:
+            raise RemoteRoleError(self.role, 0, method, exc) from exc
+        return call
+
+    def kill(self) -> None:
+        """Drop the instance (its memory goes with the last reference)."""
+        self.actors = []
+
+
+Group = RoleGroup | LocalGroup
+"""A role's actors, or its one in-process instance."""
+
+
 def _kill(actor: Any) -> None:
     try:
         ray.kill(actor, no_restart=True)
@@ -162,8 +216,15 @@ def gather(*pendings: Pending) -> list[list[Any]]:
     A dead actor of a restartable group is replaced and its calls re-sent; its other calls in
     flight are re-sent too. Application errors raise :class:`RemoteRoleError`.
     """
-    by_ref: dict[Any, tuple[Pending, _Call]] = {c.ref: (p, c) for p in pendings for c in p.calls}
-    results: dict[int, dict[int, Any]] = {id(p): {} for p in pendings}
+    by_ref: dict[Any, tuple[Pending, _Call]] = {
+        c.ref: (p, c) for p in pendings for c in p.calls if not c.local
+    }
+    results: dict[int, dict[int, Any]] = {
+        id(p): {c.shard: c.ref for c in p.calls if c.local} for p in pendings
+    }
+    for p in pendings:
+        if len(results[id(p)]) == len(p.calls):
+            p.finished = time.perf_counter()
     while by_ref:
         ready, _ = ray.wait(list(by_ref), num_returns=1)
         pending, call = by_ref.pop(ready[0])
@@ -186,7 +247,7 @@ def _resend(
     pending: Pending, call: _Call, exc: BaseException, by_ref: dict[Any, tuple[Pending, _Call]]
 ) -> None:
     group = call.group
-    if not group.restartable:
+    if not isinstance(group, RoleGroup) or not group.restartable:
         raise RoleDiedError(group.role, call.rank, call.method, exc) from exc
     if call.generation == group.generations[call.rank]:
         group._replace(call.rank, exc)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from actors.cluster.group import Pending, RoleGroup, gather
+from actors.cluster.group import Group, LocalGroup, Pending, RoleGroup, gather
 from actors.cluster.placement import Reservation, RoleProcess, evaluation_bundles
 from actors.cluster.recovery import await_reservation
 from actors.cluster.session import worker_runtime_env
@@ -158,6 +158,7 @@ def evaluate_policies(
     num_workers: int | None = None,
     wave_chunks: int = 4,
     reservation: Reservation | None = None,
+    local: tuple[EvaluationWorker, IdentifierScorerWorker] | None = None,
 ) -> tuple[list[PolicyOutputs], dict[str, float]]:
     """Responses, identifier levels and gold NLLs of every policy on ``split``, and run statistics
     (``time/generate``, ``time/score_wait`` seconds and ``restarts`` of dead actors).
@@ -166,20 +167,71 @@ def evaluate_policies(
     worker; as each wave is gathered its responses go to the identifier scorers, so scoring overlaps
     generation. The workers are placed in ``reservation`` (by default one made from
     :func:`~actors.cluster.placement.evaluation_bundles` and released at the end). Ray must be up.
+    ``local`` (an evaluation worker and an identifier scorer already built in this process, e.g. a CPU
+    sweep trial's dev evaluator) does the work instead, one call after another, with no actor and no
+    reservation: the responses and levels are the same, every chunk being seeded.
     """
     if not policies:
         raise ValueError("evaluate_policies: no policy given. Fix: pass at least one PolicySource.")
-    res = cfg.resources
-    device = "cuda" if res.use_gpu else "cpu"
     start = time.perf_counter()
     chunks = [
         prompt_chunks(cfg, load_tokenizer(str(p.folder), key=f"policy {p.name}"), split) for p in policies
     ]
-    # an actor without a chunk would only cost start-up time
-    workers_n = min(num_workers or cfg.rollout.num_workers, len(chunks[0]))
+    if local is not None:  # in-process instances: no actor, no reservation
+        workers: Group = LocalGroup("evaluation worker", local[0])
+        scorers: Group = LocalGroup("identifier scorer", local[1])
+        release: Callable[[], None] = lambda: None  # noqa: E731
+    else:
+        # an actor without a chunk would only cost start-up time
+        workers_n = min(num_workers or cfg.rollout.num_workers, len(chunks[0]))
+        workers, scorers, release = _actor_groups(cfg, identifiers_dir, workers_n, reservation)
+    try:
+        waves = _submit(workers, policies, chunks, split, greedy=greedy, per_wave=len(workers) * wave_chunks)
+        responses: list[dict[int, tuple[str, ...]]] = [{} for _ in policies]
+        nlls: list[dict[int, tuple[FloatArray, IntArray]]] = [{} for _ in policies]
+        with Progress("evaluate: generate", len(policies) * len(split), unit="responses", log=logger) as bar:
+            for wave in waves:
+                texts, nll = gather(wave.generated, wave.nll)
+                pol = wave.policy
+                responses[pol].update(zip(wave.chunks, texts, strict=True))
+                nlls[pol].update(zip(wave.chunks, nll, strict=True))
+                shards = [(chunks[pol][k].contexts, responses[pol][k]) for k in wave.chunks]
+                wave.scored = scorers.submit("score", shards)
+                bar.update(sum(len(chunks[pol][k]) for k in wave.chunks))
+        generated = time.perf_counter()
+        levels: list[dict[int, LevelScores]] = [{} for _ in policies]
+        with Progress(
+            "evaluate: identifiers", len(policies) * len(split), unit="responses", log=logger
+        ) as bar:
+            for wave in waves:
+                assert wave.scored is not None
+                (scores,) = gather(wave.scored)
+                levels[wave.policy].update(zip(wave.chunks, scores, strict=True))
+                bar.update(sum(len(s) for s in scores))
+        scored = time.perf_counter()
+    finally:
+        workers.kill()
+        scorers.kill()
+        release()
+    outputs = [_outputs(p, responses[i], nlls[i], levels[i], len(chunks[i])) for i, p in enumerate(policies)]
+    stats = {
+        "time/generate": generated - start,
+        "time/score_wait": scored - generated,
+        "restarts": float(workers.restarts + scorers.restarts),
+    }
+    return outputs, stats
+
+
+def _actor_groups(
+    cfg: Config, identifiers_dir: Path, workers_n: int, reservation: Reservation | None
+) -> tuple[RoleGroup, RoleGroup, Callable[[], None]]:
+    """``workers_n`` evaluation workers and ``reward.num_scorers`` identifier scorers placed in
+    ``reservation`` (by default a new one), and the call that releases it."""
+    res = cfg.resources
+    device = "cuda" if res.use_gpu else "cpu"
     bundles = evaluation_bundles(cfg, workers_n)
     reservation = reservation or Reservation.create(
-        "evaluation", bundles, scale_up_wait_s=cfg.resources.scale_up_wait_s, strategy=cfg.resources.placement
+        "evaluation", bundles, scale_up_wait_s=res.scale_up_wait_s, strategy=res.placement
     )
     try:
         placement = reservation.place("evaluation", bundles)
@@ -211,45 +263,11 @@ def evaluate_policies(
         await_reservation(reservation, "evaluation", res.node_loss_wait_s)
 
     workers.before_replace = scorers.before_replace = await_capacity
-    try:
-        waves = _submit(workers, policies, chunks, split, greedy=greedy, per_wave=workers_n * wave_chunks)
-        responses: list[dict[int, tuple[str, ...]]] = [{} for _ in policies]
-        nlls: list[dict[int, tuple[FloatArray, IntArray]]] = [{} for _ in policies]
-        with Progress("evaluate: generate", len(policies) * len(split), unit="responses", log=logger) as bar:
-            for wave in waves:
-                texts, nll = gather(wave.generated, wave.nll)
-                pol = wave.policy
-                responses[pol].update(zip(wave.chunks, texts, strict=True))
-                nlls[pol].update(zip(wave.chunks, nll, strict=True))
-                shards = [(chunks[pol][k].contexts, responses[pol][k]) for k in wave.chunks]
-                wave.scored = scorers.submit("score", shards)
-                bar.update(sum(len(chunks[pol][k]) for k in wave.chunks))
-        generated = time.perf_counter()
-        levels: list[dict[int, LevelScores]] = [{} for _ in policies]
-        with Progress(
-            "evaluate: identifiers", len(policies) * len(split), unit="responses", log=logger
-        ) as bar:
-            for wave in waves:
-                assert wave.scored is not None
-                (scores,) = gather(wave.scored)
-                levels[wave.policy].update(zip(wave.chunks, scores, strict=True))
-                bar.update(sum(len(s) for s in scores))
-        scored = time.perf_counter()
-    finally:
-        workers.kill()
-        scorers.kill()
-        reservation.release()
-    outputs = [_outputs(p, responses[i], nlls[i], levels[i], len(chunks[i])) for i, p in enumerate(policies)]
-    stats = {
-        "time/generate": generated - start,
-        "time/score_wait": scored - generated,
-        "restarts": float(workers.restarts + scorers.restarts),
-    }
-    return outputs, stats
+    return workers, scorers, reservation.release
 
 
 def _submit(
-    workers: RoleGroup,
+    workers: Group,
     policies: Sequence[PolicySource],
     chunks: list[list[PromptBatch]],
     split: LabeledSplit,

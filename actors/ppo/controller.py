@@ -22,7 +22,7 @@ import numpy as np
 import ray
 import torch
 
-from actors.cluster.group import RoleDiedError, RoleGroup, gather
+from actors.cluster.group import Group, RoleDiedError, RoleGroup, gather
 from actors.cluster.placement import Reservation
 from actors.ppo.checkpoints import CONTROLLER, CheckpointStore
 from actors.ppo.metrics import IterationReport, MetricsLog, PhaseTimer, Sink
@@ -98,7 +98,7 @@ class PPOController:
         """The learner group while it runs."""
         return self.roles.learner
 
-    def groups(self) -> dict[str, RoleGroup]:
+    def groups(self) -> dict[str, Group]:
         """Every role group that is running, by role."""
         return self.roles.groups()
 

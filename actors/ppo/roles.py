@@ -3,8 +3,10 @@
 Rollout workers, reward scorers and the reference policy start with :class:`PPORoles` (Ray restarts
 a failed one, up to ``ppo.max_restarts``); the learner group starts when first needed and, after it
 died, again from scratch (:meth:`PPORoles.kill_learner`). Every actor takes its own bundle of the
-reservation (:func:`~actors.cluster.placement.ppo_bundles`). The weight sync lives here because
-learner rank 0 and the rollout workers are its members.
+reservation (:func:`~actors.cluster.placement.ppo_bundles`). With ``Config.in_process_roles`` the
+rollout worker, reward scorer and reference policy are one instance each in this (the driver's) process
+instead (:class:`~actors.cluster.group.LocalGroup`); the learner stays an actor. The weight sync lives here
+because learner rank 0 and the rollout workers are its members.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import ray
 
-from actors.cluster.group import RoleGroup, gather
+from actors.cluster.group import Group, LocalGroup, RoleGroup, gather
 from actors.cluster.placement import Placement, Reservation, ppo_bundles
 from actors.cluster.recovery import await_reservation, note_nodes
 from actors.cluster.session import worker_runtime_env
@@ -82,17 +84,20 @@ class PPORoles:
             **kwargs,
         )
 
-    def _make_workers(self) -> tuple[RoleGroup, RoleGroup, RoleGroup]:
+    def _make_workers(self) -> tuple[Group, Group, Group]:
         cfg, res = self.cfg, self.cfg.resources
         device = "cuda" if res.use_gpu else "cpu"
         restarts = cfg.ppo.max_restarts
-        rollout = self._group(
+        make: Callable[..., Group] = self._group
+        if cfg.in_process_roles:  # one instance of each in this process; nothing to restart
+            make = lambda role, cls, args, **_: LocalGroup.build(role, cls, args)  # noqa: E731
+        rollout = make(
             "rollout worker",
             RolloutWorker,
             (str(self.policy_dir), cfg.rollout, res.rollout_threads or res.torch_threads, device),
             max_restarts=restarts,
         )
-        reward = self._group(
+        reward = make(
             "reward scorer",
             RewardWorker,
             (
@@ -105,7 +110,7 @@ class PPORoles:
             ),
             max_restarts=restarts,
         )
-        reference = self._group(
+        reference = make(
             "reference policy",
             ReferenceWorker,
             (str(self.policy_dir), res.reference_threads or res.torch_threads, device, res.frozen_weights),
@@ -149,9 +154,9 @@ class PPORoles:
         """The learner's weights to every rollout worker as ``version`` (see :mod:`actors.ppo.weight_sync`)."""
         self.sync.publish(self.learner_group(), self.rollout, version)
 
-    def groups(self) -> dict[str, RoleGroup]:
+    def groups(self) -> dict[str, Group]:
         """Every role group that is running, by role."""
-        groups = {g.role: g for g in (self.rollout, self.reward, self.reference)}
+        groups: dict[str, Group] = {g.role: g for g in (self.rollout, self.reward, self.reference)}
         if self.learner is not None:
             groups[self.learner.role] = self.learner
         return groups

@@ -4,7 +4,8 @@ A trial reserves one placement group: bundle 0 runs the trial function (and its 
 in-process while PPO waits), bundles 1.. hold :func:`~actors.cluster.placement.ppo_bundles` of the trial's
 own config. :class:`DevEvaluator` scores a policy folder on a fixed, seeded slice of a labelled split
 (Emp-F1, per-mechanism F1, gold perplexity, Dist-2) with an evaluation worker and an identifier
-scorer built in-process: cheap enough to report every few PPO iterations for ASHA. A trial runs on any
+scorer built in-process: cheap enough to report every few PPO iterations for ASHA (on a CPU trial they do
+its final evaluation too). A trial runs on any
 node: the dev policy the learner exported is fetched before it is scored, a checkpoint goes to Tune from
 the store, and a checkpoint restored from Tune is uploaded to the store, so the PPO roles on any node find it.
 """

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from actors.cluster.placement import Reservation
-from actors.inference.evaluator import PolicySource, evaluate_policies
+from actors.inference.evaluator import EvaluationWorker, PolicySource, evaluate_policies
+from actors.inference.scorer import IdentifierScorerWorker
 from jobs.stages.result import StageResult, write_json
 from pipeline import storage
 from pipeline.config import Config, save_config
@@ -131,12 +132,14 @@ def evaluate_stage(
     sinks: Sequence[EvaluationSink] = (),
     reservation: Reservation | None = None,
     groups: Sequence[tuple[str, Sequence[str]]] | None = None,
+    local: tuple[EvaluationWorker, IdentifierScorerWorker] | None = None,
 ) -> StageResult:
     """Evaluate ``inputs`` (default: :func:`load_evaluation_inputs` of the run) into ``layout.evaluate``:
     metrics, every response and the report. The metrics go to each of ``sinks``; the workers are placed
     in ``reservation`` when given (see :func:`~actors.cluster.placement.evaluation_bundles`); ``groups``
     compares configurations over their seeds instead of single policies
-    (:func:`~pipeline.evaluation.suite.evaluate`)."""
+    (:func:`~pipeline.evaluation.suite.evaluate`); ``local`` instances in this process replace the actors
+    (see :func:`~actors.inference.evaluator.evaluate_policies`)."""
     started = time.perf_counter()
     inputs = inputs or load_evaluation_inputs(layout)
     data, sources, identifiers, split = inputs.split, inputs.policies, inputs.identifiers, inputs.split.name
@@ -155,6 +158,7 @@ def evaluate_stage(
         greedy=decoding == "greedy",
         num_workers=num_workers,
         reservation=reservation,
+        local=local,
     )
     table = responses_table(data, outputs)
     pq.write_table(table, out.responses)

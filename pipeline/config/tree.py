@@ -62,6 +62,14 @@ class Config:
         return role_gpu_shares(self.resources, self.learner)
 
     @property
+    def in_process_roles(self) -> bool:
+        """The resolved ``resources.in_process_roles``: true only on the CPU, with the object-store weight
+        sync and no ``resources.role_nodes`` pin of the rollout, reward or reference role."""
+        res = self.resources
+        pinned = set(res.role_node_resources) & {"rollout worker", "reward scorer", "reference policy"}
+        return res.in_process_roles and not res.use_gpu and self.weight_sync == "object_store" and not pinned
+
+    @property
     def ppo_role_counts(self) -> dict[str, int]:
         """Instances of each PPO role."""
         return role_counts(self.rollout, self.reward, self.learner)

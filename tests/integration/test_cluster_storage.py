@@ -47,7 +47,7 @@ FIRST_ROLES = (
     "reference policy=node_c,evaluation worker=node_c"
 )
 """First cluster: identifiers and SFT train on node_b, their readers (labelling, rollout, reward, reference,
-evaluation) run on node_c; the learner (node_b) writes the checkpoints and the PPO policy that node_c's
+evaluation) run on node_c, each PPO role an actor of its own; the learner (node_b) writes the checkpoints and the PPO policy that node_c's
 evaluation workers read; the driver on the head writes the data cache and the initial policy that node_b's
 trainers read."""
 SECOND_ROLES = (
@@ -157,7 +157,7 @@ def bucket_run(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) ->
     run = BucketRun(s3_server, bucket, f"s3://{bucket}/runs/r1", cache=folder)
     overrides = [
         f"run.output_dir=s3://{bucket}/runs", "run.name=r1", "resources.address=auto",
-        f"resources.role_nodes={FIRST_ROLES}", f"ppo.total_steps={FIRST_STEPS}", *SHORT,
+        f"resources.role_nodes={FIRST_ROLES}", "resources.in_process_roles=false", f"ppo.total_steps={FIRST_STEPS}", *SHORT,
     ]  # fmt: skip
     with NoSharedDiskCluster(NODES, env=s3_server.env(), logs=folder / "first") as cluster:
         print(
@@ -212,7 +212,7 @@ def test_emprl_run_writes_every_stage_into_the_bucket(bucket_run: BucketRun) -> 
 def test_fresh_cluster_resumes_ppo_from_the_bucket(bucket_run: BucketRun, fresh: NoSharedDiskCluster) -> None:
     command = [
         EMPRL, "ppo", "--verbose", "--run-dir", bucket_run.run_uri, "--resume", "resources.address=auto",
-        f"resources.role_nodes={SECOND_ROLES}", f"ppo.total_steps={TOTAL_STEPS}", *SHORT,
+        f"resources.role_nodes={SECOND_ROLES}", "resources.in_process_roles=false", f"ppo.total_steps={TOTAL_STEPS}", *SHORT,
     ]  # fmt: skip
     record = submit(fresh, "ppo-resume", command, bucket_run.cache)
     bucket_run.records.append(record)
@@ -229,7 +229,7 @@ def test_fresh_cluster_evaluates_from_the_bucket(bucket_run: BucketRun, fresh: N
     out = f"{bucket_run.run_uri}/evaluate_fresh"
     command = [
         EMPRL, "evaluate", "--verbose", "--run-dir", bucket_run.run_uri, "--out", out, "--max-examples", "16",
-        "--bootstrap-resamples", "50", "resources.address=auto", f"resources.role_nodes={SECOND_ROLES}",
+        "--bootstrap-resamples", "50", "resources.address=auto", f"resources.role_nodes={SECOND_ROLES}", "resources.in_process_roles=false",
     ]  # fmt: skip
     record = submit(fresh, "evaluate", command, bucket_run.cache)
     bucket_run.records.append(record)
@@ -287,7 +287,7 @@ def test_a_sweep_in_the_bucket_resumes_on_a_fresh_cluster(
         EMPRL, "tune", "--verbose", "--run-dir", bucket_run.run_uri, "--preset", "sweep_tiny",
         "--space", "configs/sweeps/tiny.yaml", "--no-control", "--max-concurrent", "1", "--dev-examples", "32",
         "resources.address=auto",
-        f"resources.role_nodes={SECOND_ROLES}",
+        f"resources.role_nodes={SECOND_ROLES}", "resources.in_process_roles=false",
     ]  # fmt: skip
     job = fresh.start_job(first, ROOT, env=JOB_ENV)
     deadline = time.monotonic() + 900

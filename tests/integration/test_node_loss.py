@@ -59,6 +59,7 @@ STEPS = 6
 SETTINGS = {
     "rollout__num_workers": 2, "ppo__total_steps": STEPS, "ppo__save_every": 2, "ppo__keep_checkpoints": 2,
     "resources__address": "auto", "resources__role_nodes": ROLES, "resources__node_loss_wait_s": 180,
+    "resources__in_process_roles": False,
 }  # fmt: skip
 """The run: 6 iterations of 8 rollouts, a checkpoint every 2; a lost node's bundles may wait 3 minutes."""
 EXACT = ("iteration", "samples", "version", "reward/score", "rollout/kl", "ppo/policy_loss", "ppo/value_loss")

@@ -11,19 +11,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ppo_inputs
 import pytest
 import ray
 import torch
-from ppo_inputs import tiny_config, tiny_overrides
+from ppo_inputs import tiny_overrides
 from processes import BIN, job_env, kill_all, leftovers
 from safetensors.torch import load_file
 
 from actors.ppo.controller import PPOController
 from jobs.stages import PPOInputError, ppo_stage
-from pipeline.config import MECHANISMS
+from pipeline.config import MECHANISMS, Config
 from pipeline.layout import RunLayout
 
 pytestmark = pytest.mark.integration
+
+
+def tiny_config(**overrides: Any) -> Config:
+    """:func:`ppo_inputs.tiny_config` with every PPO role an actor of its own (the module's subject)."""
+    return ppo_inputs.tiny_config(resources__in_process_roles=False, **overrides)
+
 
 # metrics that must agree bit for bit between runs that should be identical (timings excluded)
 EXACT = (
@@ -188,6 +195,30 @@ def test_killed_rollout_worker_and_learner_recover_exactly(
     _assert_same_run(baseline, run_dir)
 
 
+def test_in_process_roles_give_the_same_run_as_actors(
+    ray_cluster: None, ppo_run: Path, baseline: Path, tmp_path: Path
+) -> None:
+    """``resources.in_process_roles``: the rollout, reward and reference roles as objects in the driver (the
+    learner an actor) give the baseline's run bit for bit; those roles are plain objects, not actor handles."""
+    run_dir = _fresh(ppo_run, tmp_path, "in_process")
+    roles: dict[str, list[str]] = {}
+
+    def look(controller: PPOController, iteration: int, phase: str) -> None:
+        roles.update({role: [type(a).__name__ for a in g.actors] for role, g in controller.groups().items()})
+
+    cfg = ppo_inputs.tiny_config(
+        rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2, resources__in_process_roles=True
+    )
+    summary = ppo_stage(cfg, RunLayout(run_dir), hooks=[look]).metrics
+    assert summary["iterations"] == 3 and summary["samples"] == 24
+    _assert_same_run(baseline, run_dir)
+    # the three roles are plain objects here; the learner's rank is an actor handle
+    assert roles == {
+        "rollout worker": ["RolloutWorker"], "reward scorer": ["RewardWorker"],
+        "reference policy": ["ReferenceWorker"], "learner": ["ActorHandle"],
+    }  # fmt: skip
+
+
 def test_crashed_job_resumes_exactly(
     ray_cluster: None, ppo_run: Path, baseline: Path, tmp_path: Path
 ) -> None:
@@ -227,7 +258,8 @@ def test_sigterm_stops_emprl_ppo_within_seconds_leaving_nothing_and_the_run_resu
     run_dir = _fresh(ppo_run, tmp_path, "sigterm")
     steps = 8
     command = [str(BIN / "emprl"), "ppo", "--run-dir", str(run_dir),
-               *tiny_overrides(rollout__num_workers=2, ppo__total_steps=steps, ppo__save_every=2)]  # fmt: skip
+               *tiny_overrides(rollout__num_workers=2, ppo__total_steps=steps, ppo__save_every=2,
+                              resources__in_process_roles=False)]  # fmt: skip
     log = tmp_path / "ppo.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir)

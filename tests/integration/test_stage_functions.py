@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ppo_inputs
 import pytest
 import ray
-from ppo_inputs import linked_run, tiny_config
+from ppo_inputs import linked_run
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -24,6 +25,12 @@ from pipeline.config import Config
 from pipeline.layout import RunLayout
 
 pytestmark = pytest.mark.integration
+
+
+def tiny_config(**overrides: Any) -> Config:
+    """:func:`ppo_inputs.tiny_config` with every PPO role an actor placed in its bundle (what these tests check)."""
+    return ppo_inputs.tiny_config(resources__in_process_roles=False, **overrides)
+
 
 TRIAL_BUNDLE = {"CPU": 0.1}
 """Bundle 0 of a Tune trial's placement group: the trial function itself."""

@@ -5,6 +5,7 @@ results table, report and best policy are written, and a bad space fails before 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import ray
 from ppo_inputs import tiny_config, tiny_overrides
 
+from actors.cluster.group import LocalGroup
 from actors.ppo.controller import PPOController
 from jobs.cli.tune import main as tune_main
 from jobs.stages.tune import SweepError, SweepSettings, tune_stage
@@ -29,7 +31,8 @@ SPACE = {"ppo.kl_coef": {"grid": [0.05, 0.3]}, "reward.weights.ex": {"uniform": 
 
 
 def _record(controller: PPOController, iteration: int, phase: str) -> None:
-    """Runs in the trial: notes every phase, each role's placement group and the trial's own, and
+    """Runs in the trial: notes every phase, each role's placement group (and, of in-process roles, the
+    process: the trial's) and the trial's own, and
     crashes the trial with kl_coef 0.3 once, after its first (checkpointed, reported) iteration."""
     trial = controller.out.path.parent
     events = trial.parent / f"{trial.name}.events.jsonl"  # outside the trial folder: survives the restart
@@ -37,9 +40,17 @@ def _record(controller: PPOController, iteration: int, phase: str) -> None:
         f.write(json.dumps([iteration, phase]) + "\n")
     if (iteration, phase) == (1, "update"):
         groups = controller.groups()
-        refs = {role: [a.placement.remote() for a in g.actors] for role, g in groups.items()}
-        seen = {role: ray.get(r) for role, r in refs.items()}
-        seen["trial"] = [{"placement_group": ray.get_runtime_context().get_placement_group_id()}]
+        # an in-process role (resources.in_process_roles, the preset's) answers here, an actor remotely
+        seen = {
+            role: [
+                a.placement() if isinstance(g, LocalGroup) else ray.get(a.placement.remote())
+                for a in g.actors
+            ]
+            for role, g in groups.items()
+        }
+        seen["trial"] = [
+            {"placement_group": ray.get_runtime_context().get_placement_group_id(), "pid": os.getpid()}
+        ]
         (trial.parent / f"{trial.name}.placements.json").write_text(json.dumps(seen))
     crashed = trial.parent / f"{trial.name}.crashed"
     if controller.cfg.ppo.kl_coef == 0.3 and (iteration, phase) == (2, "generate") and not crashed.exists():
@@ -122,6 +133,12 @@ def test_two_trials_complete_and_the_best_policy_is_published(
         groups = {a["placement_group"] for actors in seen.values() for a in actors}
         assert len(groups) == 1 and None not in groups, seen
         assert set(seen) == {"trial", "rollout worker", "reward scorer", "reference policy", "learner"}
+        # the preset runs the rollout, reward and reference roles in the trial's process, the learner apart
+        pids = {role: {a["pid"] for a in actors} for role, actors in seen.items()}
+        assert pids["rollout worker"] == pids["reward scorer"] == pids["reference policy"] == pids["trial"], (
+            pids
+        )
+        assert pids["learner"].isdisjoint(pids["trial"]), pids
         r["pg"] = groups.pop()
         log = [
             json.loads(line)["iteration"]

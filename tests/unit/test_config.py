@@ -233,3 +233,20 @@ def test_reward_weights_unknown_leaf_and_old_list_form(tmp_path: Path) -> None:
     old.write_text("reward:\n  weights: [1.0, 1.0, 1.0]\n")
     with pytest.raises(ConfigError, match=r"reward\.weights=\[1\.0, 1\.0, 1\.0\]: .*Fix: set its keys"):
         load_config(old)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "in_process"),
+    [
+        ([], True),  # the local preset's
+        (["resources.in_process_roles=false"], False),
+        (["resources.use_gpu=true", "resources.num_gpus=1", "resources.role_gpus=0.25"], False),
+        (["learner.weight_sync=collective"], False),
+        (["resources.role_nodes=reference policy=node_b"], False),
+        (["resources.role_nodes=learner=node_b"], True),  # the learner is an actor either way
+    ],
+)
+def test_in_process_roles_only_where_the_driver_can_host_them(overrides: list[str], in_process: bool) -> None:
+    """The rollout, reward and reference roles run in the driver's process only on the CPU, with the
+    object-store weight sync and none of them pinned to a node; elsewhere they stay actors."""
+    assert load_config("local", overrides).in_process_roles is in_process

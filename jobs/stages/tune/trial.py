@@ -171,7 +171,12 @@ def run_trial(trial_config: dict[str, Any], setup: TrialSetup) -> None:
         data=split,
     )
     evaluation: dict[str, Any] = {}
-    evaluate_stage(cfg, layout, inputs, n_resamples=1, reservation=reservation, sinks=[evaluation.update])
+    # on the CPU the dev evaluator's worker and scorer, already in this process, do the final evaluation
+    # too (two processes fewer per trial); a GPU trial's evaluation actors take its GPU bundles
+    local = None if cfg.resources.use_gpu else (dev.worker, dev.scorer)
+    evaluate_stage(
+        cfg, layout, inputs, n_resamples=1, reservation=reservation, sinks=[evaluation.update], local=local
+    )
     full = metric_row("eval", evaluation["policies"]["trial"])
     full["eval/emp_f1_se"] = evaluation_std_error(layout, inputs.split, seed=cfg.run.seed)
     reporter.report({**reporter.last, **final, **full, "final": 1.0})
