@@ -192,7 +192,7 @@ def test_readme_run_as_a_new_user_would(readme_run: tuple[RunLayout, str, str, s
     assert any("ETA" in line for line in terminal), "long stages show progress with an ETA"
     # the chatter went to the run's log, not the terminal
     log = layout.log.read_text()
-    for chatter in ("Started a local Ray instance", "(RayTrainWorker pid=", "(RewardWorker pid="):
+    for chatter in ("Started a local Ray instance", "(RayTrainWorker pid=", "(EvaluationWorker pid="):
         assert chatter in log and not any(chatter in line for line in terminal), chatter
     assert not any("Loading weights" in line or "PlacementGroupCleaner" in line for line in terminal)
     assert len(terminal) < 120, "\n".join(terminal)
