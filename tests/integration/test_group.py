@@ -8,7 +8,7 @@ import sys
 import pytest
 import ray
 
-from actors.cluster.group import RemoteRoleError, RoleDiedError, RoleGroup, gather
+from actors.cluster.group import LocalGroup, RemoteRoleError, RoleDiedError, RoleGroup, gather
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +81,29 @@ def test_errors_name_role_and_rank_and_fixed_groups_report_deaths(ray_cluster: N
     finally:
         group.kill()
         fixed.kill()
+
+
+def test_a_local_group_answers_like_actors_in_the_same_gather(ray_cluster: None) -> None:
+    """The in-process stand-in (``resources.in_process_roles``): shard order, state kept between calls,
+    results gathered beside an actor group's, errors named with role and rank."""
+    local = LocalGroup.build("reward scorer", Counter, (100,))
+    actors = RoleGroup("counter", Counter, (100,), count=2, options=OPTIONS)
+    try:
+        assert len(local) == 1 and local.restarts == 0
+        gather(local.submit_all("set_offset", 7), actors.submit_all("set_offset", 7))
+        mine, theirs = gather(
+            actors.submit("add", [(i,) for i in range(4)]), local.submit("add", [(i,) for i in range(4)])
+        )
+        assert mine == theirs == [107, 108, 109, 110]
+        assert gather(local.submit_all("pid")) == [[os.getpid()]]  # it runs here, not in a worker
+        with pytest.raises(
+            RemoteRoleError, match=r"(?s)reward scorer rank 0 failed in add\(\).*negative input -2"
+        ):
+            local.submit("add", [(1,), (-2,)])
+    finally:
+        actors.kill()
+        local.kill()
+    assert local.actors == []
 
 
 class Allocator:
