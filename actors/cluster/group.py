@@ -247,7 +247,8 @@ def _resend(
     pending: Pending, call: _Call, exc: BaseException, by_ref: dict[Any, tuple[Pending, _Call]]
 ) -> None:
     group = call.group
-    if not isinstance(group, RoleGroup) or not group.restartable:
+    assert isinstance(group, RoleGroup), "a LocalGroup's calls are done at submit time, never waited on"
+    if not group.restartable:
         raise RoleDiedError(group.role, call.rank, call.method, exc) from exc
     if call.generation == group.generations[call.rank]:
         group._replace(call.rank, exc)

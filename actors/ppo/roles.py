@@ -84,20 +84,24 @@ class PPORoles:
             **kwargs,
         )
 
+    def _role(self, role: str, cls: type, args: tuple[Any, ...], **kwargs: Any) -> Group:
+        """The role's actors (:meth:`_group`), or with ``Config.in_process_roles`` one instance of ``cls`` in
+        this process (nothing to restart)."""
+        if self.cfg.in_process_roles:
+            return LocalGroup.build(role, cls, args)
+        return self._group(role, cls, args, **kwargs)
+
     def _make_workers(self) -> tuple[Group, Group, Group]:
         cfg, res = self.cfg, self.cfg.resources
         device = "cuda" if res.use_gpu else "cpu"
         restarts = cfg.ppo.max_restarts
-        make: Callable[..., Group] = self._group
-        if cfg.in_process_roles:  # one instance of each in this process; nothing to restart
-            make = lambda role, cls, args, **_: LocalGroup.build(role, cls, args)  # noqa: E731
-        rollout = make(
+        rollout = self._role(
             "rollout worker",
             RolloutWorker,
             (str(self.policy_dir), cfg.rollout, res.rollout_threads or res.torch_threads, device),
             max_restarts=restarts,
         )
-        reward = make(
+        reward = self._role(
             "reward scorer",
             RewardWorker,
             (
@@ -110,7 +114,7 @@ class PPORoles:
             ),
             max_restarts=restarts,
         )
-        reference = make(
+        reference = self._role(
             "reference policy",
             ReferenceWorker,
             (str(self.policy_dir), res.reference_threads or res.torch_threads, device, res.frozen_weights),
