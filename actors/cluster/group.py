@@ -189,13 +189,20 @@ class LocalGroup:
     def _run(self, shard: int, method: str, args: tuple[Any, ...]) -> _Call:
         call = _Call(self, shard, 0, 0, method, args, local=True)
         try:
-            call.ref = getattr(self.actors[0], method)(*args)
+            # as for an actor call, a top-level object reference arrives as its value
+            values = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args]
+            call.ref = getattr(self.actors[0], method)(*values)
         except Exception as exc:
             raise RemoteRoleError(self.role, 0, method, exc) from exc
         return call
 
     def kill(self) -> None:
-        """Drop the instance (its memory goes with the last reference)."""
+        """Close the instance (its ``close()``, where it has one: a learner's process group) and drop it (its
+        memory goes with the last reference)."""
+        for instance in self.actors:
+            close = getattr(instance, "close", None)
+            if close is not None:
+                close()
         self.actors = []
 
 

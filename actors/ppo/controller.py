@@ -22,7 +22,7 @@ import numpy as np
 import ray
 import torch
 
-from actors.cluster.group import Group, RoleDiedError, RoleGroup, gather
+from actors.cluster.group import Group, RoleDiedError, gather
 from actors.cluster.placement import Reservation
 from actors.ppo.checkpoints import CONTROLLER, CheckpointStore
 from actors.ppo.metrics import IterationReport, MetricsLog, PhaseTimer, Sink
@@ -94,7 +94,7 @@ class PPOController:
         self.sync, self.reservation = roles.sync, roles.reservation
 
     @property
-    def learner(self) -> RoleGroup | None:
+    def learner(self) -> Group | None:
         """The learner group while it runs."""
         return self.roles.learner
 

@@ -78,6 +78,8 @@ class LearnerWorker(RoleProcess):
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         self._weights: WeightGroup | None = None
         self._sync_store: Any = None
+        self._saved_env: dict[str, str | None] | None = None
+        """The rendezvous variables as they were before :meth:`setup` (restored by :meth:`close`)."""
 
     def address(self) -> tuple[str, int]:
         """This node's address and a free TCP port on it, for the process group's rendezvous."""
@@ -91,14 +93,21 @@ class LearnerWorker(RoleProcess):
         use_deepspeed_on(self.device)
         import deepspeed
 
-        os.environ.update(
-            MASTER_ADDR=master_addr,
-            MASTER_PORT=str(master_port),
-            RANK=str(self.rank),
-            LOCAL_RANK="0",
-            WORLD_SIZE=str(self.world_size),
-        )
-        deepspeed.init_distributed(
+        rendezvous = {
+            "MASTER_ADDR": master_addr,
+            "MASTER_PORT": str(master_port),
+            "RANK": str(self.rank),
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": str(self.world_size),
+        }
+        self._saved_env = {key: os.environ.get(key) for key in rendezvous}
+        os.environ.update(rendezvous)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() != self.world_size:
+            raise RuntimeError(
+                f"this process already belongs to a process group of {torch.distributed.get_world_size()} "
+                f"ranks; learner rank {self.rank} needs one of {self.world_size}"
+            )
+        deepspeed.init_distributed(  # joins nothing new where an earlier in-process learner's group of one is
             dist_backend="nccl" if self.use_gpu else "gloo",
             auto_mpi_discovery=False,
             timeout=dt.timedelta(seconds=timeout_s),
@@ -131,6 +140,21 @@ class LearnerWorker(RoleProcess):
         # epoch's ratio is exactly 1 and old log-probs match the update's forward pass
         self.engine.model.eval()
         return self.rank
+
+    def close(self) -> None:
+        """Put the rendezvous variables back (a learner in the driver's process, ``Config.in_process_learner``,
+        leaves its environment as it found it). Its process group of one stays for the next in-process
+        learner of the process: DeepSpeed keeps groups derived from it, which a new one would orphan. An
+        actor rank needs none of it (its process ends)."""
+        if self._weights is not None:
+            self._weights.close()
+            self._weights = None
+        for key, value in (self._saved_env or {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = None
 
     def _autocast(self) -> Any:
         """``torch.autocast(bfloat16)`` for ``learner.engine.precision=bf16`` (fp32 weights and optimizer)."""

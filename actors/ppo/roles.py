@@ -5,7 +5,8 @@ a failed one, up to ``ppo.max_restarts``); the learner group starts when first n
 died, again from scratch (:meth:`PPORoles.kill_learner`). Every actor takes its own bundle of the
 reservation (:func:`~actors.cluster.placement.ppo_bundles`). With ``Config.in_process_roles`` the
 rollout worker, reward scorer and reference policy are one instance each in this (the driver's) process
-instead (:class:`~actors.cluster.group.LocalGroup`); the learner stays an actor. The weight sync lives here
+instead (:class:`~actors.cluster.group.LocalGroup`), and with ``Config.in_process_learner`` the learner's one
+rank too. The weight sync lives here
 because learner rank 0 and the rollout workers are its members.
 """
 
@@ -47,7 +48,7 @@ class PPORoles:
         version: Callable[[], int],
     ) -> None:
         self.cfg, self.policy_dir, self.identifiers_dir = cfg, policy_dir, identifiers_dir
-        self.learner: RoleGroup | None = None
+        self.learner: Group | None = None
         """The learner group while it runs (see :meth:`learner_group`)."""
         self.node_losses: list[float] = []
         """Seconds waited for the reservation to be whole again after each lost node."""
@@ -122,20 +123,25 @@ class PPORoles:
         )
         return rollout, reward, reference
 
-    def learner_group(self) -> RoleGroup:
-        """The learner group, started (its ranks joined in one process group) if none runs."""
+    def learner_group(self) -> Group:
+        """The learner group, started (its ranks joined in one process group) if none runs: with
+        ``Config.in_process_learner`` its one rank in this process."""
         if self.learner is None:
             cfg, res = self.cfg, self.cfg.resources
-            group = self._group(
-                "learner",
-                LearnerWorker,
-                (cfg.learner.num_ranks, str(self.policy_dir), cfg.ppo, cfg.learner,
-                 res.learner_threads or res.torch_threads, res.use_gpu),
-                rank_args=True,
-                restartable=False,
-            )  # fmt: skip
-            host, port = ray.get(group.actors[0].address.remote())
-            gather(group.submit_all("setup", host, port, cfg.run.seed))
+            args = (cfg.learner.num_ranks, str(self.policy_dir), cfg.ppo, cfg.learner,
+                    res.learner_threads or res.torch_threads, res.use_gpu)  # fmt: skip
+            group: Group
+            if cfg.in_process_learner:
+                group = LocalGroup.build("learner", LearnerWorker, (0, *args))
+                host, port = group.actors[0].address()
+            else:
+                group = self._group("learner", LearnerWorker, args, rank_args=True, restartable=False)
+                host, port = ray.get(group.actors[0].address.remote())
+            try:
+                gather(group.submit_all("setup", host, port, cfg.run.seed))
+            except BaseException:
+                group.kill()
+                raise
             self.learner = group
         return self.learner
 

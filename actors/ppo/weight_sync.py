@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch._C._distributed_c10d import TCPStore
 
-from actors.cluster.group import Group, RemoteRoleError, RoleGroup, gather
+from actors.cluster.group import Group, RemoteRoleError, gather
 from pipeline.config import Config
 
 logger = logging.getLogger(__name__)
@@ -172,11 +172,11 @@ class WeightGroup:
 class WeightSync(Protocol):
     """How the controller publishes weights; chosen by ``learner.weight_sync``."""
 
-    def publish(self, learner: RoleGroup, rollout: Group, version: int) -> None:
+    def publish(self, learner: Group, rollout: Group, version: int) -> None:
         """Every rollout worker ends holding the learner's current weights as ``version``."""
         ...
 
-    def replaced(self, learner: RoleGroup, rollout: Group, version: int) -> None:
+    def replaced(self, learner: Group, rollout: Group, version: int) -> None:
         """A rollout worker was replaced (before its calls are re-sent): give it ``version``."""
         ...
 
@@ -189,12 +189,12 @@ class ObjectStoreSync:
     """Learner rank 0 puts the weights in the object store once; every worker loads that reference
     (a replacement worker gets the remembered call replayed by its group)."""
 
-    def publish(self, learner: RoleGroup, rollout: Group, version: int) -> None:
+    def publish(self, learner: Group, rollout: Group, version: int) -> None:
         refs = gather(learner.submit_all("publish"))[0][0]
         rollout.remember("set_weights", refs, version)
         gather(rollout.submit_all("set_weights", refs, version))
 
-    def replaced(self, learner: RoleGroup, rollout: Group, version: int) -> None:
+    def replaced(self, learner: Group, rollout: Group, version: int) -> None:
         pass
 
     def invalidate(self) -> None:
@@ -219,12 +219,12 @@ class CollectiveSync:
     def invalidate(self) -> None:
         self.stale = True
 
-    def replaced(self, learner: RoleGroup, rollout: Group, version: int) -> None:
+    def replaced(self, learner: Group, rollout: Group, version: int) -> None:
         self.stale = True
         if not self.busy:  # between publishes: the learner's weights are still ``version``
             self.publish(learner, rollout, version)
 
-    def publish(self, learner: RoleGroup, rollout: Group, version: int) -> None:
+    def publish(self, learner: Group, rollout: Group, version: int) -> None:
         self.busy = True
         try:
             for attempt in range(self.retries + 1):
@@ -249,7 +249,7 @@ class CollectiveSync:
         finally:
             self.busy = False
 
-    def _build(self, learner: RoleGroup, rollout: Group) -> None:
+    def _build(self, learner: Group, rollout: Group) -> None:
         """A new group of learner rank 0 (rank 0) and rollout worker ``i`` (rank ``i + 1``)."""
         self.stale = False
         first, rest = gather(learner.submit("sync_device_id", [()]), rollout.submit_all("sync_device_id"))

@@ -82,14 +82,16 @@ class ResourcesConfig:
     """torch threads per reward scorer (``None``: ``torch_threads``)."""
     in_process_roles: bool = False
     """Run the PPO rollout worker, reward scorer and reference policy as one object each inside the PPO
-    driver's process (``emprl ppo``/``emprl run``'s driver, a sweep trial's function) instead of as actors;
-    the learner stays an actor. Three fewer processes per PPO run (each imports torch and transformers:
-    about 5 CPU s and 300 MB), for a laptop or a CPU sweep of many small trials; their calls then run one
-    after another, a failed one is not restarted, and ``rollout.num_workers`` and ``reward.num_scorers``
-    shard nothing (the results are the same: every chunk is seeded). The roles' bundles are still
-    reserved, so placement is unchanged. They stay actors where the driver cannot host them: with
-    ``use_gpu`` (the driver holds no GPU), a ``collective`` weight sync, or a ``role_nodes`` pin of one
-    of the three (see ``Config.in_process_roles``)."""
+    driver's process (``emprl ppo``/``emprl run``'s driver, a sweep trial's function) instead of as actors,
+    and with one learner rank the DeepSpeed learner too. Up to four fewer processes per PPO run (each
+    imports torch and transformers, the learner DeepSpeed too: 5 to 7 CPU s and 300 MB each), for a laptop
+    or a CPU sweep of many small trials; their calls then run one after another, a failed one is not
+    restarted, and ``rollout.num_workers`` and ``reward.num_scorers`` shard nothing (the results are the
+    same: every chunk is seeded). The roles' bundles are still reserved, so placement is unchanged. They
+    stay actors where the driver cannot host them: with ``use_gpu`` (the driver holds no GPU), a
+    ``collective`` weight sync, or a ``role_nodes`` pin of one of the three; the learner also with
+    ``learner.num_ranks`` above 1 or a ``role_nodes`` pin of its own (see ``Config.in_process_roles`` and
+    ``Config.in_process_learner``)."""
     overlap_evaluate: bool = True
     """Run the reward scorers and the reference policy side by side (with the learner's values when
     it computes them). ``false`` runs the scorers first, then the rest: on a node whose cores they

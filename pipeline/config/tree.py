@@ -70,6 +70,13 @@ class Config:
         return res.in_process_roles and not res.use_gpu and self.weight_sync == "object_store" and not pinned
 
     @property
+    def in_process_learner(self) -> bool:
+        """Whether the PPO learner runs in the driver's process as well: with :attr:`in_process_roles`, one
+        learner rank (a process group of one, no peer to wait for) and no ``role_nodes`` pin of the learner."""
+        pinned = "learner" in self.resources.role_node_resources
+        return self.in_process_roles and self.learner.num_ranks == 1 and not pinned
+
+    @property
     def ppo_role_counts(self) -> dict[str, int]:
         """Instances of each PPO role."""
         return role_counts(self.rollout, self.reward, self.learner)

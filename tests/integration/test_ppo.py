@@ -198,24 +198,39 @@ def test_killed_rollout_worker_and_learner_recover_exactly(
 def test_in_process_roles_give_the_same_run_as_actors(
     ray_cluster: None, ppo_run: Path, baseline: Path, tmp_path: Path
 ) -> None:
-    """``resources.in_process_roles``: the rollout, reward and reference roles as objects in the driver (the
-    learner an actor) give the baseline's run bit for bit; those roles are plain objects, not actor handles."""
+    """``resources.in_process_roles``: the rollout, reward and reference roles and the one learner rank as
+    objects in the driver (here pytest's process) give the baseline's run bit for bit, through a crash in
+    iteration 3 and a resume in the same process (a second learner there, on the first one's process group
+    of one; the first put the rendezvous variables back); the roles are plain objects, not actor handles."""
+
+    class Crash(RuntimeError):
+        pass
+
     run_dir = _fresh(ppo_run, tmp_path, "in_process")
     roles: dict[str, list[str]] = {}
+    env_before = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
 
     def look(controller: PPOController, iteration: int, phase: str) -> None:
         roles.update({role: [type(a).__name__ for a in g.actors] for role, g in controller.groups().items()})
+        if (iteration, phase) == (3, "publish") and not (run_dir / "resumed").exists():
+            (run_dir / "resumed").touch()
+            raise Crash("simulated driver crash in iteration 3")
 
     cfg = ppo_inputs.tiny_config(
         rollout__num_workers=2, ppo__total_steps=3, ppo__save_every=2, resources__in_process_roles=True
     )
-    summary = ppo_stage(cfg, RunLayout(run_dir), hooks=[look]).metrics
+    assert cfg.in_process_learner
+    with pytest.raises(Crash):
+        ppo_stage(cfg, RunLayout(run_dir), hooks=[look])
+    assert {k: os.environ.get(k) for k in env_before} == env_before
+    summary = ppo_stage(cfg, RunLayout(run_dir), resume=True, hooks=[look]).metrics
     assert summary["iterations"] == 3 and summary["samples"] == 24
     _assert_same_run(baseline, run_dir)
-    # the three roles are plain objects here; the learner's rank is an actor handle
+    assert {k: os.environ.get(k) for k in env_before} == env_before
+    # every role, the learner included, is a plain object here
     assert roles == {
         "rollout worker": ["RolloutWorker"], "reward scorer": ["RewardWorker"],
-        "reference policy": ["ReferenceWorker"], "learner": ["ActorHandle"],
+        "reference policy": ["ReferenceWorker"], "learner": ["LearnerWorker"],
     }  # fmt: skip
 
 

@@ -236,17 +236,22 @@ def test_reward_weights_unknown_leaf_and_old_list_form(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "in_process"),
+    ("overrides", "in_process", "learner"),
     [
-        ([], True),  # the local preset's
-        (["resources.in_process_roles=false"], False),
-        (["resources.use_gpu=true", "resources.num_gpus=1", "resources.role_gpus=0.25"], False),
-        (["learner.weight_sync=collective"], False),
-        (["resources.role_nodes=reference policy=node_b"], False),
-        (["resources.role_nodes=learner=node_b"], True),  # the learner is an actor either way
+        ([], True, True),  # the local preset's
+        (["resources.in_process_roles=false"], False, False),
+        (["resources.use_gpu=true", "resources.num_gpus=1", "resources.role_gpus=0.25"], False, False),
+        (["learner.weight_sync=collective"], False, False),
+        (["resources.role_nodes=reference policy=node_b"], False, False),
+        (["resources.role_nodes=learner=node_b"], True, False),  # the three in-process, the learner pinned
+        (["learner.num_ranks=2"], True, False),  # two learner ranks are two processes
     ],
 )
-def test_in_process_roles_only_where_the_driver_can_host_them(overrides: list[str], in_process: bool) -> None:
+def test_in_process_roles_only_where_the_driver_can_host_them(
+    overrides: list[str], in_process: bool, learner: bool
+) -> None:
     """The rollout, reward and reference roles run in the driver's process only on the CPU, with the
-    object-store weight sync and none of them pinned to a node; elsewhere they stay actors."""
-    assert load_config("local", overrides).in_process_roles is in_process
+    object-store weight sync and none of them pinned to a node; the learner as well only with one rank,
+    not pinned; elsewhere they stay actors."""
+    cfg = load_config("local", overrides)
+    assert (cfg.in_process_roles, cfg.in_process_learner) == (in_process, learner)
