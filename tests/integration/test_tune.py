@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -38,6 +39,8 @@ def _record(controller: PPOController, iteration: int, phase: str) -> None:
     events = trial.parent / f"{trial.name}.events.jsonl"  # outside the trial folder: survives the restart
     with events.open("a") as f:
         f.write(json.dumps([iteration, phase]) + "\n")
+    with (trial.parent / f"{trial.name}.times.jsonl").open("a") as f:  # when, in which reservation
+        f.write(json.dumps([time.time(), ray.get_runtime_context().get_placement_group_id()]) + "\n")
     if (iteration, phase) == (1, "update"):
         groups = controller.groups()
         # an in-process role (resources.in_process_roles, the preset's) answers here, an actor remotely
@@ -143,7 +146,21 @@ def test_two_trials_complete_and_the_best_policy_is_published(
             for line in trial.ppo.joinpath("metrics.jsonl").read_text().splitlines()
         ]
         assert log == [1, 2]
-    assert len({r["pg"] for r in rows}) == 3
+    # trials that ran at the same time had reservations of their own; one that ended may hand its actor and
+    # its reservation to the next (Tune's reuse_actors), never to one that runs beside it
+    spans: dict[tuple[str, str], list[float]] = {}  # (trial, reservation) -> when it ran there
+    for r in rows:
+        path = sweep.trial(r["trial_id"]).path.parent / f"{r['trial_id']}.times.jsonl"
+        for when, pg in (json.loads(line) for line in path.read_text().splitlines()):
+            spans.setdefault((r["trial_id"], pg), []).append(when)
+    overlapping = [
+        (a, b) for a in spans for b in spans
+        if a < b and min(spans[a]) < max(spans[b]) and min(spans[b]) < max(spans[a])
+    ]  # fmt: skip
+    assert all(a[0] != b[0] and a[1] != b[1] for a, b in overlapping), overlapping
+    print(
+        f"trials' reservations: {len({pg for _, pg in spans})} for {len(rows)} trials; side by side: {overlapping}"
+    )
 
     # the crashed trial came back from its Tune checkpoint: PPO went on with iteration 2, never redid 1
     (crashed,) = [r for r in rows if r["ppo.kl_coef"] == 0.3]

@@ -131,6 +131,10 @@ def tune_stage(
                 num_samples=num_samples(settings, control=control is not None),
                 search_alg=make_search(settings, objective, seed=cfg.run.seed, control=control),
                 trial_dirname_creator=_trial_dirname,
+                # a trial that ends hands its actor (and its reservation) to the next one instead of a new
+                # process; PBT's pauses and exploits too. Where the function thread outlives the end (2 s,
+                # TUNE_FUNCTION_THREAD_TIMEOUT_S), Tune starts a new actor as before
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=experiment.name,
