@@ -114,6 +114,11 @@ class AgentMissing(RuntimeError):
     """The head's dashboard answers, but no job agent ever registered with it."""
 
 
+class NodeStartFailed(RuntimeError):
+    """A node's process exited while starting (e.g. its first call to a GCS slowed by a loaded machine
+    timed out: "The current node timed out during startup")."""
+
+
 @contextlib.contextmanager
 def _port_lock() -> Iterator[None]:
     """An exclusive lock across this machine's processes (``flock`` on :data:`PORT_LOCK`)."""
@@ -263,13 +268,14 @@ class NoSharedDiskCluster:
     def start(self) -> NoSharedDiskCluster:
         """Start the head, then every worker node; return once all of them are alive in the GCS and the
         head's job agent takes jobs. A cluster whose job agent never comes (it could not bind its port:
-        another process took it between our choice and its start) is stopped and started again on new
-        ports, once."""
+        another process took it between our choice and its start), or one of whose nodes exited while
+        starting (its GCS calls timed out on a loaded machine), is stopped and started again on new ports,
+        once."""
         started = time.monotonic()
         try:
             try:
                 self._start_nodes()
-            except AgentMissing as missing:
+            except (AgentMissing, NodeStartFailed) as missing:
                 self.stop()
                 print(
                     f"nodes: {missing}; starting the cluster again on new ports", file=sys.stderr, flush=True
@@ -329,12 +335,19 @@ class NoSharedDiskCluster:
         ``resources`` (e.g. the lost node's ``{"node_b": 1}``: the same node type). Returns once the head
         lists it alive; the seconds that took."""
         started = time.monotonic()
-        node = self._node(name, num_cpus, {name: 1.0, **(resources or {})}, head=False)
-        self.nodes[name] = node
-        with _port_lock():
-            self._pick_ports(node)
-            self._launch(node)
-            self._wait_ready([node])
+        for attempt in (1, 2):  # a node that exits while starting (a loaded machine) is started once more
+            node = self._node(name, num_cpus, {name: 1.0, **(resources or {})}, head=False)
+            self.nodes[name] = node
+            try:
+                with _port_lock():
+                    self._pick_ports(node)
+                    self._launch(node)
+                    self._wait_ready([node])
+                break
+            except NodeStartFailed as failed:
+                if attempt == 2:
+                    raise
+                print(f"nodes: {failed}; starting node {name} again", file=sys.stderr, flush=True)
         deadline = time.monotonic() + self.startup_timeout_s
         while not any(name in row.get("resources_total", {}) for row in self.alive_nodes()):
             if time.monotonic() > deadline:
@@ -421,7 +434,7 @@ class NoSharedDiskCluster:
                     node.extra["ready_s"] = time.monotonic() - node.started_s
                     waiting.remove(node)
                 elif node.proc.poll() is not None:
-                    raise RuntimeError(
+                    raise NodeStartFailed(
                         f"node {node.name} exited with code {node.proc.returncode} while starting; its log "
                         f"{node.log}:\n{node.log.read_text(errors='replace')[-3000:]}"
                     )
