@@ -348,6 +348,7 @@ class NoSharedDiskCluster:
                 if attempt == 2:
                     raise
                 print(f"nodes: {failed}; starting node {name} again", file=sys.stderr, flush=True)
+                self.kill_node(name)  # whatever the failed start left in its namespace goes first
         deadline = time.monotonic() + self.startup_timeout_s
         while not any(name in row.get("resources_total", {}) for row in self.alive_nodes()):
             if time.monotonic() > deadline:
