@@ -77,7 +77,7 @@ def identifier(engine: TrainEngine) -> EmpathyIdentifier:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker loop for one mechanism (see the module docstring)."""
-    spec: TrainSpec = config["spec"]
+    spec = harness.stage_spec(config, TrainSpec)
     cfg = spec.cfg
     at = worker.join(spec.torch_threads)
     rank, world, device = at.rank, at.world, at.device

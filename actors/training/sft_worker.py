@@ -326,7 +326,7 @@ class _Worker:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker loop (see the module docstring)."""
-    spec: SFTSpec = config["spec"]
+    spec = harness.stage_spec(config, SFTSpec)
     cfg = spec.cfg
     w = _Worker(spec)
     with worker.resume(config, sft_checkpoint_order, w.engine) as resumed:
