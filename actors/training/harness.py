@@ -277,6 +277,11 @@ SPEC = "spec"
 S = TypeVar("S")
 
 
+def loop_config(spec: StageSpec) -> dict[str, Any]:
+    """The workers' config of a stage run (:func:`fit_stage`): ``spec`` pickled (see :func:`stage_spec`)."""
+    return {SPEC: pickle.dumps(spec)}
+
+
 def stage_spec(config: Mapping[str, Any], kind: type[S]) -> S:
     """The ``kind`` spec :func:`fit_stage` shipped in a worker's ``config``.
 
@@ -306,7 +311,7 @@ def fit_stage(
     result = fit(
         stage,
         loop,
-        {SPEC: pickle.dumps(spec)},
+        loop_config(spec),
         resume_from=resume_from,
         name=run_dir.name,
         storage=run_dir.parent,

@@ -192,3 +192,41 @@ def test_a_local_checkpoint_is_named_by_its_path(tmp_path: Path) -> None:
     folder = _checkpoint(tmp_path, "checkpoint_a", {"epoch": 1}, BEST_FILE)
     checkpoint = harness.checkpoint_at(folder)
     assert checkpoint.path == str(folder) and harness.checkpoint_folder(checkpoint) == folder
+
+
+def test_a_stage_spec_reaches_the_workers_whole_and_unpickles_without_the_model_stack() -> None:
+    """Ray Train's controller unpickles the loop config when it starts (cloudpickle, as Ray does): with the
+    spec inside as bytes it imports neither torch, transformers nor the stage's modules; a worker gets the
+    spec back as it was, and a spec of the wrong kind is refused."""
+    import subprocess
+    import sys
+
+    from ray import cloudpickle
+
+    from actors.training.identifiers import TrainSpec
+    from actors.training.sft_spec import SFTSpec
+    from pipeline.training.identifiers import LabeledPairs
+
+    pairs = LabeledPairs(("I lost my job.",), ("I am sorry.",), (2,))
+    spec = TrainSpec("ER", IdentifiersConfig(), "tok", pairs, pairs, pairs, seed=3, crash_at_epoch=1)
+    config = harness.loop_config(spec)
+    assert harness.stage_spec(config, TrainSpec) == spec
+    with pytest.raises(TypeError, match="TrainSpec, not a SFTSpec"):
+        harness.stage_spec(config, SFTSpec)
+
+    probe = (
+        "import sys; from ray import cloudpickle; cloudpickle.loads(sys.stdin.buffer.read()); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'actors', 'pipeline'}))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], input=cloudpickle.dumps(config), capture_output=True, check=True
+    )
+    assert loaded.stdout.decode().strip() == "[]", loaded.stdout.decode()
+    # the bare spec, as Ray would ship it without the packing, does pull the model stack in
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe],
+        input=cloudpickle.dumps({"spec": spec}),
+        capture_output=True,
+        check=True,
+    )
+    assert "torch" in loaded.stdout.decode() and "actors" in loaded.stdout.decode()
