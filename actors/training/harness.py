@@ -274,7 +274,6 @@ class StageResult:
 
 SPEC = "spec"
 """The key of a stage's spec in its workers' config, as bytes (:func:`stage_spec` reads it)."""
-S = TypeVar("S")
 
 
 def loop_config(spec: StageSpec) -> dict[str, Any]:
@@ -282,12 +281,12 @@ def loop_config(spec: StageSpec) -> dict[str, Any]:
     return {SPEC: pickle.dumps(spec)}
 
 
-def stage_spec(config: Mapping[str, Any], kind: type[S]) -> S:
+def stage_spec(config: Mapping[str, Any], kind: type[T]) -> T:
     """The ``kind`` spec :func:`fit_stage` shipped in a worker's ``config``.
 
     It travels pickled: Ray Train's controller unpickles the whole loop config when it starts, and the
-    specs' classes (``TrainSpec``, ``SFTSpec``) import torch and transformers, about 5 CPU seconds in a
-    process that never trains (measured with ``python -X importtime`` in the controller's worker log).
+    specs' classes (``TrainSpec``, ``SFTSpec``) import torch's and transformers' model stack, which took a
+    controller from 3.7 to 6.9 CPU seconds (``PYTHONPROFILEIMPORTTIME=1`` in its worker log; docs/performance.md).
     """
     spec = pickle.loads(config[SPEC])
     if not isinstance(spec, kind):
